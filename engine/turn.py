@@ -1,0 +1,105 @@
+"""A turn: one request to extend a session's conversation, from admission to its last token."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from engine.detokenizer import IncrementalDetokenizer
+from engine.kv_cache import SessionKV
+from engine.sampling import SamplingParams
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    session_key: str  # owner of the KV; one running turn per key at a time
+    prompt_ids: list[int]  # whole conversation rendered with the chat template
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int  # prompt tokens whose KV was reused instead of computed
+
+
+@dataclass(frozen=True)
+class Timings:
+    ttft_ms: float  # submit -> first token
+    prefill_ms: float  # first scheduled -> first token
+    decode_ms: float  # first token -> end
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    text: str  # may be "" while a multi-byte character is incomplete
+    token_id: int
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    text: str  # whole answer, special tokens removed
+    output_ids: list[int]
+    usage: Usage
+    timings: Timings
+    cache: str  # where the reused KV came from: "ram" | "miss"
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    code: str
+    message: str
+
+
+TurnEvent = TokenEvent | DoneEvent | ErrorEvent
+
+
+@dataclass(eq=False)
+class Turn:
+    request: TurnRequest
+    emit: Callable[[TurnEvent], None]  # thread-safe; called from the engine thread
+    detokenizer: IncrementalDetokenizer
+    id: int = field(default_factory=lambda: next(_ids))
+    generator: torch.Generator | None = None
+    kv: SessionKV | None = None
+    cache_source: str = "miss"
+    num_cached_tokens: int = 0
+    output_ids: list[int] = field(default_factory=list)
+    is_cancelled: bool = False
+    t_submit: float = field(default_factory=time.perf_counter)
+    t_start: float = 0.0
+    t_first_token: float = 0.0
+
+    @property
+    def session_key(self) -> str:
+        return self.request.session_key
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.request.prompt_ids
+
+    @property
+    def is_started(self) -> bool:
+        return self.kv is not None
+
+    @property
+    def num_prompt_remaining(self) -> int:
+        """Prompt tokens whose KV is not computed yet (0 once decoding)."""
+        assert self.kv is not None
+        return max(0, len(self.prompt_ids) - self.kv.length)
+
+    def next_input(self, budget: int) -> list[int]:
+        """Tokens to feed this step: a prefill chunk of at most `budget`, or the last sampled token."""
+        assert self.kv is not None
+        if self.num_prompt_remaining:
+            start = self.kv.length
+            return self.prompt_ids[start : start + min(budget, self.num_prompt_remaining)]
+        return [self.output_ids[-1]]

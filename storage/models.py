@@ -1,0 +1,50 @@
+"""SQL schema: chat sessions and their messages. Changes go through an alembic migration."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ChatSession(Base):
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # public id
+    token_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex of the secret resume token
+    title: Mapped[str | None] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))
+    num_tokens: Mapped[int] = mapped_column(Integer, default=0)  # conversation length after the last turn
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+    messages: Mapped[list[Message]] = relationship(
+        back_populates="session", order_by="Message.seq", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (UniqueConstraint("session_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)  # 0, 1, 2... within the session
+    role: Mapped[str] = mapped_column(String(16))  # system | user | assistant
+    content: Mapped[str] = mapped_column(Text)
+    num_tokens: Mapped[int | None] = mapped_column(Integer)  # tokens of `content` alone
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)  # assistant: whole prompt of the turn
+    cached_tokens: Mapped[int | None] = mapped_column(Integer)  # assistant: prompt tokens reused from KV
+    finish_reason: Mapped[str | None] = mapped_column(String(16))  # assistant: stop | length | cancelled | error
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    session: Mapped[ChatSession] = relationship(back_populates="messages")

@@ -1,0 +1,92 @@
+"""Queries on chat sessions and transcripts. Each method is one short transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from storage.models import ChatSession, Message, utcnow
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    seq: int
+    role: str
+    content: str
+    finish_reason: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    id: str
+    token_hash: str
+    title: str | None
+    model: str
+    num_tokens: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class SessionRepository:
+    def __init__(self, sessionmaker: async_sessionmaker):
+        self._sm = sessionmaker
+
+    async def create(self, session_id: str, token_hash: str, model: str) -> SessionRecord:
+        now = utcnow()
+        row = ChatSession(id=session_id, token_hash=token_hash, model=model, num_tokens=0, created_at=now, updated_at=now)
+        async with self._sm.begin() as db:
+            db.add(row)
+        return _record(row)
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        async with self._sm() as db:
+            row = await db.get(ChatSession, session_id)
+            return _record(row) if row else None
+
+    async def messages(self, session_id: str) -> list[StoredMessage]:
+        async with self._sm() as db:
+            rows = await db.scalars(select(Message).where(Message.session_id == session_id).order_by(Message.seq))
+            return [StoredMessage(m.seq, m.role, m.content, m.finish_reason, m.created_at) for m in rows]
+
+    async def add_message(
+        self,
+        session_id: str,
+        role: str,
+        content: str,
+        *,
+        num_tokens: int | None = None,
+        prompt_tokens: int | None = None,
+        cached_tokens: int | None = None,
+        finish_reason: str | None = None,
+        session_tokens: int | None = None,
+        title: str | None = None,
+    ) -> None:
+        """Append a message and touch the session; `title` is set only if the session has none."""
+        now = utcnow()
+        async with self._sm.begin() as db:
+            seq = await db.scalar(select(func.coalesce(func.max(Message.seq) + 1, 0)).where(Message.session_id == session_id))
+            db.add(Message(
+                session_id=session_id, seq=seq, role=role, content=content, num_tokens=num_tokens,
+                prompt_tokens=prompt_tokens, cached_tokens=cached_tokens, finish_reason=finish_reason, created_at=now,
+            ))
+            values: dict = {"updated_at": now}
+            if session_tokens is not None:
+                values["num_tokens"] = session_tokens
+            await db.execute(update(ChatSession).where(ChatSession.id == session_id).values(**values))
+            if title:
+                await db.execute(
+                    update(ChatSession).where(ChatSession.id == session_id, ChatSession.title.is_(None)).values(title=title)
+                )
+
+    async def delete(self, session_id: str) -> bool:
+        async with self._sm.begin() as db:
+            result = await db.execute(delete(ChatSession).where(ChatSession.id == session_id))
+            return result.rowcount > 0
+
+
+def _record(row: ChatSession) -> SessionRecord:
+    return SessionRecord(row.id, row.token_hash, row.title, row.model, row.num_tokens, row.created_at, row.updated_at)
