@@ -54,19 +54,37 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, request: TurnRequest) -> TurnStream:
-        """Queue a turn; raises Overloaded at once when max_queue turns are unfinished."""
+    def admit(self) -> TurnStream:
+        """Reserve a place for one turn; raises Overloaded at once when max_queue turns are unfinished.
+
+        The caller must then either `stream.start(request)` or `stream.abandon()`.
+        """
         if self._stopping:
             raise EngineStopped("the server is shutting down")
         with self._lock:
             if self._num_admitted >= self.config.max_queue:
                 raise Overloaded(f"{self._num_admitted} turns in progress; retry shortly")
             self._num_admitted += 1
-        stream = TurnStream(asyncio.get_running_loop(), self._cancel)
-        turn = Turn(request, stream.push, IncrementalDetokenizer(self.chat_format.tokenizer))
-        stream.turn_id = turn.id
-        self._inbox.put(("turn", turn))
+        return TurnStream(asyncio.get_running_loop(), self._enqueue, self._cancel, self._release_slot)
+
+    def submit(self, request: TurnRequest) -> TurnStream:
+        """admit() + start(): queue a turn and return its event stream."""
+        stream = self.admit()
+        stream.start(request)
         return stream
+
+    @property
+    def num_admitted(self) -> int:
+        return self._num_admitted
+
+    def _enqueue(self, stream: TurnStream, request: TurnRequest) -> int:
+        turn = Turn(request, stream.push, IncrementalDetokenizer(self.chat_format.tokenizer))
+        self._inbox.put(("turn", turn))
+        return turn.id
+
+    def _release_slot(self) -> None:
+        with self._lock:
+            self._num_admitted -= 1
 
     async def call(self, fn, *args):
         """Run fn(*args) on the engine thread between steps (for store operations); await its result."""
@@ -170,8 +188,7 @@ class Engine:
             self.store.release(turn.session_key)
             if error is not None:
                 self.store.drop(turn.session_key)  # its KV may be half written
-        with self._lock:
-            self._num_admitted -= 1
+        self._release_slot()
         if error is not None:
             turn.emit(ErrorEvent(getattr(error, "code", "internal_error"), str(error) or type(error).__name__))
             return

@@ -48,6 +48,12 @@ class ModelRunner:
     def new_kv(self, capacity: int = 0) -> SessionKV:
         return SessionKV(self.num_layers, self.num_kv_heads, self.head_dim, self.dtype, capacity)
 
+    def warmup(self) -> None:
+        """One throwaway pass so that the first real turn does not pay for lazy kernel set-up."""
+        kv = self.new_kv()
+        self.forward([ForwardItem(kv, [0] * 16, True)])
+        self.forward([ForwardItem(kv, [0], True)])
+
     @torch.inference_mode()
     def forward(self, items: list[ForwardItem]) -> torch.Tensor:
         """Run one step; returns float32 logits [num items with needs_logits, vocab], in item order.

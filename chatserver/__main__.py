@@ -1,0 +1,5 @@
+import sys
+
+from chatserver.cli import main
+
+sys.exit(main())

@@ -1,0 +1,63 @@
+"""Builds the aiohttp application; lifetimes of database, model and engine in cleanup_ctx."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from chatserver import keys, routes
+from chatserver.config import ServerConfig
+from chatserver.sessions import SessionManager
+from chatserver.turns import TurnService
+from chatserver.ws import close_all, turn_service_key
+from engine.chat_format import ChatFormat
+from engine.engine import Engine
+from engine.loader import LoadedModel, load_model
+from engine.runner import ModelRunner
+from storage import migrations
+from storage.db import create_engine, sessionmaker
+from storage.sessions import SessionRepository
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Application:
+    """`model`: an already loaded model (tests); otherwise config.model is loaded at start-up."""
+    app = web.Application()
+    app[keys.config] = config
+    app[keys.websockets] = weakref.WeakSet()
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        if config.migrate:
+            await asyncio.to_thread(migrations.upgrade, config.db_url)
+        db = create_engine(config.db_url)
+        app[keys.repository] = SessionRepository(sessionmaker(db))
+        yield
+        await db.dispose()
+
+    async def model_and_engine(app: web.Application) -> AsyncIterator[None]:
+        loaded = model or await asyncio.to_thread(load_model, config.model, config.model_cache_dir)
+        app[keys.model] = loaded
+        runner = ModelRunner(loaded.model)
+        await asyncio.to_thread(runner.warmup)
+        chat_format = ChatFormat(loaded.tokenizer, loaded.model.generation_config)
+        engine = Engine(runner, chat_format, config.engine)
+        engine.start()
+        app[keys.engine] = engine
+        sessions = SessionManager(app[keys.repository], loaded.name)
+        app[keys.sessions] = sessions
+        max_context = min(config.engine.max_context, runner.max_context)
+        app[turn_service_key] = TurnService(config, engine, chat_format, app[keys.repository], sessions, max_context)
+        yield
+        await asyncio.to_thread(engine.stop)
+
+    app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(model_and_engine)
+    app.on_shutdown.append(close_all)
+    routes.setup(app)
+    return app

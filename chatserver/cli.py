@@ -1,0 +1,116 @@
+"""python -m chatserver {serve,chat,db upgrade}. Options override CHATSERVER_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from engine.config import EngineConfig
+
+
+def _env(name: str, default=None):
+    return os.environ.get(f"CHATSERVER_{name}", default)
+
+
+def _int_env(name: str, default: int) -> int:
+    return int(_env(name, default))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m chatserver", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the chat server")
+    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=_int_env("PORT", 8080), help="0 picks a free port")
+    serve.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", ".data")))
+    serve.add_argument("--model", default=_env("MODEL"), help="HF model directory or .gguf file (default: SmolLM2-135M-Instruct)")
+    serve.add_argument("--model-cache", type=Path, default=_env("MODEL_CACHE"), help="converted weights (default: DATA_DIR/models)")
+    serve.add_argument("--database-url", default=_env("DATABASE_URL"), help="SQLAlchemy async URL (default: SQLite in DATA_DIR)")
+    serve.add_argument("--no-migrate", action="store_true", default=_env("NO_MIGRATE") == "1",
+                       help="do not apply database migrations at start-up")
+    serve.add_argument("--system-prompt", default=_env("SYSTEM_PROMPT"))
+    serve.add_argument("--max-context", type=int, default=_int_env("MAX_CONTEXT", EngineConfig.max_context))
+    serve.add_argument("--max-new-tokens", type=int, default=_int_env("MAX_NEW_TOKENS", EngineConfig.max_new_tokens))
+    serve.add_argument("--max-queue", type=int, default=_int_env("MAX_QUEUE", EngineConfig.max_queue))
+    serve.add_argument("--max-batch-size", type=int, default=_int_env("MAX_BATCH_SIZE", EngineConfig.max_batch_size))
+    serve.add_argument("--max-kv-ram-mb", type=int, default=_int_env("MAX_KV_RAM_MB", EngineConfig.max_ram_bytes >> 20))
+    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+
+    chat = sub.add_parser("chat", help="terminal chat client")
+    chat.add_argument("--url", default=_env("URL", "ws://127.0.0.1:8080/ws"))
+    chat.add_argument("--session", help="session id to resume")
+    chat.add_argument("--token", help="resume token of that session")
+    chat.add_argument("--system", help="system prompt for a new session")
+    chat.add_argument("--max-tokens", type=int)
+    chat.add_argument("--temperature", type=float)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    up = db_sub.add_parser("upgrade", help="apply migrations up to head")
+    up.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", ".data")))
+    up.add_argument("--database-url", default=_env("DATABASE_URL"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "chat":
+        from chatserver.client import run_chat
+
+        return asyncio.run(run_chat(args))
+    if args.command == "db":
+        from chatserver.config import ServerConfig
+        from storage import migrations
+
+        config = ServerConfig(data_dir=args.data_dir, database_url=args.database_url)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        migrations.upgrade(config.db_url)
+        print(f"database at head: {config.db_url}")
+        return 0
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from chatserver.config import ServerConfig
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    engine = replace(
+        EngineConfig(), max_context=args.max_context, max_new_tokens=args.max_new_tokens, max_queue=args.max_queue,
+        max_batch_size=args.max_batch_size, max_ram_bytes=args.max_kv_ram_mb << 20,
+    )
+    config = ServerConfig(
+        host=args.host, port=args.port, data_dir=args.data_dir, model=args.model, model_cache=args.model_cache,
+        database_url=args.database_url, migrate=not args.no_migrate, system_prompt=args.system_prompt, engine=engine,
+    )
+    return asyncio.run(_run_server(config))
+
+
+async def _run_server(config) -> int:
+    from aiohttp import web
+
+    from chatserver.app import create_app
+
+    runner = web.AppRunner(create_app(config), handle_signals=False)
+    await runner.setup()  # loads the model and migrates the database
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    print(f"chatserver ready on http://{host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("chatserver shutting down", file=sys.stderr, flush=True)
+    await runner.cleanup()
+    return 0

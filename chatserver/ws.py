@@ -1,0 +1,145 @@
+"""GET /ws: one chat connection. Frames in chatserver/protocol.py, documented in docs/PROTOCOL.md."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from urllib.parse import urlsplit
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from chatserver import keys
+from chatserver.errors import BadRequest, Busy, error_frame
+from chatserver.protocol import Cancel, Hello, System, User, parse_frame, session_frame
+from chatserver.sessions import LiveSession
+from chatserver.turns import TurnService
+from engine.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+turn_service_key = web.AppKey("turn_service", TurnService)
+
+
+class Connection:
+    def __init__(self, ws: web.WebSocketResponse, app: web.Application):
+        self.ws = ws
+        self.sessions = app[keys.sessions]
+        self.turns = app[turn_service_key]
+        self.live: LiveSession | None = None
+        self.turn_task: asyncio.Task | None = None
+        self.stream = None
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, frame: dict) -> None:
+        async with self._send_lock:
+            await self.ws.send_str(json.dumps(frame, ensure_ascii=False))
+
+    async def handle(self, text: str) -> None:
+        try:
+            frame = parse_frame(text)
+            if isinstance(frame, Hello):
+                await self.on_hello(frame)
+            elif isinstance(frame, System):
+                self.on_system(frame)
+            elif isinstance(frame, User):
+                await self.on_user(frame)
+            elif isinstance(frame, Cancel):
+                self.on_cancel()
+        except (BadRequest, EngineError) as exc:
+            await self.send(error_frame(exc))
+        except Exception as exc:  # noqa: BLE001 - typed ChatErrors and unexpected ones alike keep the socket open
+            if not hasattr(exc, "code"):
+                log.exception("unexpected error handling a frame")
+            await self.send(error_frame(exc))
+
+    async def on_hello(self, frame: Hello) -> None:
+        if self.is_turn_running:
+            raise Busy("a turn is running on this connection")
+        if frame.session_id is None:
+            live, token, resumed = *(await self.sessions.create()), False
+        else:
+            live = await self.sessions.resume(frame.session_id, frame.resume_token)
+            token, resumed = frame.resume_token, True
+        if self.live is not None:
+            self.sessions.detach(self.live, self)
+        self.live = live
+        self.sessions.attach(live, self)
+        messages = [{"role": m.role, "content": m.content} for m in live.messages]
+        await self.send(session_frame(live.id, token, resumed, messages))
+
+    def on_system(self, frame: System) -> None:
+        self.turns.set_system(self._require_session(), frame.content)
+
+    async def on_user(self, frame: User) -> None:
+        live = self._require_session()
+        if live.is_busy:
+            raise Busy("a turn is already running in this session; send cancel or wait for done")
+        live.is_busy = True  # before any await: a second user frame is refused
+        try:
+            stream = await self.turns.start(live, frame)
+        except BaseException:
+            live.is_busy = False
+            raise
+        self.stream = stream
+        self.turn_task = asyncio.create_task(self.turns.stream_answer(live, stream, self.send))
+
+    def on_cancel(self) -> None:
+        if not self.is_turn_running:
+            raise BadRequest("no turn is running")
+        self.stream.cancel()
+
+    @property
+    def is_turn_running(self) -> bool:
+        return self.turn_task is not None and not self.turn_task.done()
+
+    def _require_session(self) -> LiveSession:
+        if self.live is None:
+            raise BadRequest("send hello first")
+        return self.live
+
+    async def close(self) -> None:
+        """The client is gone: stop its turn at the next engine step and wait for the answer to be stored."""
+        if self.is_turn_running:
+            self.stream.cancel()
+            try:
+                await asyncio.shield(self.turn_task)
+            except Exception:  # noqa: BLE001 - already logged by the task
+                pass
+        if self.live is not None:
+            self.sessions.detach(self.live, self)
+
+
+def _is_same_origin(request: web.Request, allowed: tuple[str, ...]) -> bool:
+    """Browsers send Origin; other clients usually do not. A foreign page must not drive a session."""
+    origin = request.headers.get("Origin")
+    if origin is None or origin in allowed:
+        return True
+    return urlsplit(origin).netloc == request.host
+
+
+async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
+    app = request.app
+    config = app[keys.config]
+    if not _is_same_origin(request, config.allowed_origins):
+        raise web.HTTPForbidden(text="cross-origin WebSocket refused")
+    ws = web.WebSocketResponse(max_msg_size=config.max_frame_bytes, heartbeat=30.0)
+    await ws.prepare(request)
+    conn = Connection(ws, app)
+    app[keys.websockets].add(ws)
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await conn.handle(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await conn.send(error_frame(BadRequest("binary frames are not supported; send JSON text")))
+    finally:
+        app[keys.websockets].discard(ws)
+        await conn.close()
+    return ws
+
+
+async def close_all(app: web.Application) -> None:
+    """on_shutdown: tell every client we are going away (their turns are cancelled and stored)."""
+    for ws in set(app[keys.websockets]):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
