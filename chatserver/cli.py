@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, default=_int_env("MAX_QUEUE", EngineConfig.max_queue))
     serve.add_argument("--max-batch-size", type=int, default=_int_env("MAX_BATCH_SIZE", EngineConfig.max_batch_size))
     serve.add_argument("--max-kv-ram-mb", type=int, default=_int_env("MAX_KV_RAM_MB", EngineConfig.max_ram_bytes >> 20))
+    serve.add_argument("--no-kv-reuse", action="store_true", default=_env("NO_KV_REUSE") == "1",
+                       help="recompute every prompt from scratch (baseline for benchmarks)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
 
     chat = sub.add_parser("chat", help="terminal chat client")
@@ -87,6 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
     engine = replace(
         EngineConfig(), max_context=args.max_context, max_new_tokens=args.max_new_tokens, max_queue=args.max_queue,
         max_batch_size=args.max_batch_size, max_ram_bytes=args.max_kv_ram_mb << 20,
+        reuse_kv=not args.no_kv_reuse,
     )
     config = ServerConfig(
         host=args.host, port=args.port, data_dir=args.data_dir, model=args.model, model_cache=args.model_cache,

@@ -11,3 +11,4 @@ class EngineConfig:
     max_tokens_per_step: int = 512  # new tokens per forward pass (prefill chunk budget)
     max_queue: int = 64  # turns admitted but not finished; beyond this, Overloaded
     max_ram_bytes: int = 4 << 30  # KV bytes held in RAM across sessions
+    reuse_kv: bool = True  # False: every turn recomputes its whole prompt (a baseline for benchmarks)

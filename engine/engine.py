@@ -161,6 +161,8 @@ class Engine:
         kv, source = self.store.acquire(turn.session_key)
         # at least one prompt token must be fed to get logits for the first answer token
         keep = min(common_prefix_length(kv.token_ids, turn.prompt_ids), len(turn.prompt_ids) - 1)
+        if not self.config.reuse_kv:
+            keep = 0
         kv.truncate(keep)
         turn.kv, turn.num_cached_tokens = kv, keep
         turn.cache_source = source if keep else "miss"

@@ -93,7 +93,8 @@ class Turn:
     @property
     def num_prompt_remaining(self) -> int:
         """Prompt tokens whose KV is not computed yet (0 once decoding)."""
-        assert self.kv is not None
+        if self.kv is None:
+            return len(self.prompt_ids)
         return max(0, len(self.prompt_ids) - self.kv.length)
 
     def next_input(self, budget: int) -> list[int]:

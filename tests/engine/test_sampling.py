@@ -1,0 +1,29 @@
+import torch
+
+from engine.sampling import SamplingParams, sample
+
+
+def test_greedy_takes_argmax():
+    logits = torch.tensor([0.1, 3.0, 2.9])
+    assert sample(logits, SamplingParams(temperature=0.0), torch.Generator()) == 1
+
+
+def test_same_seed_same_draws_and_different_seeds_differ():
+    logits = torch.randn(1000, generator=torch.Generator().manual_seed(1))
+    params = SamplingParams(temperature=1.5, top_p=1.0, seed=7)
+    g1, g2 = params.new_generator(), params.new_generator()
+    a = [sample(logits, params, g1) for _ in range(50)]
+    b = [sample(logits, params, g2) for _ in range(50)]
+    assert a == b
+    other = SamplingParams(temperature=1.5, top_p=1.0, seed=8)
+    g3 = other.new_generator()
+    assert [sample(logits, other, g3) for _ in range(50)] != a
+
+
+def test_top_k_and_top_p_restrict_the_choice():
+    logits = torch.tensor([5.0, 4.9, 0.0, -1.0])
+    gen = torch.Generator().manual_seed(0)
+    draws = {sample(logits, SamplingParams(temperature=1.0, top_k=2), gen) for _ in range(200)}
+    assert draws == {0, 1}
+    draws = {sample(logits, SamplingParams(temperature=1.0, top_p=0.01), gen) for _ in range(50)}
+    assert draws == {0}
