@@ -60,15 +60,38 @@ PACKING = (
     "plasters and painkillers, copies of our passports, and a daypack for the excursions. We want to travel "
     "with hand luggage only. Is anything missing for Portugal in May, and what can I leave at home?"
 )
+SINTRA = (
+    "I found this on a travel blog: Sintra is a small town in the hills about forty minutes by train from Lisbon's "
+    "Rossio station. Trains leave every twenty minutes and a return ticket costs under five euros. The town is "
+    "famous for its romantic palaces and gardens, which were summer retreats for the Portuguese royal family. "
+    "The colourful Pena Palace sits on top of a hill and is the most visited, so buy a timed ticket online and go "
+    "first thing in the morning. The Moorish Castle is a ruin with walls you can walk along, and on a clear day "
+    "you can see the ocean. Quinta da Regaleira has a mysterious initiation well with a spiral staircase going "
+    "down into the ground and tunnels that lead to a lake. Monserrate Palace is quieter and has beautiful "
+    "botanical gardens. The hills are steep, so the local bus 434 is useful, though it is often crowded. Many "
+    "visitors try to see everything in one day and end up exhausted; two or three sights are plenty. "
+    "So, is the Sintra day trip worth it, or should we spend that day in Lisbon instead?"
+)
+SUMMARY = (
+    "Thanks! Here is the message I drafted for my partner, can you check it and shorten it into a few bullet "
+    "points? Hi love, I talked the trip through and here is where we are. We fly to Lisbon on a Saturday in mid "
+    "May and stay four nights in Alfama, then take the train to Porto for three nights and fly home from there. "
+    "In Lisbon we do the castle, the tram, Belem and the pastries, and one day in Sintra where we only see Pena "
+    "and Regaleira so we are not too tired. In Porto we walk by the river, visit a port cellar, and take the "
+    "boat up the Douro with lunch at a wine estate. The budget works if we keep food to about sixty euros a day "
+    "each, and we can save on the Lisboa Card if we walk a lot. The weather should be warm but the ocean will "
+    "still be cold, so swimming is optional. We only take hand luggage, so pack light and bring good shoes, a "
+    "rain jacket and a sweater for the evenings. I will book the flights tonight unless you have objections."
+)
 CONVERSATION = [  # 8 user turns; history reaches about 2,000 prompt tokens by turn 8
     "Hi! My partner and I are planning our first trip to Portugal in May, for about a week. Where should we go?",
     ITINERARY,
-    "Is the Sintra day trip worth it, or should we spend that day in Lisbon instead?",
+    SINTRA,
     BUDGET,
     "What is the weather usually like in Lisbon and Porto in May? Will it be warm enough to swim?",
     PACKING,
     "Which Portuguese dishes should we absolutely try, and what should a vegetarian order?",
-    "Thanks! Can you summarise the whole plan in a few short bullet points I can send to my partner?",
+    SUMMARY,
 ]
 
 
@@ -90,7 +113,12 @@ async def start_server(data_dir: Path, model_cache: Path, reuse: bool) -> tuple[
 
 async def stop_server(proc: asyncio.subprocess.Process) -> None:
     proc.send_signal(signal.SIGTERM)
-    if await asyncio.wait_for(proc.wait(), timeout=60) != 0:
+    try:
+        await asyncio.wait_for(proc.wait(), timeout=60)  # seconds
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+    if proc.returncode != 0:
         print(f"warning: server exited with code {proc.returncode}", file=sys.stderr)
 
 
@@ -115,6 +143,8 @@ async def play(url: str, max_tokens: int) -> list[dict]:
                     break
                 else:
                     raise RuntimeError(f"unexpected frame: {frame}")
+            if client_ttft_ms is None:  # no token at all: count the time to done
+                client_ttft_ms = (time.perf_counter() - t0) * 1000
             turns.append({**frame, "answer": "".join(text), "client_ttft_ms": client_ttft_ms})
     return turns
 
@@ -132,45 +162,40 @@ async def run_mode(reuse: bool, args: argparse.Namespace) -> list[list[dict]]:
                       f"{time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
         finally:
             await stop_server(proc)
+            log = [line for line in (Path(tmp) / "server.log").read_text().splitlines() if "shutting down" not in line]
+            if log:  # the server logs at WARNING level: anything here deserves a look
+                print("  server log:\n    " + "\n    ".join(log[-20:]), file=sys.stderr)
     return runs
 
 
-def column(runs: list[list[dict]], turn: int, get) -> list:
-    return [get(run[turn]) for run in runs]
+def medians(runs: list[list[dict]], get) -> list[float]:
+    """Per turn, the median over repeats of get(done frame)."""
+    return [statistics.median(get(run[t]) for run in runs) for t in range(len(CONVERSATION))]
 
 
 def report(reuse: list[list[dict]], full: list[list[dict]]) -> None:
-    med = statistics.median
+    prompt = medians(reuse, lambda d: d["usage"]["prompt_tokens"])
+    cached = medians(reuse, lambda d: d["usage"]["cached_tokens"])
+    ttft_reuse, ttft_full = (medians(runs, lambda d: d["timings"]["ttft_ms"]) for runs in (reuse, full))  # ms
+    client_reuse, client_full = (medians(runs, lambda d: d["client_ttft_ms"]) for runs in (reuse, full))  # ms
+    ratios = [f / r for f, r in zip(ttft_full, ttft_reuse)]
     print(f"{'turn':>4} {'prompt_tokens':>13} {'cached':>6} {'TTFT reuse ms':>13} {'TTFT recompute ms':>17} {'ratio':>6}")
-    ratios, totals = [], [0.0, 0.0, 0.0, 0.0]  # totals: server TTFT reuse/recompute, client TTFT reuse/recompute (ms)
     for t in range(len(CONVERSATION)):
-        prompt = sorted(set(column(reuse, t, lambda d: d["usage"]["prompt_tokens"])
-                            + column(full, t, lambda d: d["usage"]["prompt_tokens"])))
-        cached = med(column(reuse, t, lambda d: d["usage"]["cached_tokens"]))
-        ttft_reuse = med(column(reuse, t, lambda d: d["timings"]["ttft_ms"]))
-        ttft_full = med(column(full, t, lambda d: d["timings"]["ttft_ms"]))
-        totals[0] += ttft_reuse
-        totals[1] += ttft_full
-        totals[2] += med(column(reuse, t, lambda d: d["client_ttft_ms"]))
-        totals[3] += med(column(full, t, lambda d: d["client_ttft_ms"]))
-        ratio = ttft_full / ttft_reuse
-        if t > 0:
-            ratios.append(ratio)
-        prompt_text = "/".join(map(str, prompt))  # several values only if the runs diverged
-        print(f"{t + 1:>4} {prompt_text:>13} {cached:>6.0f} {ttft_reuse:>13.1f} {ttft_full:>17.1f} {ratio:>5.1f}x")
-    print(f"summary: median ratio over turns 2-{len(CONVERSATION)} = {med(ratios):.1f}x; total TTFT (sum of per-turn "
-          f"medians) reuse {totals[0]:.0f} ms vs recompute {totals[1]:.0f} ms; "
-          f"client-measured {totals[2]:.0f} ms vs {totals[3]:.0f} ms")
-    answers = lambda runs: [[d["answer"] for d in run] for run in runs]  # noqa: E731
-    same = answers(reuse) == answers(full)
-    print(f"answers identical: {'yes' if same else 'no'}")
-    if not same:
-        for r, (a, b) in enumerate(zip(answers(reuse), answers(full))):
-            diff = [t + 1 for t in range(len(a)) if a[t] != b[t]]
-            if diff:
-                print(f"  repeat {r + 1}: answers differ at turns {diff}")
-    print(f"each server deterministic across repeats: reuse {'yes' if len({str(a) for a in answers(reuse)}) == 1 else 'no'}, "
-          f"recompute {'yes' if len({str(a) for a in answers(full)}) == 1 else 'no'}")
+        print(f"{t + 1:>4} {prompt[t]:>13.0f} {cached[t]:>6.0f} {ttft_reuse[t]:>13.1f} {ttft_full[t]:>17.1f} "
+              f"{ratios[t]:>5.1f}x")
+    print(f"summary: median ratio over turns 2-{len(CONVERSATION)} = {statistics.median(ratios[1:]):.1f}x; "
+          f"total TTFT (sum of per-turn medians) reuse {sum(ttft_reuse):.0f} ms vs recompute {sum(ttft_full):.0f} ms "
+          f"(client-measured {sum(client_reuse):.0f} ms vs {sum(client_full):.0f} ms)")
+    answers_reuse, answers_full = ([[d["answer"] for d in run] for run in runs] for runs in (reuse, full))
+    print(f"answers identical: {'yes' if answers_reuse == answers_full else 'no'}")
+    for r, (a, b) in enumerate(zip(answers_reuse, answers_full)):
+        if a != b:
+            print(f"  repeat {r + 1}: answers differ at turns {[t + 1 for t in range(len(a)) if a[t] != b[t]]}")
+    for name, answers in (("reuse", answers_reuse), ("recompute", answers_full)):
+        if any(a != answers[0] for a in answers):
+            print(f"  warning: {name} answers differ between repeats")
+    if len({tuple(d["usage"]["prompt_tokens"] for d in run) for run in reuse + full}) > 1:
+        print("  warning: prompt_tokens differ between runs (the table shows medians)")
 
 
 async def main() -> None:

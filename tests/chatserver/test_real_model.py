@@ -1,0 +1,91 @@
+"""End to end with the real model through the real server process (`python -m chatserver serve`)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from engine.chat_format import ChatFormat, ChatMessage
+from tests.conftest import MODEL_CACHE
+from tests.real_server import REPO, RealServer, WsChat
+
+CONVERSATIONS = [
+    ["What is the capital of France?", "What is it famous for?", "Name one museum there."],
+    ["Write a haiku about autumn leaves.", "Now one about winter.", "Which of the two do you prefer, and why?"],
+    ["Give me three tips for learning Python.", "Explain the second tip in more detail.", "Thanks! Summarize in one sentence."],
+]
+MAX_TOKENS = 48
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = RealServer(tmp_path_factory.mktemp("data"), MODEL_CACHE).start()
+    yield srv
+    if srv.proc.poll() is None:
+        srv.stop()
+
+
+def _generate_from_scratch(real_model, history: list[ChatMessage]) -> str:
+    """What transformers' own generate() answers when the whole conversation is recomputed."""
+    ids = ChatFormat(real_model.tokenizer, real_model.model.generation_config).render(history)
+    with torch.inference_mode():
+        out = real_model.model.generate(torch.tensor([ids]), max_new_tokens=MAX_TOKENS, do_sample=False)
+    return real_model.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("conversation", CONVERSATIONS, ids=["capital", "haiku", "python"])
+async def test_greedy_parity_with_kv_reuse(server, real_model, conversation):
+    chat, _ = await WsChat.open(server.ws_url)
+    history: list[ChatMessage] = []
+    previous = None
+    for user in conversation:
+        text, done = await chat.turn(user, max_tokens=MAX_TOKENS, temperature=0)
+        assert done["type"] == "done", done
+        history.append(ChatMessage("user", user))
+        assert text == _generate_from_scratch(real_model, history)
+        history.append(ChatMessage("assistant", text))
+        if previous is not None:
+            # the previous prompt and (all but the last token of) the previous answer are reused
+            assert done["usage"]["cached_tokens"] >= previous["usage"]["prompt_tokens"]
+            assert done["cache"] == "ram"
+        previous = done
+    await chat.close()
+
+
+async def test_session_survives_a_restart(tmp_path):
+    srv = RealServer(tmp_path, MODEL_CACHE).start()
+    chat, session = await WsChat.open(srv.ws_url)
+    text, _ = await chat.turn("Name a color.", max_tokens=16, temperature=0)
+    await chat.close()
+    assert srv.stop() == 0
+
+    srv = RealServer(tmp_path, MODEL_CACHE).start()
+    try:
+        chat, resumed = await WsChat.open(srv.ws_url, session_id=session["session_id"],
+                                          resume_token=session["resume_token"])
+        assert resumed["resumed"] is True
+        assert resumed["messages"] == [{"role": "user", "content": "Name a color."},
+                                       {"role": "assistant", "content": text}]
+        answer, done = await chat.turn("Name another one.", max_tokens=16, temperature=0)
+        assert done["type"] == "done" and answer
+        await chat.close()
+    finally:
+        srv.stop()
+
+
+def test_terminal_chat_client_streams_and_resumes(server):
+    run = subprocess.run(
+        [sys.executable, "-m", "chatserver", "chat", "--url", server.ws_url, "--temperature", "0", "--max-tokens", "24"],
+        input="What is the capital of France?\n", capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Paris" in run.stdout
+    resume = [line for line in run.stdout.splitlines() if line.startswith("resume with:")]
+    assert resume, run.stdout
+    args = resume[0].split("python -m chatserver chat", 1)[1].split()
+    again = subprocess.run([sys.executable, "-m", "chatserver", "chat", *args], input="", capture_output=True,
+                           text=True, timeout=120, cwd=REPO)
+    assert again.returncode == 0, again.stderr
+    assert "[user] What is the capital of France?" in again.stdout
+    assert "(resumed)" in again.stdout
