@@ -10,7 +10,7 @@ checks that both servers gave the same answers, as greedy decoding should.
 
 Run from the repository root (takes a few minutes on 2 CPU cores):
 
-    .venv/bin/python bench/kv_reuse.py [--repeats 3] [--max-tokens 64] [--model-cache DIR]
+    .venv/bin/python bench/kv_reuse.py [--repeats 3] [--max-tokens 64] [--model-cache DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ async def run_mode(reuse: bool, args: argparse.Namespace) -> list[list[dict]]:
                       f"{time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
         finally:
             await stop_server(proc)
-            log = [line for line in (Path(tmp) / "server.log").read_text().splitlines() if "shutting down" not in line]
+            log = [line for line in (Path(tmp) / "server.log").read_text().splitlines()
+                   if line.strip() and not any(s in line for s in ("shutting down", "Loading weights"))]
             if log:  # the server logs at WARNING level: anything here deserves a look
                 print("  server log:\n    " + "\n    ".join(log[-20:]), file=sys.stderr)
     return runs
@@ -204,6 +205,7 @@ async def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64, help="max answer tokens per turn (default 64)")
     parser.add_argument("--model-cache", type=Path, default=ROOT / ".cache" / "models",
                         help="converted weights shared by both servers (default: .cache/models in the repo)")
+    parser.add_argument("--json", type=Path, help="also write every done frame and answer to this file")
     args = parser.parse_args()
     print("server with KV reuse ...", file=sys.stderr, flush=True)
     reuse = await run_mode(True, args)
@@ -212,6 +214,8 @@ async def main() -> None:
     print(f"\n{len(CONVERSATION)} turns x {args.repeats} repeats, max_tokens={args.max_tokens}, temperature 0; "
           "TTFT = server timings.ttft_ms, median over repeats")
     report(reuse, full)
+    if args.json:
+        args.json.write_text(json.dumps({"reuse": reuse, "recompute": full}, indent=1, ensure_ascii=False))
 
 
 if __name__ == "__main__":

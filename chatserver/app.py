@@ -20,6 +20,7 @@ from engine.loader import LoadedModel, load_model
 from engine.runner import ModelRunner
 from storage import migrations
 from storage.db import create_engine, sessionmaker
+from storage.kv_files import KVFileStore, KVLayout
 from storage.sessions import SessionRepository
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,18 @@ def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Ap
         runner = ModelRunner(loaded.model)
         await asyncio.to_thread(runner.warmup)
         chat_format = ChatFormat(loaded.tokenizer, loaded.model.generation_config)
-        engine = Engine(runner, chat_format, config.engine)
+        layout = KVLayout(runner.num_layers, runner.num_kv_heads, runner.head_dim, runner.dtype, loaded.fingerprint)
+        kv_files = await asyncio.to_thread(KVFileStore, config.kv_dir, layout, config.engine.kv.max_disk_bytes)
+        engine = Engine(runner, chat_format, config.engine, disk=kv_files)
         engine.start()
         app[keys.engine] = engine
-        sessions = SessionManager(app[keys.repository], loaded.name)
+        on_idle = (lambda sid: engine.spill(sid, "disconnect")) if config.engine.kv.spill_on_disconnect else None
+        sessions = SessionManager(app[keys.repository], loaded.name, on_idle)
         app[keys.sessions] = sessions
-        max_context = min(config.engine.max_context, runner.max_context)
+        max_context = min(config.engine.max_context, runner.max_context, config.engine.kv.max_tokens_per_session)
+        # one session at full context must fit in RAM on its own, or its turn could never start
+        while max_context > 1 and runner.new_kv(0).bytes_for(max_context) > config.engine.kv.max_ram_bytes:
+            max_context //= 2
         app[turn_service_key] = TurnService(config, engine, chat_format, app[keys.repository], sessions, max_context)
         yield
         await asyncio.to_thread(engine.stop)

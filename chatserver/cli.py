@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine.config import EngineConfig
+from engine.kv_store import KVStoreConfig
 
 
 def _env(name: str, default=None):
@@ -40,7 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-new-tokens", type=int, default=_int_env("MAX_NEW_TOKENS", EngineConfig.max_new_tokens))
     serve.add_argument("--max-queue", type=int, default=_int_env("MAX_QUEUE", EngineConfig.max_queue))
     serve.add_argument("--max-batch-size", type=int, default=_int_env("MAX_BATCH_SIZE", EngineConfig.max_batch_size))
-    serve.add_argument("--max-kv-ram-mb", type=int, default=_int_env("MAX_KV_RAM_MB", EngineConfig.max_ram_bytes >> 20))
+    kv = KVStoreConfig()
+    serve.add_argument("--max-kv-ram-mb", type=int, default=_int_env("MAX_KV_RAM_MB", kv.max_ram_bytes >> 20))
+    serve.add_argument("--max-kv-ram-sessions", type=int, default=_int_env("MAX_KV_RAM_SESSIONS", kv.max_ram_sessions))
+    serve.add_argument("--max-kv-disk-mb", type=int, default=_int_env("MAX_KV_DISK_MB", kv.max_disk_bytes >> 20))
+    serve.add_argument("--max-session-tokens", type=int, default=_int_env("MAX_SESSION_TOKENS", kv.max_tokens_per_session))
+    serve.add_argument("--kv-ttl-hours", type=float, default=float(_env("KV_TTL_HOURS", kv.ttl_seconds / 3600)))
+    serve.add_argument("--spill-on-disconnect", action="store_true", default=_env("SPILL_ON_DISCONNECT") == "1",
+                       help="write a session's KV to disk and free its RAM as soon as its last client leaves "
+                            "(default: only under RAM pressure and at shutdown)")
     serve.add_argument("--no-kv-reuse", action="store_true", default=_env("NO_KV_REUSE") == "1",
                        help="recompute every prompt from scratch (baseline for benchmarks)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
@@ -88,8 +97,12 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     engine = replace(
         EngineConfig(), max_context=args.max_context, max_new_tokens=args.max_new_tokens, max_queue=args.max_queue,
-        max_batch_size=args.max_batch_size, max_ram_bytes=args.max_kv_ram_mb << 20,
-        reuse_kv=not args.no_kv_reuse,
+        max_batch_size=args.max_batch_size, reuse_kv=not args.no_kv_reuse,
+        kv=KVStoreConfig(
+            max_ram_bytes=args.max_kv_ram_mb << 20, max_ram_sessions=args.max_kv_ram_sessions,
+            max_disk_bytes=args.max_kv_disk_mb << 20, max_tokens_per_session=args.max_session_tokens,
+            ttl_seconds=args.kv_ttl_hours * 3600, spill_on_disconnect=args.spill_on_disconnect,
+        ),
     )
     config = ServerConfig(
         host=args.host, port=args.port, data_dir=args.data_dir, model=args.model, model_cache=args.model_cache,

@@ -31,5 +31,9 @@ class ServerConfig:
         return self.database_url or sqlite_url(self.data_dir / "chat.db")
 
     @property
+    def kv_dir(self) -> Path:
+        return self.data_dir / "kv"
+
+    @property
     def model_cache_dir(self) -> Path:
         return self.model_cache or self.data_dir / "models"

@@ -27,9 +27,11 @@ class LiveSession:
 
 
 class SessionManager:
-    def __init__(self, repository: SessionRepository, model_name: str):
+    def __init__(self, repository: SessionRepository, model_name: str, on_idle=None):
+        """on_idle(session_id): called when a session's last connection leaves and no turn runs."""
         self._repo = repository
         self._model_name = model_name
+        self._on_idle = on_idle
         self._live: dict[str, LiveSession] = {}
 
     async def create(self) -> tuple[LiveSession, str]:
@@ -62,6 +64,8 @@ class SessionManager:
     def forget_if_idle(self, live: LiveSession) -> None:
         if not live.connections and not live.is_busy and self._live.get(live.id) is live:
             del self._live[live.id]
+            if self._on_idle is not None:
+                self._on_idle(live.id)
 
     def get_live(self, session_id: str) -> LiveSession | None:
         return self._live.get(session_id)

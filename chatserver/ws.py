@@ -61,6 +61,7 @@ class Connection:
         else:
             live = await self.sessions.resume(frame.session_id, frame.resume_token)
             token, resumed = frame.resume_token, True
+            self.turns.engine.prefetch(live.id)  # KV back from disk while the person types
         if self.live is not None:
             self.sessions.detach(self.live, self)
         self.live = live

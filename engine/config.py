@@ -1,14 +1,16 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from engine.kv_store import KVStoreConfig
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    max_context: int = 8192  # tokens per session (prompt + answer); capped by the model's own limit
+    max_context: int = 8192  # tokens per session (prompt + answer); capped by the model and the KV store
     max_new_tokens: int = 2048  # upper bound a turn may ask for
     max_batch_size: int = 32  # sequences per forward pass
     max_tokens_per_step: int = 512  # new tokens per forward pass (prefill chunk budget)
     max_queue: int = 64  # turns admitted but not finished; beyond this, Overloaded
-    max_ram_bytes: int = 4 << 30  # KV bytes held in RAM across sessions
     reuse_kv: bool = True  # False: every turn recomputes its whole prompt (a baseline for benchmarks)
+    kv: KVStoreConfig = field(default_factory=KVStoreConfig)

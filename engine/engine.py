@@ -18,7 +18,7 @@ from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import EngineStopped, Overloaded
 from engine.kv_cache import common_prefix_length
-from engine.kv_store import KVStore
+from engine.kv_store import DiskTier, KVStore
 from engine.runner import ForwardItem, ModelRunner
 from engine.sampling import sample
 from engine.scheduler import Scheduler
@@ -29,13 +29,13 @@ log = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, runner: ModelRunner, chat_format: ChatFormat, config: EngineConfig):
+    def __init__(self, runner: ModelRunner, chat_format: ChatFormat, config: EngineConfig, disk: DiskTier | None = None):
         self.runner = runner
         self.chat_format = chat_format
         self.config = config
-        self.store = KVStore(config.max_ram_bytes, runner.new_kv)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # ("turn", Turn) | ("cancel", id) | ("run", fn) | ("call", fn, args, fut)
+        self.store = KVStore(config.kv, runner.new_kv, disk, notify=lambda fn: self._inbox.put(("run", fn)))
         self.scheduler = Scheduler(config)
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # ("turn", Turn) | ("cancel", id) | ("call", fn, fut)
         self._num_admitted = 0  # turns submitted and not finished; guarded by _lock
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -95,15 +95,35 @@ class Engine:
     def _cancel(self, turn_id: int) -> None:
         self._inbox.put(("cancel", turn_id))
 
+    def prefetch(self, session_key: str) -> None:
+        """A client is back: start reading its KV from disk now, before its next turn. Thread-safe."""
+        self._inbox.put(("run", lambda: self.store.prefetch(session_key)))
+
+    def spill(self, session_key: str, cause: str = "admin") -> None:
+        """Move a session's KV to disk and free its RAM (after its running turn, if any). Thread-safe."""
+        self._inbox.put(("run", lambda: self.store.spill(session_key, cause)))
+
+    def drop(self, session_key: str) -> None:
+        """Forget a session's KV in every tier. Thread-safe."""
+        self._inbox.put(("run", lambda: self.store.drop(session_key)))
+
     # ---- engine thread ----
 
     def _loop(self) -> None:
+        next_expiry = 0.0
         while not self._stopping:
-            self._drain_inbox(block=self.scheduler.num_unfinished == 0)
+            # block only when nothing can run: waiting turns are then blocked on a restore or on
+            # RAM, and a completion from the KV store's I/O thread wakes us through the inbox
+            self._drain_inbox(block=not self.scheduler.running)
             if self.scheduler.num_unfinished:
                 self.step()
+            if time.monotonic() > next_expiry:
+                self.store.expire()
+                next_expiry = time.monotonic() + 30.0
         for turn in list(self.scheduler.waiting) + list(self.scheduler.running):
             self._finish(turn, error=EngineStopped("the server is shutting down"))
+        written = self.store.spill_all()
+        log.info("engine stopped; %d sessions written to disk", written)
 
     def _drain_inbox(self, block: bool) -> None:
         try:
@@ -125,6 +145,8 @@ class Engine:
             for turn in list(self.scheduler.waiting) + self.scheduler.running:
                 if turn.id == msg[1]:
                     turn.is_cancelled = True
+        elif kind == "run":
+            msg[1]()
         elif kind == "call":
             _, fn, args, fut = msg
             try:
@@ -156,9 +178,15 @@ class Engine:
                 self._postprocess(turn, logits[row])
                 row += 1
 
-    def _start(self, turn: Turn) -> None:
-        """Attach the session's KV, keeping the longest prefix shared with the new prompt."""
-        kv, source = self.store.acquire(turn.session_key)
+    def _start(self, turn: Turn) -> bool:
+        """Attach the session's KV, keeping the longest prefix shared with the new prompt.
+        False: not ready (KV being restored from disk, or RAM being freed); try again later."""
+        if turn.t_start == 0.0:
+            turn.t_start = time.perf_counter()
+        acquired = self.store.acquire(turn.session_key, len(turn.prompt_ids) + turn.request.sampling.max_tokens)
+        if acquired is None:
+            return False
+        kv, source = acquired
         # at least one prompt token must be fed to get logits for the first answer token
         keep = min(common_prefix_length(kv.token_ids, turn.prompt_ids), len(turn.prompt_ids) - 1)
         if not self.config.reuse_kv:
@@ -168,7 +196,7 @@ class Engine:
         turn.cache_source = source if keep else "miss"
         self.store.stats.tokens_reused += keep
         turn.generator = turn.request.sampling.new_generator()
-        turn.t_start = time.perf_counter()
+        return True
 
     def _postprocess(self, turn: Turn, logits) -> None:
         params = turn.request.sampling

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-# Growth granularity in tokens: few reallocations, little slack (46 KB per token for SmolLM2 fp32).
+# Capacity granularity in tokens: little slack (46 KB per token for SmolLM2 fp32), few reallocations
+# because a turn reserves prompt + max_tokens before it starts.
 _CAPACITY_STEP = 256
 
 
@@ -20,7 +21,7 @@ class SessionKV:
         self.shape = (num_layers, 2, num_kv_heads, head_dim)
         self.dtype = dtype
         self.token_ids: list[int] = []
-        self.data = self._alloc(_round_up(capacity))
+        self.data = self.alloc(capacity)
 
     @property
     def length(self) -> int:
@@ -35,14 +36,20 @@ class SessionKV:
         """Bytes held, by capacity (what RAM accounting must count), not by length."""
         return self.data.numel() * self.data.element_size()
 
-    def bytes_for(self, num_tokens: int) -> int:
+    @property
+    def token_bytes(self) -> int:
         layers, _, heads, dim = self.shape
-        return layers * 2 * heads * dim * _round_up(num_tokens) * self.data.element_size()
+        return layers * 2 * heads * dim * self.data.element_size()
+
+    def bytes_for(self, num_tokens: int) -> int:
+        """Bytes of a buffer with room for num_tokens (capacity is rounded up to a 256-token step)."""
+        return self.token_bytes * _round_up(num_tokens)
 
     def ensure_capacity(self, num_tokens: int) -> None:
+        """Grow to exactly bytes_for(num_tokens); while copying, old and new buffers both exist."""
         if num_tokens <= self.capacity:
             return
-        grown = self._alloc(_round_up(max(num_tokens, self.capacity * 3 // 2)))
+        grown = self.alloc(num_tokens)
         grown[:, :, :, : self.length].copy_(self.data[:, :, :, : self.length])
         self.data = grown
 
@@ -61,9 +68,10 @@ class SessionKV:
         """Keys and values [num_kv_heads, end, head_dim] for positions 0..end (strided views)."""
         return self.data[layer, 0, :, :end], self.data[layer, 1, :, :end]
 
-    def _alloc(self, capacity: int) -> torch.Tensor:
+    def alloc(self, num_tokens: int) -> torch.Tensor:
+        """A new (uninitialised) buffer of this layout with capacity for num_tokens."""
         layers, two, heads, dim = self.shape
-        return torch.empty((layers, two, heads, capacity, dim), dtype=self.dtype)
+        return torch.empty((layers, two, heads, _round_up(num_tokens), dim), dtype=self.dtype)
 
 
 def _round_up(num_tokens: int) -> int:

@@ -34,8 +34,9 @@ class Scheduler:
         else:
             self.waiting.remove(turn)
 
-    def schedule(self, start: Callable[[Turn], None]) -> list[tuple[Turn, list[int]]]:
-        """Plan one step. `start(turn)` is called for each waiting turn admitted (attaches its KV)."""
+    def schedule(self, start: Callable[[Turn], bool]) -> list[tuple[Turn, list[int]]]:
+        """Plan one step. `start(turn)` attaches a waiting turn's KV; False means not ready yet (its
+        KV is being restored, or RAM is being freed): the turn keeps its place and others go ahead."""
         budget = self.config.max_tokens_per_step
         plan: list[tuple[Turn, list[int]]] = []
         decoding = [t for t in self.running if not t.num_prompt_remaining]
@@ -49,9 +50,12 @@ class Scheduler:
             tokens = turn.next_input(budget)
             plan.append((turn, tokens))
             budget -= len(tokens)
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_batch_size:
-            turn = self.waiting.popleft()
-            start(turn)
+        for turn in list(self.waiting):
+            if budget <= 0 or len(self.running) >= self.config.max_batch_size:
+                break
+            if not start(turn):
+                continue
+            self.waiting.remove(turn)
             self.running.append(turn)
             tokens = turn.next_input(budget)
             plan.append((turn, tokens))

@@ -50,7 +50,7 @@ class DoneEvent:
     output_ids: list[int]
     usage: Usage
     timings: Timings
-    cache: str  # where the reused KV came from: "ram" | "miss"
+    cache: str  # where the reused KV came from: "ram" | "disk" | "miss"
 
 
 @dataclass(frozen=True)

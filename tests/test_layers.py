@@ -8,7 +8,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "engine": {"aiohttp", "sqlalchemy", "aiosqlite", "alembic", "storage", "chatserver"},
-    "storage": {"aiohttp", "engine", "chatserver", "torch", "transformers"},
+    "storage": {"aiohttp", "engine", "chatserver", "transformers"},
 }
 
 

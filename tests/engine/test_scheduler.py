@@ -12,8 +12,9 @@ def _turn(n_prompt: int) -> Turn:
     return Turn(TurnRequest("s", list(range(n_prompt)), SamplingParams()), lambda e: None, IncrementalDetokenizer(None))
 
 
-def _start(turn: Turn) -> None:
+def _start(turn: Turn) -> bool:
     turn.kv = SessionKV(1, 1, 4, dtype=__import__("torch").float32)
+    return True
 
 
 def _run(plan):
@@ -58,3 +59,15 @@ def test_merged_prefill_of_several_new_turns():
     sched.add(b)
     plan = sched.schedule(_start)
     assert [(t, len(x)) for t, x in plan] == [(a, 30), (b, 50)]
+
+
+def test_a_turn_not_ready_keeps_its_place_and_others_go_ahead():
+    sched = Scheduler(EngineConfig(max_tokens_per_step=100))
+    restoring, ready = _turn(5), _turn(5)
+    sched.add(restoring)
+    sched.add(ready)
+    plan = sched.schedule(lambda t: _start(t) if t is ready else False)
+    assert [t for t, _ in plan] == [ready]
+    assert list(sched.waiting) == [restoring]
+    plan = sched.schedule(_start)
+    assert [t for t, _ in plan] == [ready, restoring]
