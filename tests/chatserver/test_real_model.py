@@ -1,7 +1,9 @@
 """End to end with the real model through the real server process (`python -m chatserver serve`)."""
 
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -26,11 +28,11 @@ def server(tmp_path_factory):
         srv.stop()
 
 
-def _generate_from_scratch(real_model, history: list[ChatMessage]) -> str:
+def _generate_from_scratch(real_model, history: list[ChatMessage], max_tokens: int = MAX_TOKENS) -> str:
     """What transformers' own generate() answers when the whole conversation is recomputed."""
     ids = ChatFormat(real_model.tokenizer, real_model.model.generation_config).render(history)
     with torch.inference_mode():
-        out = real_model.model.generate(torch.tensor([ids]), max_new_tokens=MAX_TOKENS, do_sample=False)
+        out = real_model.model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False)
     return real_model.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
 
 
@@ -89,3 +91,57 @@ def test_terminal_chat_client_streams_and_resumes(server):
     assert again.returncode == 0, again.stderr
     assert "[user] What is the capital of France?" in again.stdout
     assert "(resumed)" in again.stdout
+
+
+async def test_greedy_parity_after_a_restart_from_disk(tmp_path, real_model):
+    srv = RealServer(tmp_path, MODEL_CACHE).start()
+    chat, session = await WsChat.open(srv.ws_url)
+    first, _ = await chat.turn(CONVERSATIONS[0][0], max_tokens=MAX_TOKENS, temperature=0)
+    await chat.close()
+    assert srv.stop() == 0  # graceful: the session's KV is written to disk
+    assert list((tmp_path / "kv").glob("*.safetensors"))
+
+    srv = RealServer(tmp_path, MODEL_CACHE).start()
+    try:
+        chat, _ = await WsChat.open(srv.ws_url, session_id=session["session_id"], resume_token=session["resume_token"])
+        second, done = await chat.turn(CONVERSATIONS[0][1], max_tokens=MAX_TOKENS, temperature=0)
+        await chat.close()
+    finally:
+        srv.stop()
+    assert done["cache"] == "disk" and done["usage"]["cached_tokens"] > 30
+    history = [ChatMessage("user", CONVERSATIONS[0][0]), ChatMessage("assistant", first),
+               ChatMessage("user", CONVERSATIONS[0][1])]
+    assert second == _generate_from_scratch(real_model, history)
+
+
+async def test_kill_9_while_spilling_restarts_cleanly(tmp_path, real_model):
+    """A server killed while writing a KV file leaves a temporary file; the next start removes it
+    and the session is served correctly (recomputed from its transcript)."""
+    long_message = "Here are my notes from the meeting. " * 120  # ~1,000 tokens: a write of ~50 MB
+    srv = RealServer(tmp_path, MODEL_CACHE, "--spill-on-disconnect").start()
+    chat, session = await WsChat.open(srv.ws_url)
+    first, _ = await chat.turn(long_message + "Summarize them.", max_tokens=16, temperature=0)
+    kv_dir = tmp_path / "kv"
+    await chat.close()  # the spill starts now
+    for _ in range(5000):
+        if any(p.name.endswith(".tmp") for p in kv_dir.iterdir()):
+            break
+        time.sleep(0.001)
+    else:
+        pytest.fail("never saw the spill in progress")
+    srv.stop(signal.SIGKILL)
+    assert any(p.name.endswith(".tmp") for p in kv_dir.iterdir())
+
+    srv = RealServer(tmp_path, MODEL_CACHE).start()
+    try:
+        assert not any(p.name.endswith(".tmp") for p in kv_dir.iterdir())
+        chat, resumed = await WsChat.open(srv.ws_url, session_id=session["session_id"], resume_token=session["resume_token"])
+        assert resumed["messages"][-1] == {"role": "assistant", "content": first}
+        second, done = await chat.turn("Thanks. What was the first note?", max_tokens=16, temperature=0)
+        await chat.close()
+    finally:
+        srv.stop()
+    assert done["type"] == "done" and done["cache"] == "miss"
+    history = [ChatMessage("user", long_message + "Summarize them."), ChatMessage("assistant", first),
+               ChatMessage("user", "Thanks. What was the first note?")]
+    assert second == _generate_from_scratch(real_model, history, max_tokens=16)

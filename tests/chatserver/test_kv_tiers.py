@@ -1,0 +1,95 @@
+"""Session KV across disconnects and restarts, through the app (tiny model)."""
+
+import asyncio
+from dataclasses import replace
+
+from chatserver import keys
+from chatserver.app import create_app
+from chatserver.config import ServerConfig
+from engine.config import EngineConfig
+from engine.kv_store import KVStoreConfig
+from tests.chatserver.conftest import Chat
+
+
+def _config(tmp_path, **kv) -> ServerConfig:
+    return ServerConfig(data_dir=tmp_path, engine=EngineConfig(max_context=1024, max_new_tokens=64, kv=KVStoreConfig(**kv)))
+
+
+async def _open(client, **hello):
+    chat = Chat(await client.ws_connect("/ws"))
+    return chat, await chat.hello(**hello)
+
+
+async def _wait_for(predicate, timeout=10.0):
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+async def test_restart_resumes_warm_from_disk_and_a_corrupt_file_recomputes(aiohttp_client, tiny_model, tmp_path):
+    client = await aiohttp_client(create_app(_config(tmp_path), model=tiny_model))
+    sessions = []
+    for _ in range(2):
+        chat, session = await _open(client)
+        _, done = await chat.turn("The same opening line", max_tokens=8, temperature=0)
+        sessions.append((session, done))
+        await chat.ws.close()
+    await client.close()  # graceful shutdown spills both sessions
+    files = sorted((tmp_path / "kv").glob("*.safetensors"))
+    assert len(files) == 2
+
+    # damage the second session's file
+    store_dir = tmp_path / "kv"
+    client = await aiohttp_client(create_app(_config(tmp_path), model=tiny_model))
+    disk = client.app[keys.engine].store.disk
+    damaged = store_dir / disk.file_name(sessions[1][0]["session_id"])
+    damaged.write_bytes(damaged.read_bytes()[:-64])
+
+    answers = []
+    for (session, first), expected_cache in zip(sessions, ["disk", "miss"]):
+        chat, resumed = await _open(client, session_id=session["session_id"], resume_token=session["resume_token"])
+        text, done = await chat.turn("and a question", max_tokens=8, temperature=0)
+        assert done["type"] == "done" and done["cache"] == expected_cache
+        if expected_cache == "disk":
+            assert done["usage"]["cached_tokens"] >= first["usage"]["prompt_tokens"] - 1
+        else:
+            assert done["usage"]["cached_tokens"] == 0
+        answers.append(text)
+    assert answers[0] == answers[1]  # same conversation: reused and recomputed KV answer alike
+    stats = client.app[keys.engine].store.stats
+    assert stats.recomputes == 1 and stats.restore_failures == {"truncated": 1}
+
+
+async def test_spill_on_disconnect_and_prefetch_on_resume(aiohttp_client, tiny_model, tmp_path):
+    client = await aiohttp_client(create_app(_config(tmp_path, spill_on_disconnect=True), model=tiny_model))
+    store = client.app[keys.engine].store
+    chat, session = await _open(client)
+    await chat.turn("hello", max_tokens=4, temperature=0)
+    await chat.ws.close()
+    sid = session["session_id"]
+    await _wait_for(lambda: store.tier_of(sid) == "disk")
+
+    chat, _ = await _open(client, session_id=sid, resume_token=session["resume_token"])
+    await _wait_for(lambda: store.stats.restores == 1)  # read back before any turn was sent
+    _, done = await chat.turn("again", max_tokens=4, temperature=0)
+    assert done["cache"] == "disk" and done["usage"]["cached_tokens"] > 0
+
+
+async def test_ram_limit_spills_other_sessions_and_all_answers_complete(aiohttp_client, tiny_model, tmp_path):
+    # the tiny model's KV is 512 bytes per token, reserved in 256-token steps (128 KB):
+    # 300 KB of RAM holds two of these sessions
+    config = _config(tmp_path, max_ram_bytes=300_000)
+    client = await aiohttp_client(create_app(config, model=tiny_model))
+    store = client.app[keys.engine].store
+    chats = [await _open(client) for _ in range(4)]
+    for chat, _ in chats:
+        _, done = await chat.turn("a message " * 20, max_tokens=8, temperature=0)
+        assert done["type"] == "done"
+        assert store.ram_bytes <= 300_000
+    tiers = [store.tier_of(s["session_id"]) for _, s in chats]
+    assert "disk" in tiers
+    for chat, _ in chats:
+        _, done = await chat.turn("more", max_tokens=4, temperature=0)
+        assert done["type"] == "done" and done["usage"]["cached_tokens"] > 0

@@ -1,0 +1,221 @@
+"""The KV store: LRU spill to disk, restore, prefetch, TTL, and limits that are never exceeded."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from engine.kv_cache import SessionKV
+from engine.kv_store import KVStore, KVStoreConfig
+from storage.kv_files import KVFileStore, KVLayout
+
+LAYOUT = KVLayout(num_layers=2, num_kv_heads=1, head_dim=4, dtype=torch.float32, fingerprint="m")
+BLOCK = 2 * 2 * 1 * 4 * 4 * 256  # bytes of a 256-token capacity step
+
+
+def _new_kv(capacity: int) -> SessionKV:
+    return SessionKV(2, 1, 4, torch.float32, capacity)
+
+
+class Harness:
+    """A store whose I/O completions run when the test says so (as the engine thread would)."""
+
+    def __init__(self, tmp_path, **limits):
+        self.pending = []
+        self.disk = KVFileStore(tmp_path, LAYOUT, max_bytes=limits.pop("max_disk_bytes", 1 << 30))
+        self.store = KVStore(KVStoreConfig(**limits), _new_kv, self.disk, self.pending.append)
+
+    def settle(self) -> None:
+        """Wait for the I/O thread, then run its completions; repeat until quiet."""
+        while True:
+            self.store._io.submit(lambda: None).result()
+            if not self.pending:
+                return
+            while self.pending:
+                self.pending.pop(0)()
+
+    def turn(self, key: str, tokens: list[int]) -> str:
+        """acquire (waiting for I/O as needed), append tokens as a forward pass would, release."""
+        for _ in range(10):
+            got = self.store.acquire(key, len(tokens))
+            if got is not None:
+                break
+            self.settle()
+        kv, source = got
+        kv.truncate(0)
+        n = len(tokens)
+        kv.data[:, :, :, :n] = torch.arange(n, dtype=torch.float32)[None, None, None, :, None] + tokens[0]
+        kv.token_ids.extend(tokens)
+        self.store.release(key)
+        return source
+
+
+def test_least_recently_used_idle_session_spills_first(tmp_path):
+    h = Harness(tmp_path, max_ram_bytes=3 * BLOCK)
+    for key in "abc":
+        assert h.turn(key, [1, 2, 3]) == "miss"
+    h.turn("a", [1, 2, 3, 4])  # a is now most recently used
+    h.turn("d", [9])  # needs room: b goes to disk
+    h.settle()
+    assert h.store.tier_of("b") == "disk"
+    assert [h.store.tier_of(k) for k in "acd"] == ["ram"] * 3
+    assert h.store.stats.spills == 1 and h.store.stats.evictions == {"pressure": 1}
+
+
+def test_restore_is_byte_exact_and_reported_as_disk(tmp_path):
+    h = Harness(tmp_path)
+    h.turn("s", list(range(100, 140)))
+    before = h.store._entries["s"].kv.data[:, :, :, :40].clone()
+    h.store.spill("s")
+    h.settle()
+    assert h.store.tier_of("s") == "disk"
+    assert h.store.acquire("s", 60) is None  # being read
+    h.settle()
+    kv, source = h.store.acquire("s", 60)
+    assert source == "disk" and kv.token_ids == list(range(100, 140))
+    assert torch.equal(kv.data[:, :, :, :40], before)
+    h.store.release("s")
+    assert h.store.acquire("s", 60)[1] == "ram"  # the next turn finds it in RAM
+    assert h.store.stats.hits_disk == 1 and h.store.stats.restores == 1
+
+
+def test_prefetch_makes_the_next_turn_find_it_in_ram_but_report_disk(tmp_path):
+    h = Harness(tmp_path)
+    h.turn("s", [1, 2, 3])
+    h.store.spill("s")
+    h.settle()
+    h.store.prefetch("s")
+    h.settle()
+    kv, source = h.store.acquire("s", 10)
+    assert source == "disk" and kv.token_ids == [1, 2, 3]
+
+
+def test_a_corrupt_file_means_recompute_not_an_error(tmp_path):
+    h = Harness(tmp_path)
+    h.turn("s", [1, 2, 3])
+    h.store.spill("s")
+    h.settle()
+    path = h.disk.directory / h.disk.file_name("s")
+    path.write_bytes(path.read_bytes()[:-10])
+    assert h.turn("s", [1, 2, 3, 4]) == "miss"
+    assert h.store.stats.recomputes == 1 and h.store.stats.restore_failures == {"truncated": 1}
+
+
+def test_wanted_while_spilling_keeps_the_ram_copy(tmp_path):
+    h = Harness(tmp_path)
+    h.turn("s", [1, 2, 3])
+    h.store.spill("s")
+    assert h.store.acquire("s", 10) is None  # the write is in flight
+    h.settle()
+    kv, source = h.store.acquire("s", 10)
+    assert source == "ram" and kv.token_ids == [1, 2, 3]
+    assert h.disk.contains("s")  # a clean copy stays on disk
+
+
+def test_drop_removes_every_tier(tmp_path):
+    h = Harness(tmp_path)
+    h.turn("s", [1, 2, 3])
+    h.store.spill("s")
+    h.settle()
+    h.turn("t", [4])
+    h.store.drop("s")
+    h.store.drop("t")
+    h.settle()
+    assert h.store.tier_of("s") == "none" and h.store.tier_of("t") == "none"
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_ttl_drops_idle_sessions_from_both_tiers(tmp_path):
+    h = Harness(tmp_path, ttl_seconds=0.05)
+    h.turn("disk", [1])
+    h.store.spill("disk")
+    h.settle()
+    h.turn("ram", [2])
+    time.sleep(0.1)
+    h.store.expire()
+    h.settle()
+    assert h.store.tier_of("ram") == "none" and h.store.tier_of("disk") == "none"
+
+
+def test_session_count_limit(tmp_path):
+    h = Harness(tmp_path, max_ram_sessions=2)
+    for key in "abc":
+        h.turn(key, [1])
+    h.settle()
+    assert h.store.num_ram_sessions == 2 and h.store.tier_of("a") == "disk"
+
+
+def test_spill_all_writes_dirty_sessions_for_a_restart(tmp_path):
+    h = Harness(tmp_path)
+    h.turn("a", [1, 2])
+    h.turn("b", [3])
+    assert h.store.spill_all() == 2
+    again = Harness(tmp_path)
+    assert again.turn("a", [1, 2, 5]) == "disk"
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """Random admit/touch/spill/restore/delete sequences never break a limit, at any moment."""
+
+    def __init__(self):
+        super().__init__()
+        import tempfile
+
+        self.tmp = tempfile.TemporaryDirectory()
+        from pathlib import Path
+
+        self.h = Harness(Path(self.tmp.name), max_ram_bytes=4 * BLOCK, max_ram_sessions=3, max_disk_bytes=6 * BLOCK)
+        self.lengths: dict[str, int] = {}
+
+    keys = st.sampled_from("abcdef")
+
+    @rule(key=keys, n=st.integers(1, 600))
+    def turn(self, key, n):
+        got = self.h.store.acquire(key, n)
+        self.check_limits()
+        if got is None:
+            self.h.settle()
+            return
+        kv, _ = got
+        kv.truncate(0)
+        kv.token_ids.extend(range(n))
+        self.h.store.release(key)
+        self.lengths[key] = n
+
+    @rule(key=keys)
+    def spill(self, key):
+        self.h.store.spill(key)
+
+    @rule(key=keys)
+    def prefetch(self, key):
+        self.h.store.prefetch(key)
+
+    @rule(key=keys)
+    def drop(self, key):
+        self.h.store.drop(key)
+
+    @rule()
+    def settle(self):
+        self.h.settle()
+
+    @invariant()
+    def check_limits(self):
+        store, cfg = self.h.store, self.h.store.config
+        assert store.ram_bytes <= cfg.max_ram_bytes
+        assert store.num_ram_sessions <= cfg.max_ram_sessions
+        assert self.h.disk.total_bytes <= self.h.disk.max_bytes
+        # the accounting is true: tensors actually held never exceed what is counted
+        held = sum(e.kv.data.numel() * 4 for e in store._entries.values())
+        assert held <= store.ram_bytes
+
+    def teardown(self):
+        self.h.settle()
+        self.tmp.cleanup()
+
+
+TestStoreMachine = StoreMachine.TestCase
+TestStoreMachine.settings = settings(max_examples=60, stateful_step_count=50, deadline=None)
