@@ -84,7 +84,7 @@ SUMMARY = (
     "rain jacket and a sweater for the evenings. I will book the flights tonight unless you have objections."
 )
 CONVERSATION = [  # 8 user turns; history reaches about 2,000 prompt tokens by turn 8
-    "Hi! My partner and I are planning our first trip to Portugal in May, for about a week. Where should we go?",
+    "Hi, I need help planning a vacation. We have one week in May and we are thinking about Portugal. Any ideas?",
     ITINERARY,
     SINTRA,
     BUDGET,

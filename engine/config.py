@@ -12,5 +12,6 @@ class EngineConfig:
     max_batch_size: int = 32  # sequences per forward pass
     max_tokens_per_step: int = 512  # new tokens per forward pass (prefill chunk budget)
     max_queue: int = 64  # turns admitted but not finished; beyond this, Overloaded
+    max_wait_ms: float = 5.0  # an idle engine waits this long for more turns to prefill together
     reuse_kv: bool = True  # False: every turn recomputes its whole prompt (a baseline for benchmarks)
     kv: KVStoreConfig = field(default_factory=KVStoreConfig)

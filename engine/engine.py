@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import asdict
 
 from engine.chat_format import ChatFormat
 from engine.config import EngineConfig
@@ -22,6 +23,7 @@ from engine.kv_store import DiskTier, KVStore
 from engine.runner import ForwardItem, ModelRunner
 from engine.sampling import sample
 from engine.scheduler import Scheduler
+from engine.stats import EngineStats
 from engine.stream import TurnStream
 from engine.turn import DoneEvent, ErrorEvent, Timings, TokenEvent, Turn, TurnRequest, Usage
 
@@ -40,7 +42,7 @@ class Engine:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self.num_steps = 0
+        self.stats = EngineStats()
 
     # ---- event-loop side (thread-safe) ----
 
@@ -86,6 +88,23 @@ class Engine:
         with self._lock:
             self._num_admitted -= 1
 
+    def stats_snapshot(self) -> dict:
+        """Engine and KV store statistics. Run it on the engine thread: `await engine.call(engine.stats_snapshot)`."""
+        store, disk = self.store, self.store.disk
+        cfg = self.config.kv
+        return {
+            "engine": {**self.stats.snapshot(), "queue_depth": len(self.scheduler.waiting),
+                       "running": len(self.scheduler.running), "admitted": self._num_admitted},
+            "kv": {
+                "ram": {"sessions": store.num_ram_sessions, "bytes": store.ram_bytes,
+                        "max_bytes": cfg.max_ram_bytes, "max_sessions": cfg.max_ram_sessions},
+                "disk": {"sessions": disk.num_files if disk else 0, "bytes": disk.total_bytes if disk else 0,
+                         "max_bytes": cfg.max_disk_bytes},
+                **asdict(store.stats),
+                "files": asdict(disk.stats) if disk else {},
+            },
+        }
+
     async def call(self, fn, *args):
         """Run fn(*args) on the engine thread between steps (for store operations); await its result."""
         fut = asyncio.get_running_loop().create_future()
@@ -115,6 +134,7 @@ class Engine:
             # block only when nothing can run: waiting turns are then blocked on a restore or on
             # RAM, and a completion from the KV store's I/O thread wakes us through the inbox
             self._drain_inbox(block=not self.scheduler.running)
+            self._wait_for_company()
             if self.scheduler.num_unfinished:
                 self.step()
             if time.monotonic() > next_expiry:
@@ -125,9 +145,18 @@ class Engine:
         written = self.store.spill_all()
         log.info("engine stopped; %d sessions written to disk", written)
 
-    def _drain_inbox(self, block: bool) -> None:
+    def _wait_for_company(self) -> None:
+        """An idle engine holds a new turn up to max_wait_ms so that turns arriving together share
+        their prefill pass; a lone turn never waits longer than that."""
+        sched = self.scheduler
+        deadline = (sched.waiting[0].t_submit + self.config.max_wait_ms / 1000) if sched.waiting else 0.0
+        while (not sched.running and 0 < len(sched.waiting) < self.config.max_batch_size
+               and (remaining := deadline - time.perf_counter()) > 0):
+            self._drain_inbox(block=True, timeout=remaining)
+
+    def _drain_inbox(self, block: bool, timeout: float = 0.5) -> None:
         try:
-            msg = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            msg = self._inbox.get(timeout=timeout) if block else self._inbox.get_nowait()
         except queue.Empty:
             return
         while True:
@@ -164,6 +193,7 @@ class Engine:
             return
         items = [ForwardItem(t.kv, tokens, needs_logits=not t.num_prompt_remaining or len(tokens) == t.num_prompt_remaining)
                  for t, tokens in plan]
+        started = time.perf_counter()
         try:
             logits = self.runner.forward(items)
         except Exception as exc:  # noqa: BLE001 - one bad step must not kill the server
@@ -171,12 +201,21 @@ class Engine:
             for turn, _ in plan:
                 self._finish(turn, error=exc)
             return
-        self.num_steps += 1
+        self._count_step(plan, started)
         row = 0
         for (turn, _), item in zip(plan, items):
             if item.needs_logits:
                 self._postprocess(turn, logits[row])
                 row += 1
+
+    def _count_step(self, plan: list, started: float) -> None:
+        st = self.stats
+        st.num_steps += 1
+        num_decode = sum(1 for t, tokens in plan if t.output_ids and len(tokens) == 1)
+        st.decode_batch.add(num_decode)
+        st.prefill_batch.add(len(plan) - num_decode)
+        st.step_tokens.add(sum(len(tokens) for _, tokens in plan))
+        st.step_ms.add((time.perf_counter() - started) * 1000)
 
     def _start(self, turn: Turn) -> bool:
         """Attach the session's KV, keeping the longest prefix shared with the new prompt.
@@ -193,6 +232,7 @@ class Engine:
             keep = 0
         kv.truncate(keep)
         turn.kv, turn.num_cached_tokens = kv, keep
+        self.stats.queue_wait_ms.add((time.perf_counter() - turn.t_submit) * 1000)
         turn.cache_source = source if keep else "miss"
         self.store.stats.tokens_reused += keep
         turn.generator = turn.request.sampling.new_generator()
@@ -202,8 +242,13 @@ class Engine:
         params = turn.request.sampling
         token = sample(logits, params, turn.generator)
         turn.output_ids.append(token)
+        now = time.perf_counter()
         if not turn.t_first_token:
-            turn.t_first_token = time.perf_counter()
+            turn.t_first_token = now
+            self.stats.ttft_ms.add((now - turn.t_submit) * 1000)
+        else:
+            self.stats.itl_ms.add((now - turn.t_last_token) * 1000)
+        turn.t_last_token = now
         if token in self.chat_format.stop_token_ids:
             self._finish(turn, reason="stop")
             return
@@ -219,6 +264,11 @@ class Engine:
             if error is not None:
                 self.store.drop(turn.session_key)  # its KV may be half written
         self._release_slot()
+        self.stats.count_finish(getattr(error, "code", "internal_error") if error is not None else reason)
+        if error is None:
+            self.stats.prompt_tokens += len(turn.prompt_ids)
+            self.stats.cached_tokens += turn.num_cached_tokens
+            self.stats.generated_tokens += len(turn.output_ids)
         if error is not None:
             turn.emit(ErrorEvent(getattr(error, "code", "internal_error"), str(error) or type(error).__name__))
             return

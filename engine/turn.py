@@ -77,6 +77,7 @@ class Turn:
     t_submit: float = field(default_factory=time.perf_counter)
     t_start: float = 0.0
     t_first_token: float = 0.0
+    t_last_token: float = 0.0
 
     @property
     def session_key(self) -> str:

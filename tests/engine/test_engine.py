@@ -1,0 +1,106 @@
+"""The engine thread with the tiny model: batching, isolation, back-pressure, cancel, statistics."""
+
+import asyncio
+
+import pytest
+
+from engine.chat_format import ChatFormat
+from engine.config import EngineConfig
+from engine.engine import Engine
+from engine.errors import Overloaded
+from engine.runner import ModelRunner
+from engine.sampling import SamplingParams
+from engine.turn import DoneEvent, TurnRequest
+
+
+@pytest.fixture
+def make_engine(tiny_model):
+    engines = []
+
+    def make(**config) -> Engine:
+        engine = Engine(ModelRunner(tiny_model.model), ChatFormat(tiny_model.tokenizer, tiny_model.model.generation_config),
+                        EngineConfig(**config))
+        engine.start()
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.stop()
+
+
+async def _collect(stream) -> DoneEvent:
+    async for event in stream:
+        pass
+    assert isinstance(event, DoneEvent), event
+    return event
+
+
+def _request(key: str, prompt: list[int], **sampling) -> TurnRequest:
+    return TurnRequest(key, prompt, SamplingParams(**{"max_tokens": 12, "temperature": 0.0, **sampling}))
+
+
+PROMPTS = [list(range(100, 100 + n)) for n in (5, 40, 17, 90, 3, 64)]
+
+
+async def test_batched_greedy_answers_equal_the_answers_alone(make_engine):
+    engine = make_engine()
+    alone = [await _collect(engine.submit(_request(f"alone{i}", p))) for i, p in enumerate(PROMPTS)]
+    together = await asyncio.gather(*[_collect(engine.submit(_request(f"batch{i}", p))) for i, p in enumerate(PROMPTS)])
+    assert [d.output_ids for d in together] == [d.output_ids for d in alone]
+    assert engine.stats.prefill_batch.percentile(100) > 1 or engine.stats.decode_batch.percentile(100) > 1
+
+
+async def test_same_seed_same_sample_whatever_else_runs(make_engine):
+    engine = make_engine()
+    seeded = _request("s1", PROMPTS[1], temperature=1.0, seed=1234)
+    first = await _collect(engine.submit(seeded))
+    others = [engine.submit(_request(f"o{i}", p, temperature=1.0)) for i, p in enumerate(PROMPTS)]
+    again = engine.submit(_request("s2", PROMPTS[1], temperature=1.0, seed=1234))
+    results = await asyncio.gather(_collect(again), *[_collect(o) for o in others])
+    assert results[0].output_ids == first.output_ids
+
+
+async def test_overloaded_when_the_queue_is_full_and_admitted_turns_finish(make_engine):
+    engine = make_engine(max_queue=3)
+    streams = [engine.submit(_request(f"k{i}", PROMPTS[i], max_tokens=20)) for i in range(3)]
+    with pytest.raises(Overloaded):
+        engine.submit(_request("extra", PROMPTS[0]))
+    done = await asyncio.gather(*[_collect(s) for s in streams])
+    assert all(d.finish_reason in ("stop", "length") for d in done)
+    await _collect(engine.submit(_request("later", PROMPTS[0])))  # room again
+
+
+async def test_cancel_stops_one_turn_and_disturbs_no_one(make_engine):
+    engine = make_engine()
+    solo = await _collect(engine.submit(_request("solo", PROMPTS[3], max_tokens=30)))
+    keep = engine.submit(_request("keep", PROMPTS[3], max_tokens=30))
+    stop = engine.submit(_request("stop", PROMPTS[2], max_tokens=30))
+    async for event in stop:
+        stop.cancel()
+        break
+    cancelled = await _collect(stop)
+    kept = await _collect(keep)
+    assert cancelled.finish_reason == "cancelled" and len(cancelled.output_ids) < 30
+    assert kept.output_ids == solo.output_ids
+    assert engine.num_admitted == 0
+
+
+async def test_long_prompt_is_chunked_between_decode_steps(make_engine):
+    engine = make_engine(max_tokens_per_step=64)
+    streaming = engine.submit(_request("streaming", PROMPTS[0], max_tokens=60))
+    await streaming.__anext__()  # decoding has started
+    long = engine.submit(_request("long", list(range(1000, 1600)), max_tokens=2))
+    await asyncio.gather(_collect(streaming), _collect(long))
+    # the 600-token prompt took >= 10 steps of <= 64 tokens, each also serving the decoder
+    assert engine.stats.step_tokens.percentile(100) <= 64
+    assert engine.stats.num_steps >= 10
+
+
+async def test_statistics_move(make_engine):
+    engine = make_engine()
+    await _collect(engine.submit(_request("a", PROMPTS[1])))
+    stats = await engine.call(engine.stats_snapshot)
+    assert stats["engine"]["ttft_ms"]["count"] == 1 and stats["engine"]["itl_ms"]["count"] >= 1
+    assert stats["engine"]["turns_finished"] and stats["kv"]["ram"]["sessions"] == 1
+    assert stats["kv"]["misses"] == 1
