@@ -37,13 +37,16 @@ class Scheduler:
     def schedule(self, start: Callable[[Turn], bool]) -> list[tuple[Turn, list[int]]]:
         """Plan one step. `start(turn)` attaches a waiting turn's KV; False means not ready yet (its
         KV is being restored, or RAM is being freed): the turn keeps its place and others go ahead."""
-        budget = self.config.max_tokens_per_step
-        plan: list[tuple[Turn, list[int]]] = []
         decoding = [t for t in self.running if not t.num_prompt_remaining]
         prefilling = [t for t in self.running if t.num_prompt_remaining]
+        # while anyone streams, a step must stay short: its prefill share is capped so that the
+        # inter-token latency of decoding turns stays bounded (one chunk at most)
+        budget = self.config.max_tokens_per_step if not decoding else self.config.max_tokens_per_decode_step
+        plan: list[tuple[Turn, list[int]]] = []
         for turn in decoding:
             plan.append((turn, turn.next_input(1)))
             budget -= 1
+        budget = max(budget, self.config.min_prefill_tokens_per_step)  # prefills always progress
         for turn in prefilling:
             if budget <= 0:
                 break

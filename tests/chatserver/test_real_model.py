@@ -1,5 +1,6 @@
 """End to end with the real model through the real server process (`python -m chatserver serve`)."""
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -145,3 +146,26 @@ async def test_kill_9_while_spilling_restarts_cleanly(tmp_path, real_model):
     history = [ChatMessage("user", long_message + "Summarize them."), ChatMessage("assistant", first),
                ChatMessage("user", "Thanks. What was the first note?")]
     assert second == _generate_from_scratch(real_model, history, max_tokens=16)
+
+
+async def test_concurrent_sessions_batched_answer_as_if_alone(server, real_model):
+    """Several sessions at once share forward passes (merged prefills, batched decode); each
+    greedy answer still equals transformers' generate() on that conversation alone."""
+
+    async def converse(turns: list[str]) -> list[tuple[list[ChatMessage], str]]:
+        chat, _ = await WsChat.open(server.ws_url)
+        history, results = [], []
+        for user in turns:
+            text, done = await chat.turn(user, max_tokens=32, temperature=0)
+            assert done["type"] == "done", done
+            history.append(ChatMessage("user", user))
+            results.append((list(history), text))
+            history.append(ChatMessage("assistant", text))
+        await chat.close()
+        return results
+
+    conversations = [c[:2] for c in CONVERSATIONS] + [["Say hello in French.", "And in Spanish?"]]
+    outcomes = await asyncio.gather(*[converse(c) for c in conversations])
+    for results in outcomes:
+        for history, text in results:
+            assert text == _generate_from_scratch(real_model, history, max_tokens=32)

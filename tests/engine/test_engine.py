@@ -87,7 +87,7 @@ async def test_cancel_stops_one_turn_and_disturbs_no_one(make_engine):
 
 
 async def test_long_prompt_is_chunked_between_decode_steps(make_engine):
-    engine = make_engine(max_tokens_per_step=64)
+    engine = make_engine(max_tokens_per_decode_step=64)
     streaming = engine.submit(_request("streaming", PROMPTS[0], max_tokens=60))
     await streaming.__anext__()  # decoding has started
     long = engine.submit(_request("long", list(range(1000, 1600)), max_tokens=2))

@@ -26,7 +26,7 @@ def _run(plan):
 
 
 def test_long_prompt_is_chunked_and_decoders_keep_running():
-    sched = Scheduler(EngineConfig(max_tokens_per_step=64))
+    sched = Scheduler(EngineConfig(max_tokens_per_step=1000, max_tokens_per_decode_step=64))
     short = _turn(10)
     sched.add(short)
     _run(sched.schedule(_start))  # short prefilled in one step

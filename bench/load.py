@@ -1,0 +1,102 @@
+"""Load benchmark: N concurrent WebSocket sessions, each playing a multi-turn conversation.
+
+Measures, client-side on loopback, for N = 1, 4, 16, 32 (one server, one run):
+  * aggregate generated tokens/s (all sessions' tokens / wall time of the phase),
+  * TTFT p50/p99 (user frame sent -> first token frame, ms),
+  * inter-token latency p50/p99 (gap between consecutive token frames of a turn, ms),
+and the aggregate's ratio to the N = 1 figure of the same run.
+
+Run: .venv/bin/python bench/load.py [--clients 1 4 16 32] [--turns 3] [--max-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.real_server import RealServer  # noqa: E402
+
+TOPICS = ["the ocean", "mountains", "a city at night", "coffee", "trains", "gardening", "chess", "the moon",
+          "bicycles", "rain", "libraries", "volcanoes", "bread", "music", "winter", "robots"]
+FOLLOW_UPS = ["Tell me more about that.", "Can you give an example?", "Summarize it in two sentences."]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+async def play(url: str, client: int, turns: int, max_tokens: int, out: dict) -> None:
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "hello"}))
+        json.loads(await ws.recv())
+        messages = [f"Write a short paragraph about {TOPICS[client % len(TOPICS)]}."] + FOLLOW_UPS
+        for turn in range(turns):
+            sent = time.perf_counter()
+            await ws.send(json.dumps({"type": "user", "content": messages[turn % len(messages)],
+                                      "max_tokens": max_tokens, "temperature": 0.7, "seed": client * 100 + turn}))
+            last = None
+            while True:
+                frame = json.loads(await ws.recv())
+                now = time.perf_counter()
+                if frame["type"] == "token":
+                    if last is None:
+                        out["ttft"].append((now - sent) * 1000)
+                    else:
+                        out["itl"].append((now - last) * 1000)
+                    last = now
+                elif frame["type"] == "done":
+                    out["tokens"] += frame["usage"]["completion_tokens"]
+                    break
+                else:
+                    raise RuntimeError(frame)
+
+
+async def phase(url: str, n: int, turns: int, max_tokens: int) -> dict:
+    out = {"ttft": [], "itl": [], "tokens": 0}
+    start = time.perf_counter()
+    await asyncio.gather(*[play(url, i, turns, max_tokens, out) for i in range(n)])
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parents[1] / ".cache" / "models")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra argument for `serve` (repeatable)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as data:
+        server = RealServer(Path(data), args.model_cache, *args.server_arg).start()
+        try:
+            asyncio.run(phase(server.ws_url, 2, 1, 8))  # warm-up
+            rows = [(n, asyncio.run(phase(server.ws_url, n, args.turns, args.max_tokens))) for n in args.clients]
+        finally:
+            server.stop()
+
+    base = rows[0][1]["tokens"] / rows[0][1]["seconds"]
+    print(f"\n{args.turns} turns per session, max_tokens {args.max_tokens}, temperature 0.7 (seeded)\n")
+    print("| sessions | generated tokens | wall s | aggregate tok/s | × N=1 | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n, r in rows:
+        rate = r["tokens"] / r["seconds"]
+        print(f"| {n} | {r['tokens']} | {r['seconds']:.1f} | {rate:.1f} | {rate / base:.2f} | "
+              f"{percentile(r['ttft'], 50):.0f} | {percentile(r['ttft'], 99):.0f} | "
+              f"{percentile(r['itl'], 50):.0f} | {percentile(r['itl'], 99):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
