@@ -11,6 +11,7 @@ from aiohttp import web
 
 from chatserver import keys, routes
 from chatserver.config import ServerConfig
+from chatserver.metrics import Metrics
 from chatserver.sessions import SessionManager
 from chatserver.turns import TurnService
 from chatserver.ws import close_all, turn_service_key
@@ -31,6 +32,7 @@ def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Ap
     app = web.Application()
     app[keys.config] = config
     app[keys.websockets] = weakref.WeakSet()
+    app[keys.metrics] = Metrics()
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         config.data_dir.mkdir(parents=True, exist_ok=True)

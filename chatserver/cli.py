@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-migrate", action="store_true", default=_env("NO_MIGRATE") == "1",
                        help="do not apply database migrations at start-up")
     serve.add_argument("--system-prompt", default=_env("SYSTEM_PROMPT"))
+    serve.add_argument("--admin-token", default=_env("ADMIN_TOKEN"),
+                       help="bearer token for the /api admin endpoints (without one they are disabled)")
     serve.add_argument("--max-context", type=int, default=_int_env("MAX_CONTEXT", EngineConfig.max_context))
     serve.add_argument("--max-new-tokens", type=int, default=_int_env("MAX_NEW_TOKENS", EngineConfig.max_new_tokens))
     serve.add_argument("--max-queue", type=int, default=_int_env("MAX_QUEUE", EngineConfig.max_queue))
@@ -107,6 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         host=args.host, port=args.port, data_dir=args.data_dir, model=args.model, model_cache=args.model_cache,
         database_url=args.database_url, migrate=not args.no_migrate, system_prompt=args.system_prompt, engine=engine,
+        admin_token=args.admin_token,
     )
     return asyncio.run(_run_server(config))
 

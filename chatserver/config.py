@@ -23,6 +23,7 @@ class ServerConfig:
     max_frame_bytes: int = 1 << 20  # larger WebSocket frames close the socket with 1009
     max_content_chars: int = 100_000  # per user/system message
     allowed_origins: tuple[str, ...] = ()  # extra browser origins allowed to open /ws
+    admin_token: str | None = None  # bearer token of /api; None: the admin API is disabled
     sampling: SamplingParams = field(default_factory=SamplingParams)  # defaults for fields a turn omits
     engine: EngineConfig = field(default_factory=EngineConfig)
 

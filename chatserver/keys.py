@@ -7,6 +7,7 @@ import weakref
 from aiohttp import web
 
 from chatserver.config import ServerConfig
+from chatserver.metrics import Metrics
 from chatserver.sessions import SessionManager
 from engine.engine import Engine
 from engine.loader import LoadedModel
@@ -18,3 +19,4 @@ engine = web.AppKey("engine", Engine)
 repository = web.AppKey("repository", SessionRepository)
 sessions = web.AppKey("sessions", SessionManager)
 websockets = web.AppKey("websockets", weakref.WeakSet)
+metrics = web.AppKey("metrics", Metrics)

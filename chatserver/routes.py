@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from chatserver import views
+from chatserver import admin, views
 from chatserver.ws import websocket_handler
 
 
@@ -12,4 +12,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/", views.index)
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/healthz", views.healthz)
+    app.router.add_get("/readyz", views.readyz)
+    app.router.add_get("/metrics", views.metrics)
+    admin.setup(app)
     app.router.add_static("/static/", views.WEB_DIR, name="static")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from chatserver.auth import hash_token, new_resume_token, new_session_id, token_matches
@@ -19,7 +20,8 @@ class LiveSession:
     messages: list[ChatMessage]  # transcript as stored, in order
     pending_system: str | None = None  # system prompt sent before the first turn, stored with it
     is_busy: bool = False
-    connections: set = field(default_factory=set)
+    is_deleted: bool = False  # by an operator: nothing more is stored or accepted
+    connections: set = field(default_factory=set)  # chatserver.ws.Connection
 
     @property
     def has_turns(self) -> bool:
@@ -47,6 +49,8 @@ class SessionManager:
         if token is None or not token_matches(token, record.token_hash):
             raise Unauthorized("wrong or missing resume_token for this session")
         live = self._live.get(session_id)
+        if live is not None and live.is_deleted:
+            raise SessionNotFound(f"no session {session_id!r}")
         if live is None:
             stored = await self._repo.messages(session_id)
             # another connection may have loaded it while we awaited
@@ -69,3 +73,16 @@ class SessionManager:
 
     def get_live(self, session_id: str) -> LiveSession | None:
         return self._live.get(session_id)
+
+    @property
+    def num_live(self) -> int:
+        return len(self._live)
+
+    async def terminate(self, session_id: str) -> None:
+        """The session is being deleted: stop its turn, tell and disconnect its clients."""
+        live = self._live.get(session_id)
+        if live is None:
+            return
+        live.is_deleted = True
+        await asyncio.gather(*(conn.terminate("session_deleted", "this session was deleted by an operator")
+                               for conn in list(live.connections)))

@@ -114,6 +114,8 @@ class TurnService:
 
     async def _store_answer(self, live: LiveSession, text: str, finish_reason: str, done: DoneEvent | None) -> None:
         live.messages.append(ChatMessage("assistant", text))
+        if live.is_deleted:
+            return
         usage = done.usage if done else None
         await self.repo.add_message(
             live.id, "assistant", text, finish_reason=finish_reason,

@@ -1,12 +1,16 @@
-"""Plain HTTP views."""
+"""Plain HTTP views: the page, health, readiness, metrics."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from aiohttp import web
 
+from chatserver import keys
+
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
+STALL_SECONDS = 30.0  # an engine loop silent for this long while turns wait is not ready
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -14,4 +18,28 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Alive: the event loop answers."""
     return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: model loaded, database reachable, engine loop making progress."""
+    checks = {}
+    engine = request.app.get(keys.engine)
+    checks["model"] = engine is not None
+    try:
+        await request.app[keys.repository].ping()
+        checks["database"] = True
+    except Exception:  # noqa: BLE001 - any failure means not ready
+        checks["database"] = False
+    checks["engine"] = engine is not None and engine.is_alive and time.monotonic() - engine.heartbeat < STALL_SECONDS
+    ready = all(checks.values())
+    return web.json_response({"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    engine = request.app[keys.engine]
+    snapshot = await engine.call(engine.stats_snapshot)
+    snapshot["server"] = {"websockets": len(request.app[keys.websockets])}
+    return web.Response(body=request.app[keys.metrics].render(snapshot),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from chatserver import keys
-from chatserver.errors import BadRequest, Busy, error_frame
+from chatserver.errors import BadRequest, Busy, SessionNotFound, error_frame
 from chatserver.protocol import Cancel, Hello, System, User, parse_frame, session_frame
 from chatserver.sessions import LiveSession
 from chatserver.turns import TurnService
@@ -19,6 +19,7 @@ from engine.errors import EngineError
 log = logging.getLogger(__name__)
 
 turn_service_key = web.AppKey("turn_service", TurnService)
+SESSION_GONE = 4004  # WebSocket close code (application range): the session no longer exists
 
 
 class Connection:
@@ -97,7 +98,20 @@ class Connection:
     def _require_session(self) -> LiveSession:
         if self.live is None:
             raise BadRequest("send hello first")
+        if self.live.is_deleted:
+            raise SessionNotFound("this session was deleted")
         return self.live
+
+    async def terminate(self, code: str, message: str) -> None:
+        """Server-side end of this connection (its session was deleted): finish the turn, say why, close."""
+        if self.is_turn_running:
+            self.stream.cancel()
+            await asyncio.shield(self.turn_task)
+        try:
+            await self.send({"type": "error", "code": code, "message": message})
+        except (ConnectionError, RuntimeError):
+            pass
+        await self.ws.close(code=SESSION_GONE, message=code.encode())
 
     async def close(self) -> None:
         """The client is gone: stop its turn at the next engine step and wait for the answer to be stored."""

@@ -43,6 +43,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.stats = EngineStats()
+        self.heartbeat = time.monotonic()  # last time the loop went round (idle loops wake every 0.5 s)
 
     # ---- event-loop side (thread-safe) ----
 
@@ -74,6 +75,10 @@ class Engine:
         stream = self.admit()
         stream.start(request)
         return stream
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def num_admitted(self) -> int:
@@ -131,6 +136,7 @@ class Engine:
     def _loop(self) -> None:
         next_expiry = 0.0
         while not self._stopping:
+            self.heartbeat = time.monotonic()
             # block only when nothing can run: waiting turns are then blocked on a restore or on
             # RAM, and a completion from the KV store's I/O thread wakes us through the inbox
             self._drain_inbox(block=not self.scheduler.running)

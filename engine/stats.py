@@ -10,18 +10,29 @@ from collections import deque
 from dataclasses import dataclass, field
 
 
-class Distribution:
-    """Count, sum and the most recent `window` samples (for percentiles)."""
+MS_BUCKETS = (5, 10, 25, 50, 100, 150, 250, 500, 1000, 2500, 5000, 10000, 30000)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
-    def __init__(self, window: int = 4096):
+
+class Distribution:
+    """Count, sum, cumulative bucket counts (for histograms) and the most recent `window` samples
+    (for percentiles)."""
+
+    def __init__(self, buckets: tuple[float, ...] = MS_BUCKETS, window: int = 4096):
         self.count = 0
         self.total = 0.0
+        self.bounds = buckets
+        self.bucket_counts = [0] * len(buckets)  # samples <= bound, not cumulative
         self.recent: deque[float] = deque(maxlen=window)
 
     def add(self, value: float) -> None:
         self.count += 1
         self.total += value
         self.recent.append(value)
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.bucket_counts[i] += 1
+                break
 
     def percentile(self, q: float) -> float:
         if not self.recent:
@@ -37,7 +48,17 @@ class Distribution:
             "p90": self.percentile(90),
             "p99": self.percentile(99),
             "max": max(self.recent) if self.recent else 0.0,
+            "sum": self.total,
+            "buckets": self.cumulative_buckets(),
         }
+
+    def cumulative_buckets(self) -> list[tuple[float, int]]:
+        """[(upper bound, samples <= bound)], ending with (inf, count)."""
+        out, running = [], 0
+        for bound, n in zip(self.bounds, self.bucket_counts):
+            running += n
+            out.append((bound, running))
+        return out + [(float("inf"), self.count)]
 
 
 @dataclass
@@ -47,9 +68,9 @@ class EngineStats:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     generated_tokens: int = 0
-    prefill_batch: Distribution = field(default_factory=Distribution)  # sequences prefilling per step
-    decode_batch: Distribution = field(default_factory=Distribution)  # sequences decoding per step
-    step_tokens: Distribution = field(default_factory=Distribution)  # tokens per forward pass
+    prefill_batch: Distribution = field(default_factory=lambda: Distribution(SIZE_BUCKETS))  # sequences prefilling per step
+    decode_batch: Distribution = field(default_factory=lambda: Distribution(SIZE_BUCKETS))  # sequences decoding per step
+    step_tokens: Distribution = field(default_factory=lambda: Distribution(SIZE_BUCKETS))  # tokens per forward pass
     step_ms: Distribution = field(default_factory=Distribution)
     queue_wait_ms: Distribution = field(default_factory=Distribution)  # submit -> first scheduled
     ttft_ms: Distribution = field(default_factory=Distribution)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -29,6 +29,7 @@ class SessionRecord:
     num_tokens: int
     created_at: datetime
     updated_at: datetime
+    num_messages: int = 0  # filled by list_page() and get(with_counts=True)
 
 
 class SessionRepository:
@@ -45,7 +46,28 @@ class SessionRepository:
     async def get(self, session_id: str) -> SessionRecord | None:
         async with self._sm() as db:
             row = await db.get(ChatSession, session_id)
-            return _record(row) if row else None
+            if row is None:
+                return None
+            count = await db.scalar(select(func.count()).select_from(Message).where(Message.session_id == session_id))
+            return _record(row, count)
+
+    async def list_page(self, limit: int, after: tuple[datetime, str] | None = None) -> list[SessionRecord]:
+        """Most recently updated first; `after` = (updated_at, id) of the previous page's last row."""
+        counts = (select(Message.session_id, func.count().label("n")).group_by(Message.session_id).subquery())
+        query = (select(ChatSession, func.coalesce(counts.c.n, 0))
+                 .outerjoin(counts, counts.c.session_id == ChatSession.id)
+                 .order_by(ChatSession.updated_at.desc(), ChatSession.id.desc()).limit(limit))
+        if after is not None:
+            updated, last_id = after
+            query = query.where((ChatSession.updated_at < updated)
+                                | ((ChatSession.updated_at == updated) & (ChatSession.id < last_id)))
+        async with self._sm() as db:
+            return [_record(row, n) for row, n in (await db.execute(query)).all()]
+
+    async def ping(self) -> None:
+        """Raises if the database cannot be reached."""
+        async with self._sm() as db:
+            await db.execute(select(1))
 
     async def messages(self, session_id: str) -> list[StoredMessage]:
         async with self._sm() as db:
@@ -88,5 +110,11 @@ class SessionRepository:
             return result.rowcount > 0
 
 
-def _record(row: ChatSession) -> SessionRecord:
-    return SessionRecord(row.id, row.token_hash, row.title, row.model, row.num_tokens, row.created_at, row.updated_at)
+def _record(row: ChatSession, num_messages: int = 0) -> SessionRecord:
+    return SessionRecord(row.id, row.token_hash, row.title, row.model, row.num_tokens, _utc(row.created_at),
+                         _utc(row.updated_at), num_messages)
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite returns naive datetimes; everything stored is UTC
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)

@@ -1,0 +1,56 @@
+"""Response bodies of the admin API; their JSON schemas make up the OpenAPI description."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class KVPlacement(BaseModel):
+    tier: Literal["ram", "disk", "none"] = Field(description="where the session's KV cache is now")
+    bytes: int = Field(ge=0, description="bytes it occupies in that tier (RAM: allocated capacity)")
+
+
+class SessionSummary(BaseModel):
+    id: str
+    title: str | None
+    model: str
+    created_at: datetime
+    updated_at: datetime
+    num_messages: int = Field(ge=0)
+    num_tokens: int = Field(ge=0, description="conversation length in tokens after its last turn")
+    kv: KVPlacement
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+    finish_reason: str | None = None
+    created_at: datetime
+
+
+class SessionDetail(SessionSummary):
+    messages: list[Message]
+    connections: int = Field(ge=0, description="WebSocket connections open on this session")
+
+
+class SessionPage(BaseModel):
+    sessions: list[SessionSummary]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
+
+
+class EvictResult(BaseModel):
+    id: str
+    action: Literal["spilled", "dropped"]
+    kv: KVPlacement
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

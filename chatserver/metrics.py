@@ -1,0 +1,72 @@
+"""GET /metrics: Prometheus text format from one engine statistics snapshot per scrape.
+
+Names are prefixed `chatserver_`; no label carries a session id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+
+
+
+class SnapshotCollector:
+    """Turns an Engine.stats_snapshot() (plus server counts) into metric families."""
+
+    def __init__(self):
+        self.snapshot: dict = {}
+
+    def collect(self):
+        s = self.snapshot
+        if not s:
+            return
+        e, kv, server = s["engine"], s["kv"], s["server"]
+        yield GaugeMetricFamily("chatserver_websocket_connections", "Open WebSocket connections", value=server["websockets"])
+        yield GaugeMetricFamily("chatserver_queue_depth", "Turns waiting to start", value=e["queue_depth"])
+        yield GaugeMetricFamily("chatserver_running_turns", "Turns prefilling or decoding", value=e["running"])
+        yield _labelled(CounterMetricFamily, "chatserver_turns", "Turns finished, by outcome", "outcome", e["turns_finished"])
+        yield _labelled(CounterMetricFamily, "chatserver_tokens", "Tokens by kind", "kind",
+                        {"prompt": e["prompt_tokens"], "cached": e["cached_tokens"], "generated": e["generated_tokens"]})
+        yield _labelled(GaugeMetricFamily, "chatserver_kv_bytes", "KV cache bytes per tier", "tier",
+                        {"ram": kv["ram"]["bytes"], "disk": kv["disk"]["bytes"]})
+        yield _labelled(GaugeMetricFamily, "chatserver_kv_sessions", "Sessions with KV per tier", "tier",
+                        {"ram": kv["ram"]["sessions"], "disk": kv["disk"]["sessions"]})
+        yield _labelled(CounterMetricFamily, "chatserver_kv_lookups", "KV cache lookups by result", "result",
+                        {"ram": kv["hits_ram"], "disk": kv["hits_disk"], "miss": kv["misses"]})
+        yield CounterMetricFamily("chatserver_kv_spills", "Sessions written to disk", value=kv["spills"])
+        yield CounterMetricFamily("chatserver_kv_restores", "Sessions read back from disk", value=kv["restores"])
+        yield CounterMetricFamily("chatserver_kv_recomputes", "Unusable KV files (recomputed instead)", value=kv["recomputes"])
+        yield _labelled(CounterMetricFamily, "chatserver_kv_evictions", "RAM evictions by cause", "cause", kv["evictions"])
+        files = kv.get("files") or {}
+        yield _labelled(CounterMetricFamily, "chatserver_kv_disk_bytes", "Bytes of KV files by direction", "direction",
+                        {"written": files.get("bytes_written", 0), "read": files.get("bytes_read", 0)})
+        yield _histogram("chatserver_decode_batch_size", "Sequences decoding per forward pass", e["decode_batch"])
+        yield _histogram("chatserver_prefill_batch_size", "Sequences prefilling per forward pass", e["prefill_batch"])
+        yield _histogram("chatserver_step_tokens", "Tokens per forward pass", e["step_tokens"])
+        yield _histogram("chatserver_queue_wait_seconds", "Turn submitted to first scheduled", e["queue_wait_ms"], 1e-3)
+        yield _histogram("chatserver_ttft_seconds", "Time to first token", e["ttft_ms"], 1e-3)
+        yield _histogram("chatserver_inter_token_latency_seconds", "Gap between tokens of a turn", e["itl_ms"], 1e-3)
+
+
+def _labelled(family, name: str, doc: str, label: str, values: dict):
+    metric = family(name, doc, labels=[label])
+    for key, value in sorted(values.items()):
+        metric.add_metric([key], value)
+    return metric
+
+
+def _histogram(name: str, doc: str, dist: dict, scale: float = 1.0):
+    buckets = [("+Inf" if bound == float("inf") else repr(bound * scale), count) for bound, count in dist["buckets"]]
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=dist["sum"] * scale)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.collector = SnapshotCollector()
+        self.registry.register(self.collector)
+
+    def render(self, snapshot: dict) -> bytes:
+        self.collector.snapshot = snapshot
+        return generate_latest(self.registry)

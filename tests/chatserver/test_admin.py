@@ -1,0 +1,158 @@
+"""Session-admin REST API, metrics and health (tiny model, through the app)."""
+
+import asyncio
+import re
+
+import pytest
+
+from chatserver.app import create_app
+from chatserver.config import ServerConfig
+from engine.config import EngineConfig
+from tests.chatserver.conftest import Chat
+
+TOKEN = "operator-secret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def admin(aiohttp_client, tiny_model, tmp_path):
+    config = ServerConfig(data_dir=tmp_path, admin_token=TOKEN, engine=EngineConfig(max_context=1024, max_new_tokens=64))
+    return await aiohttp_client(create_app(config, model=tiny_model))
+
+
+async def _session(client, text="hello there", **kw):
+    chat = Chat(await client.ws_connect("/ws"))
+    session = await chat.hello(**kw)
+    _, done = await chat.turn(text, max_tokens=6, temperature=0)
+    return chat, session, done
+
+
+async def test_admin_api_is_disabled_without_a_token(client):
+    resp = await client.get("/api/sessions")
+    assert resp.status == 403
+    assert (await resp.json())["error"]["code"] == "admin_disabled"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
+                                     {"Authorization": "Basic b3BlcmF0b3Itc2VjcmV0"}])
+async def test_missing_or_wrong_token_is_401(admin, headers):
+    for method, path in [("GET", "/api/sessions"), ("GET", "/api/stats"), ("GET", "/api/sessions/x"),
+                         ("DELETE", "/api/sessions/x"), ("POST", "/api/sessions/x/evict")]:
+        resp = await admin.request(method, path, headers=headers)
+        assert resp.status == 401, (method, path)
+        assert (await resp.json())["error"]["code"] == "unauthorized"
+        assert resp.headers["WWW-Authenticate"] == "Bearer"
+
+
+async def test_pagination_newest_first_without_gaps_or_repeats(admin):
+    ids = []
+    for i in range(5):
+        chat, session, _ = await _session(admin, f"message {i}")
+        ids.append(session["session_id"])
+        await chat.ws.close()
+    seen, cursor = [], None
+    while True:
+        resp = await admin.get("/api/sessions", params={"limit": 2, **({"cursor": cursor} if cursor else {})}, headers=AUTH)
+        assert resp.status == 200
+        page = await resp.json()
+        assert len(page["sessions"]) <= 2
+        seen += [s["id"] for s in page["sessions"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))
+    first = (await (await admin.get("/api/sessions", params={"limit": 1}, headers=AUTH)).json())["sessions"][0]
+    assert first["title"] == "message 4" and first["num_messages"] == 2 and first["num_tokens"] > 0
+    assert first["kv"]["tier"] == "ram" and first["kv"]["bytes"] > 0
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "tier=gpu", "cursor=%%%"])
+async def test_bad_list_parameters_are_400(admin, query):
+    resp = await admin.get(f"/api/sessions?{query}", headers=AUTH)
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "bad_request"
+
+
+async def test_session_detail_has_the_transcript(admin):
+    _, session, _ = await _session(admin, "what is up")
+    resp = await admin.get(f"/api/sessions/{session['session_id']}", headers=AUTH)
+    detail = await resp.json()
+    assert [m["role"] for m in detail["messages"]] == ["user", "assistant"]
+    assert detail["messages"][0]["content"] == "what is up" and detail["connections"] == 1
+    assert (await admin.get("/api/sessions/nope", headers=AUTH)).status == 404
+
+
+async def test_evict_then_resume_reports_disk_and_drop_then_resume_recomputes(admin):
+    chat, session, first = await _session(admin, "same opening")
+    twin, twin_session, _ = await _session(admin, "same opening")
+    sid = session["session_id"]
+    resp = await admin.post(f"/api/sessions/{sid}/evict", headers=AUTH)
+    assert (await resp.json())["kv"]["tier"] == "disk"
+    listed = await (await admin.get("/api/sessions", params={"tier": "disk"}, headers=AUTH)).json()
+    assert [s["id"] for s in listed["sessions"]] == [sid]
+    text_disk, done = await chat.turn("next", max_tokens=6, temperature=0)
+    assert done["cache"] == "disk" and done["usage"]["cached_tokens"] >= first["usage"]["prompt_tokens"] - 1
+
+    resp = await admin.post(f"/api/sessions/{sid}/evict?drop=true", headers=AUTH)
+    assert (await resp.json()) == {"id": sid, "action": "dropped", "kv": {"tier": "none", "bytes": 0}}
+    text_miss, done = await chat.turn("and more", max_tokens=6, temperature=0)
+    assert done["cache"] == "miss" and done["usage"]["cached_tokens"] == 0
+    # the twin session, same conversation, its KV never dropped: same answers
+    assert (await twin.turn("next", max_tokens=6, temperature=0))[0] == text_disk
+    assert (await twin.turn("and more", max_tokens=6, temperature=0))[0] == text_miss
+
+
+async def test_delete_removes_transcript_and_kv_and_disconnects_the_client(admin, tmp_path):
+    chat, session, _ = await _session(admin)
+    sid = session["session_id"]
+    await admin.post(f"/api/sessions/{sid}/evict", headers=AUTH)
+    assert list((tmp_path / "kv").glob("*.safetensors"))
+    resp = await admin.delete(f"/api/sessions/{sid}", headers=AUTH)
+    assert resp.status == 204
+    frame = await chat.recv()
+    assert frame["type"] == "error" and frame["code"] == "session_deleted"
+    closing = await chat.ws.receive(timeout=5)
+    assert closing.type.name == "CLOSE" and closing.data == 4004
+    for _ in range(50):
+        if not list((tmp_path / "kv").glob("*.safetensors")):
+            break
+        await asyncio.sleep(0.05)
+    assert not list((tmp_path / "kv").glob("*.safetensors"))
+    assert (await admin.get(f"/api/sessions/{sid}", headers=AUTH)).status == 404
+    other = Chat(await admin.ws_connect("/ws"))
+    assert (await other.hello(session_id=sid, resume_token=session["resume_token"]))["code"] == "session_not_found"
+    assert (await admin.delete(f"/api/sessions/{sid}", headers=AUTH)).status == 404
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_metrics_move_as_turns_happen(admin):
+    before = await (await admin.get("/metrics")).text()
+    chat, _, done = await _session(admin)
+    after = await (await admin.get("/metrics")).text()
+    outcome = done["finish_reason"]
+    assert _metric(after, f'chatserver_turns_total{{outcome="{outcome}"}}') == _metric(before, f'chatserver_turns_total{{outcome="{outcome}"}}') + 1
+    assert _metric(after, 'chatserver_tokens_total{kind="generated"}') >= done["usage"]["completion_tokens"]
+    assert _metric(after, "chatserver_ttft_seconds_count") == _metric(before, "chatserver_ttft_seconds_count") + 1
+    assert _metric(after, "chatserver_websocket_connections") == 1
+    assert _metric(after, 'chatserver_kv_sessions{tier="ram"}') == 1
+    assert _metric(after, 'chatserver_kv_lookups_total{result="miss"}') == 1
+    assert "session" not in re.sub(r"chatserver_kv_sessions", "", after)  # no per-session labels
+
+
+async def test_stats_health_and_readiness(admin):
+    await _session(admin)
+    stats = await (await admin.get("/api/stats", headers=AUTH)).json()
+    assert stats["kv"]["ram"]["sessions"] == 1 and stats["engine"]["ttft_ms"]["count"] == 1
+    assert stats["server"]["websockets"] == 1
+    assert (await admin.get("/healthz")).status == 200
+    ready = await admin.get("/readyz")
+    assert ready.status == 200 and (await ready.json())["checks"] == {"model": True, "database": True, "engine": True}
+
+
+async def test_openapi_document_is_served(admin):
+    doc = await (await admin.get("/api/openapi.json")).json()
+    assert doc["openapi"].startswith("3.1")
+    assert set(doc["paths"]) == {"/api/sessions", "/api/sessions/{session_id}", "/api/sessions/{session_id}/evict", "/api/stats"}
