@@ -10,6 +10,7 @@ from chatserver.ws import websocket_handler
 
 def setup(app: web.Application) -> None:
     app.router.add_get("/", views.index)
+    app.router.add_get("/admin", views.admin_page)
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)

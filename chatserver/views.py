@@ -17,6 +17,10 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(WEB_DIR / "index.html")
 
 
+async def admin_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_DIR / "admin.html")
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Alive: the event loop answers."""
     return web.json_response({"status": "ok"})
