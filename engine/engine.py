@@ -139,10 +139,15 @@ class Engine:
             self.heartbeat = time.monotonic()
             # block only when nothing can run: waiting turns are then blocked on a restore or on
             # RAM, and a completion from the KV store's I/O thread wakes us through the inbox
-            self._drain_inbox(block=not self.scheduler.running)
-            self._wait_for_company()
-            if self.scheduler.num_unfinished:
-                self.step()
+            try:
+                self._drain_inbox(block=not self.scheduler.running)
+                self._wait_for_company()
+                if self.scheduler.num_unfinished:
+                    self.step()
+            except Exception as exc:  # noqa: BLE001 - a bug must fail the turns at hand, not the server
+                log.exception("engine step failed")
+                for turn in list(self.scheduler.running):
+                    self._finish(turn, error=exc)
             if time.monotonic() > next_expiry:
                 self.store.expire()
                 next_expiry = time.monotonic() + 30.0
@@ -181,7 +186,10 @@ class Engine:
                 if turn.id == msg[1]:
                     turn.is_cancelled = True
         elif kind == "run":
-            msg[1]()
+            try:
+                msg[1]()
+            except Exception:  # noqa: BLE001 - store bookkeeping must not stop the engine
+                log.exception("engine task failed")
         elif kind == "call":
             _, fn, args, fut = msg
             try:
