@@ -69,6 +69,6 @@ def parse_frame(text: str) -> Hello | System | User | Cancel:
         raise BadRequest(f"{where}: {err['msg']}") from None
 
 
-def session_frame(session_id: str, resume_token: str, resumed: bool, messages: list[dict]) -> dict:
+def session_frame(session_id: str, resume_token: str, resumed: bool, messages: list[dict], busy: bool) -> dict:
     return {"type": "session", "session_id": session_id, "resume_token": resume_token, "resumed": resumed,
-            "messages": messages}
+            "messages": messages, "busy": busy}

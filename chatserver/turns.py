@@ -79,6 +79,7 @@ class TurnService:
         params = replace(params, max_tokens=min(params.max_tokens, self.max_context - n))
         stream = self.engine.admit()  # raises Overloaded: nothing stored
         try:
+            await self.sessions.store_if_new(live)
             title = frame.content.strip().splitlines()[0][:_TITLE_CHARS] if not live.has_turns else None
             for m in new:
                 await self.repo.add_message(live.id, m.role, m.content, title=title if m.role == "user" else None,
@@ -90,6 +91,18 @@ class TurnService:
         live.pending_system = None
         stream.start(TurnRequest(live.id, prompt_ids, params))
         return stream
+
+    async def transcript(self, live: LiveSession) -> list[dict]:
+        """Messages for a `session` frame; assistant messages carry how they ended."""
+        if not live.is_stored:
+            return []
+        out = []
+        for m in await self.repo.messages(live.id):
+            item = {"role": m.role, "content": m.content}
+            if m.role == "assistant":
+                item["finish_reason"] = m.finish_reason
+            out.append(item)
+        return out
 
     async def stream_answer(self, live: LiveSession, stream: TurnStream, send: Send) -> None:
         """Forward events to `send` (errors from a vanished client are ignored) and persist the answer."""

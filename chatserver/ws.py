@@ -58,17 +58,18 @@ class Connection:
         if self.is_turn_running:
             raise Busy("a turn is running on this connection")
         if frame.session_id is None:
-            live, token, resumed = *(await self.sessions.create()), False
+            live, token, resumed = *self.sessions.create(), False
+            messages = []
         else:
             live = await self.sessions.resume(frame.session_id, frame.resume_token)
             token, resumed = frame.resume_token, True
             self.turns.engine.prefetch(live.id)  # KV back from disk while the person types
+            messages = await self.turns.transcript(live)
         if self.live is not None:
             self.sessions.detach(self.live, self)
         self.live = live
         self.sessions.attach(live, self)
-        messages = [{"role": m.role, "content": m.content} for m in live.messages]
-        await self.send(session_frame(live.id, token, resumed, messages))
+        await self.send(session_frame(live.id, token, resumed, messages, live.is_busy))
 
     def on_system(self, frame: System) -> None:
         self.turns.set_system(self._require_session(), frame.content)

@@ -44,6 +44,7 @@ async def test_resume_needs_the_token_and_returns_the_transcript(connect):
     assert [m["role"] for m in resumed["messages"]] == ["user", "assistant"]
     assert resumed["messages"][0]["content"] == "Remember the word banana"
     assert resumed["messages"][1]["content"] == text
+    assert resumed["messages"][1]["finish_reason"] in ("stop", "length") and resumed["busy"] is False
 
     _, refused = await connect(session_id=session["session_id"], resume_token="not-the-token")
     assert refused == {"type": "error", "code": "unauthorized", "message": refused["message"]}
@@ -54,7 +55,8 @@ async def test_resume_needs_the_token_and_returns_the_transcript(connect):
 
 
 async def test_resume_token_is_stored_only_as_a_hash(client, connect):
-    _, session = await connect()
+    chat, session = await connect()
+    await chat.turn("hi", max_tokens=2)
     record = await client.app[keys.repository].get(session["session_id"])
     assert session["resume_token"] not in record.token_hash
     assert len(record.token_hash) == 64
@@ -125,6 +127,26 @@ async def test_bad_input_gets_a_typed_error_and_changes_nothing(client, connect,
     # the connection still works and the session's KV is intact: the next turn reuses it
     _, after = await chat.turn("second", max_tokens=4, temperature=0)
     assert after["type"] == "done" and after["usage"]["cached_tokens"] >= before["usage"]["prompt_tokens"] - 1
+
+
+async def test_a_hello_alone_stores_nothing_but_can_be_resumed(client, connect):
+    chat, session = await connect()
+    assert await client.app[keys.repository].get(session["session_id"]) is None
+    await chat.ws.close()
+    again, resumed = await connect(session_id=session["session_id"], resume_token=session["resume_token"])
+    assert resumed["resumed"] is True and resumed["messages"] == []
+    _, refused = await connect(session_id=session["session_id"], resume_token="wrong")
+    assert refused["code"] == "unauthorized"
+    await again.turn("now it exists", max_tokens=2)
+    assert await client.app[keys.repository].get(session["session_id"]) is not None
+
+
+async def test_resume_while_a_turn_runs_says_busy(connect):
+    chat, session = await connect()
+    await chat.send(type="user", content="a long answer please", max_tokens=64, temperature=0)
+    assert (await chat.recv())["type"] == "token"
+    _, resumed = await connect(session_id=session["session_id"], resume_token=session["resume_token"])
+    assert resumed["busy"] is True and resumed["messages"][-1] == {"role": "user", "content": "a long answer please"}
 
 
 async def test_user_before_hello_is_refused(client):
