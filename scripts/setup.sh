@@ -21,3 +21,16 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.setup-*
   touch "$stamp"
 fi
+
+# The browser tests (tests/web) drive Debian's Chromium through Playwright, which cannot download
+# browsers of its own here. Install it when missing (as root in CI, else with sudo when available).
+if [ -n "$extras" ] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else sudo="none"; fi
+  if [ "$sudo" = none ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup.sh: /usr/bin/chromium is missing and cannot be installed here (need root or sudo, and apt-get);" \
+         "the browser tests in tests/web will fail" >&2
+  else
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+fi

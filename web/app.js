@@ -1,53 +1,531 @@
-// Minimal client of docs/PROTOCOL.md. Model output is only ever inserted as text, never as HTML.
-"use strict";
-const log = document.getElementById("log"), input = document.getElementById("input");
-const statusEl = document.getElementById("status"), stopBtn = document.getElementById("stop");
-const saved = JSON.parse(localStorage.getItem("chatserver.session") || "null");
-const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
-let answer = null;
+// Browser client of docs/PROTOCOL.md. Model output is rendered by markdown.js with DOM APIs only;
+// user text goes in with textContent. Nothing here assigns innerHTML.
+import { renderMarkdown } from "./markdown.js";
 
-function add(cls, text) {
-  const div = document.createElement("div");
-  div.className = "msg " + cls;
-  div.textContent = text;
-  log.appendChild(div);
-  div.scrollIntoView({block: "end"});
-  return div;
-}
-
-ws.onopen = () => ws.send(JSON.stringify(saved ? {type: "hello", ...saved} : {type: "hello"}));
-ws.onclose = () => { statusEl.textContent = "disconnected"; };
-ws.onmessage = (ev) => {
-  const f = JSON.parse(ev.data);
-  if (f.type === "session") {
-    localStorage.setItem("chatserver.session", JSON.stringify({session_id: f.session_id, resume_token: f.resume_token}));
-    statusEl.textContent = "session " + f.session_id;
-    for (const m of f.messages) if (m.role !== "system") add(m.role, m.content);
-  } else if (f.type === "token") {
-    answer.textContent += f.text;
-    answer.scrollIntoView({block: "end"});
-  } else if (f.type === "done") {
-    const meta = document.createElement("div");
-    meta.className = "meta";
-    meta.textContent = `${f.usage.cached_tokens}/${f.usage.prompt_tokens} prompt tokens from cache · first token ${Math.round(f.timings.ttft_ms)} ms`;
-    answer.after(meta);
-    answer = null; stopBtn.disabled = true;
-  } else if (f.type === "error") {
-    if (f.code === "session_not_found" || f.code === "unauthorized") {
-      localStorage.removeItem("chatserver.session");
-      ws.send(JSON.stringify({type: "hello"}));
-    } else { add("error", f.code + ": " + f.message); answer = null; stopBtn.disabled = true; }
-  }
+const $ = (id) => document.getElementById(id);
+const ui = {
+  app: $("app"), sidebar: $("sidebar"), sessions: $("sessions"), noSessions: $("no-sessions"), newChat: $("new-chat"),
+  backdrop: $("backdrop"), menu: $("menu"), title: $("chat-title"), conn: $("conn"), connText: $("conn-text"),
+  banner: $("banner"), bannerText: $("banner-text"), retry: $("retry"), scroller: $("scroller"), empty: $("empty"),
+  messages: $("messages"), composer: $("composer"), input: $("input"), send: $("send"), stop: $("stop"),
+  jump: $("jump"), announce: $("announce"),
 };
 
-function send() {
-  const text = input.value;
-  if (!text.trim() || answer) return;
-  add("user", text);
-  answer = add("assistant", "");
-  ws.send(JSON.stringify({type: "user", content: text}));
-  input.value = ""; stopBtn.disabled = false;
+// ---- hidden settings: sampling fields from the query string, e.g. /?max_tokens=64&temperature=0
+const settings = {};
+const query = new URLSearchParams(location.search);
+for (const [key, isInt] of [["max_tokens", 1], ["temperature", 0], ["top_p", 0], ["top_k", 1], ["seed", 1]]) {
+  const value = query.get(key) === null || query.get(key) === "" ? NaN : Number(query.get(key));
+  if (Number.isFinite(value) && (!isInt || Number.isInteger(value))) settings[key] = value;
 }
-document.getElementById("form").onsubmit = (e) => { e.preventDefault(); send(); };
-input.onkeydown = (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send(); } };
-stopBtn.onclick = () => ws.send(JSON.stringify({type: "cancel"}));
+
+// ---- this browser's sessions: [{session_id, resume_token, title, updated, notes: {turnNo: note}}]
+const STORE = "chatserver.sessions", CURRENT = "chatserver.current";
+
+function loadSessions() {
+  try {
+    const list = JSON.parse(localStorage.getItem(STORE) || "[]");
+    return Array.isArray(list) ? list.filter((s) => s && typeof s.session_id === "string" && typeof s.resume_token === "string") : [];
+  } catch { return []; }
+}
+/** Read-modify-write, so that two tabs do not undo each other's changes. */
+function updateSessions(change) {
+  const list = loadSessions();
+  const result = change(list);
+  try { localStorage.setItem(STORE, JSON.stringify(list)); } catch { /* storage full or disabled */ }
+  renderSidebar(list);
+  return result;
+}
+const findSession = (id, list = loadSessions()) => list.find((s) => s.session_id === id);
+
+(function migrateOldPage() {  // the previous page kept one session under this key
+  try {
+    const old = JSON.parse(localStorage.getItem("chatserver.session") || "null");
+    if (old && old.session_id && old.resume_token && !findSession(old.session_id)) {
+      updateSessions((list) => list.push({ ...old, title: "Earlier chat", updated: Date.now(), notes: {} }));
+    }
+    localStorage.removeItem("chatserver.session");
+  } catch { /* ignore */ }
+})();
+
+// ---- state
+let ws = null;              // the open (or opening) WebSocket
+let attempt = 0;            // failed connection attempts in a row
+let retryTimer = 0, retryAt = 0, countdown = 0;
+let wanted = null;          // the session to show: {session_id, resume_token} or null for a new one
+let current = null;         // the session the server attached us to
+let helloSent = null;       // the hello awaiting its session frame: {target}
+let switchAfterTurn = false; // a hello waits for the running turn to end
+let turns = 0;              // user messages in the displayed transcript
+let turn = null;            // running turn: {session_id, turnNo, view, text, userView, content}
+let interrupted = null;     // {session_id, turnNo, tries}: a turn cut off by a dropped connection
+let lastCancelAt = 0;
+let pendingNotice = null;   // shown once the next transcript is rendered
+let stick = true, lastTop = 0, frame = 0;
+
+// ---- connection
+const wsUrl = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+const isOpen = () => ws !== null && ws.readyState === WebSocket.OPEN;
+
+function connect() {
+  clearTimeout(retryTimer);
+  clearInterval(countdown);
+  if (ws) return;
+  setConn(attempt ? "reconnecting" : "connecting");
+  const sock = new WebSocket(wsUrl);
+  ws = sock;
+  sock.onopen = () => {
+    if (ws !== sock) return;
+    attempt = 0;
+    setConn("connected");
+    hello(wanted);
+  };
+  sock.onmessage = (event) => {
+    if (ws !== sock) return;
+    let f;
+    try { f = JSON.parse(event.data); } catch { return; }
+    if (f.type === "session") onSession(f);
+    else if (f.type === "token") onToken(f);
+    else if (f.type === "done") onDone(f);
+    else if (f.type === "error") onError(f);
+  };
+  sock.onclose = () => { if (ws === sock) dropped(); };
+}
+
+function dropped() {
+  ws = null;
+  helloSent = null;
+  current = null;  // the next connection must say hello again (to `wanted`)
+  if (turn) interruptTurn();
+  scheduleReconnect();
+}
+
+function scheduleReconnect() {
+  const base = Math.min(10000, 500 * 2 ** attempt);  // 0.5 s doubling to 10 s ...
+  const delay = Math.min(10000, base * (0.75 + Math.random() * 0.5));  // ... with jitter
+  attempt++;
+  retryAt = Date.now() + delay;
+  retryTimer = setTimeout(connect, delay);
+  setConn(navigator.onLine === false || attempt > 6 ? "offline" : "reconnecting");
+  countdown = setInterval(updateBanner, 1000);
+}
+
+function setConn(state) {
+  ui.conn.dataset.state = state;
+  ui.connText.textContent = { connecting: "Connecting…", connected: "Connected", reconnecting: "Reconnecting…", offline: "Offline" }[state];
+  updateBanner();
+  updateComposer();
+}
+
+function updateBanner() {
+  const state = ui.conn.dataset.state;
+  ui.banner.hidden = state === "connected" || state === "connecting";
+  if (ui.banner.hidden) return;
+  const secs = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
+  ui.banner.dataset.state = state;
+  ui.bannerText.textContent = (state === "offline" ? "You are offline or the server is down." : "Connection lost.")
+    + (ws ? " Reconnecting…" : ` Reconnecting in ${secs} s.`);
+}
+
+function send(frame) {
+  if (!isOpen()) return false;
+  ws.send(JSON.stringify(frame));
+  return true;
+}
+
+function hello(target) {
+  helloSent = { target };
+  switchAfterTurn = false;
+  send(target ? { type: "hello", session_id: target.session_id, resume_token: target.resume_token } : { type: "hello" });
+  updateComposer();
+}
+
+// ---- frames
+function onSession(f) {
+  helloSent = null;
+  current = wanted = { session_id: f.session_id, resume_token: f.resume_token };
+  try { localStorage.setItem(CURRENT, f.session_id); } catch { /* ignore */ }
+  const entry = findSession(f.session_id);
+  if (interrupted && interrupted.session_id === f.session_id) markInterrupted(f);
+  renderTranscript(f.messages, entry ? entry.notes || {} : {});  // the server's transcript is authoritative
+  renderSidebar();
+  updateComposer();
+}
+
+function markInterrupted(f) {
+  // The server stores the partial answer when the connection drops, but it may still be storing it
+  // when we are back: ask again shortly (a few times) if the answer is not in the transcript yet.
+  let n = -1;
+  const answered = f.messages.some((m) => (m.role === "user" ? (n++, false) : m.role === "assistant" && n === interrupted.turnNo));
+  if (answered || interrupted.tries >= 3) {
+    interrupted = null;
+  } else {
+    interrupted.tries++;
+    const again = wanted;
+    setTimeout(() => { if (!turn && isOpen() && wanted === again) hello(again); }, 400);
+  }
+}
+
+function onToken(f) {
+  if (!turn) return;
+  turn.text += f.text;
+  if (!frame) frame = requestAnimationFrame(() => { frame = 0; if (turn) { renderAnswer(turn.view, turn.text); followBottom(); } });
+}
+
+function onDone(f) {
+  if (!turn) return;
+  finishTurn({ finish: f.finish_reason, usage: f.usage, timings: f.timings, cache: f.cache });
+}
+
+function onError(f) {
+  const code = f.code || "error", message = f.message || "";
+  if (helloSent) {
+    const target = helloSent.target;
+    helloSent = null;
+    if (target && (code === "unauthorized" || code === "session_not_found")) {
+      updateSessions((list) => { const i = list.findIndex((s) => s.session_id === target.session_id); if (i >= 0) list.splice(i, 1); });
+      wanted = current = null;
+      clearTranscript();
+      pendingNotice = "That chat is no longer available on the server, so it was removed from your list. This is a new chat.";
+      hello(null);
+      return;
+    }
+  }
+  if (turn) {
+    const t = turn;
+    if (!t.text && code !== "internal_error") {  // refused before it started: nothing was stored
+      t.view.el.remove();
+      t.userView.classList.add("failed");
+      t.userView.title = "Not sent";
+      turns--;
+      if (!ui.input.value) ui.input.value = t.content;
+      turn = null;
+      updateComposer();
+      afterTurn();
+    } else {
+      finishTurn({ finish: "error" });
+    }
+  } else if (code === "bad_request" && Date.now() - lastCancelAt < 5000) {
+    return;  // our cancel crossed the turn's done frame
+  }
+  showError(`${code}: ${message}`);
+  updateComposer();
+}
+
+// ---- turns
+function sendMessage() {
+  const content = ui.input.value;
+  if (!content.trim() || !canSend()) return;
+  const session = current;
+  updateSessions((list) => {
+    let entry = findSession(session.session_id, list);
+    if (!entry) {
+      entry = { ...session, title: titleOf(content), notes: {} };
+      list.push(entry);
+    }
+    entry.updated = Date.now();
+  });
+  hideEmpty();
+  const userView = addUser(content);
+  const view = addAssistant("streaming");
+  turn = { session_id: session.session_id, turnNo: turns++, view, text: "", userView, content };
+  send({ type: "user", content, ...settings });
+  ui.input.value = "";
+  autosize();
+  setTitle();
+  stick = true;
+  followBottom();
+  updateComposer();
+}
+
+function canSend() {
+  return isOpen() && current !== null && helloSent === null && turn === null && !switchAfterTurn;
+}
+
+function cancelTurn() {
+  if (!turn || turn.cancelled) return;
+  turn.cancelled = true;
+  lastCancelAt = Date.now();
+  send({ type: "cancel" });
+  updateComposer();
+}
+
+function finishTurn(note) {
+  const t = turn;
+  turn = null;
+  cancelAnimationFrame(frame);
+  frame = 0;
+  renderAnswer(t.view, t.text);
+  applyNote(t.view, note);
+  updateSessions((list) => {
+    const entry = findSession(t.session_id, list);
+    if (entry) { entry.updated = Date.now(); (entry.notes ||= {})[t.turnNo] = note; }
+  });
+  followBottom();
+  announce(note.finish === "cancelled" ? "Answer stopped." : note.finish === "interrupted" ? "Connection lost." : "Answer complete.");
+  updateComposer();
+  afterTurn();
+}
+
+function interruptTurn() {
+  interrupted = { session_id: turn.session_id, turnNo: turn.turnNo, tries: 0 };
+  finishTurn({ finish: "interrupted" });
+}
+
+function afterTurn() {
+  if (switchAfterTurn && isOpen()) hello(wanted);
+}
+
+// ---- opening, creating and deleting chats
+function openChat(target) {
+  closeNav();
+  if (target && current && target.session_id === current.session_id && !helloSent) return;
+  if (!target && current && !findSession(current.session_id) && !turn && !helloSent) { ui.input.focus(); return; }  // already new
+  wanted = target;
+  current = null;
+  clearTranscript();
+  setTitle(target);
+  renderSidebar();
+  if (turn) { switchAfterTurn = true; cancelTurn(); }
+  else if (isOpen()) hello(target);
+  ui.input.focus();
+}
+
+function deleteChat(id) {
+  updateSessions((list) => { const i = list.findIndex((s) => s.session_id === id); if (i >= 0) list.splice(i, 1); });
+  if ((current && current.session_id === id) || (wanted && wanted.session_id === id)) {
+    current = null;  // not "already a new chat": it just lost its list entry
+    openChat(null);
+  }
+  announce("Chat removed from this browser.");
+}
+
+// ---- rendering: transcript
+function clearTranscript() {
+  ui.messages.replaceChildren();
+  turns = 0;
+  ui.empty.hidden = false;
+}
+const hideEmpty = () => { ui.empty.hidden = true; };
+
+function renderTranscript(messages, notes) {
+  ui.messages.replaceChildren();
+  turns = 0;
+  for (const m of messages) {
+    if (m.role === "user") {
+      addUser(m.content);
+      turns++;
+    } else if (m.role === "assistant") {
+      const view = addAssistant("done");
+      renderAnswer(view, m.content);
+      const note = notes[turns - 1] || (interrupted && interrupted.turnNo === turns - 1 ? { finish: "interrupted" } : null);
+      if (note) applyNote(view, note);
+    }
+  }
+  ui.empty.hidden = messages.some((m) => m.role !== "system");
+  if (pendingNotice) { showError(pendingNotice, "notice"); pendingNotice = null; }
+  setTitle();
+  stick = true;
+  followBottom();
+}
+
+function addUser(text) {
+  const el = document.createElement("div");
+  el.className = "msg user";
+  const bubble = document.createElement("div");
+  bubble.className = "bubble";
+  bubble.textContent = text;
+  el.appendChild(bubble);
+  ui.messages.appendChild(el);
+  return el;
+}
+
+function addAssistant(state) {
+  const el = document.createElement("div");
+  el.className = "msg assistant";
+  el.dataset.state = state;
+  const body = document.createElement("div");
+  body.className = "body md";
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  el.append(body, meta);
+  ui.messages.appendChild(el);
+  return { el, body, meta };
+}
+
+function renderAnswer(view, text) {
+  view.body.replaceChildren(renderMarkdown(text));
+}
+
+const STATUS = { cancelled: "Stopped", interrupted: "Interrupted: the connection was lost", length: "Reached the length limit", error: "Failed" };
+
+function applyNote(view, note) {
+  const state = note.finish === "stop" || note.finish === "length" ? "done" : note.finish;
+  view.el.dataset.state = state;
+  const parts = [];
+  if (STATUS[note.finish]) parts.push([STATUS[note.finish], "status"]);
+  if (note.usage) parts.push([`${note.usage.cached_tokens}/${note.usage.prompt_tokens} prompt tokens cached`, "cached"]);
+  if (note.cache) parts.push([`cache: ${note.cache}`, "cache"]);
+  if (note.timings) parts.push([`TTFT ${formatMs(note.timings.ttft_ms)}`, "ttft"]);
+  view.meta.replaceChildren(...parts.map(([text, cls]) => {
+    const span = document.createElement("span");
+    span.className = cls;
+    span.textContent = text;
+    return span;
+  }));
+  if (note.usage) view.meta.title = `${note.usage.completion_tokens} tokens generated; prompt ${note.usage.prompt_tokens} tokens, `
+    + `${note.usage.cached_tokens} of them reused from the session's KV cache (${note.cache})`;
+}
+
+const formatMs = (ms) => (ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`);
+
+function showError(text, kind = "error") {
+  hideEmpty();
+  const el = document.createElement("div");
+  el.className = "msg " + kind;
+  el.setAttribute("role", kind === "error" ? "alert" : "status");
+  el.textContent = text;
+  ui.messages.appendChild(el);
+  followBottom();
+}
+
+// ---- rendering: sidebar, title, composer
+const titleOf = (text) => {
+  const line = text.trim().split("\n")[0].replace(/\s+/g, " ");
+  return line.length > 48 ? line.slice(0, 47).trimEnd() + "…" : line;
+};
+
+function renderSidebar(list = loadSessions()) {
+  list.sort((a, b) => (b.updated || 0) - (a.updated || 0));
+  ui.noSessions.hidden = list.length > 0;
+  const active = (current || wanted || {}).session_id;
+  ui.sessions.replaceChildren(...list.map((s) => {
+    const li = document.createElement("li");
+    li.className = "session";
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "open";
+    if (s.session_id === active) { open.setAttribute("aria-current", "page"); li.classList.add("active"); }
+    const title = document.createElement("span");
+    title.className = "title";
+    title.textContent = s.title || "Untitled chat";
+    const time = document.createElement("span");
+    time.className = "time";
+    time.textContent = ago(s.updated);
+    open.append(title, time);
+    open.onclick = () => openChat({ session_id: s.session_id, resume_token: s.resume_token });
+    const del = document.createElement("button");
+    del.type = "button";
+    del.className = "delete";
+    del.setAttribute("aria-label", `Delete chat: ${s.title || "Untitled chat"}`);
+    del.textContent = "×";
+    del.onclick = () => {  // first click asks, second click deletes
+      if (del.classList.contains("confirm")) return deleteChat(s.session_id);
+      del.classList.add("confirm");
+      del.textContent = "Delete";
+      setTimeout(() => { del.classList.remove("confirm"); del.textContent = "×"; }, 3000);
+    };
+    li.append(open, del);
+    return li;
+  }));
+}
+
+function ago(t) {
+  const s = (Date.now() - (t || 0)) / 1000;
+  if (s < 60) return "just now";
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return new Date(t).toLocaleDateString();
+}
+
+function setTitle(target = current || wanted) {
+  const entry = target && findSession(target.session_id);
+  const title = entry ? entry.title : "New chat";
+  ui.title.textContent = title;
+  document.title = entry ? `${title} · chatserver` : "chatserver";
+}
+
+function updateComposer() {
+  const running = turn !== null;
+  ui.send.hidden = running;
+  ui.stop.hidden = !running;
+  ui.stop.disabled = running && !!turn.cancelled;
+  ui.send.disabled = !canSend() || !ui.input.value.trim();
+  ui.composer.setAttribute("aria-busy", String(running));
+  updateJump();
+}
+
+function autosize() {
+  ui.input.style.height = "auto";
+  ui.input.style.height = Math.min(ui.input.scrollHeight, 200) + "px";
+}
+
+// ---- scrolling: follow the answer unless the person scrolled up
+const nearBottom = () => ui.scroller.scrollHeight - ui.scroller.scrollTop - ui.scroller.clientHeight < 40;
+
+function followBottom() {
+  if (stick) ui.scroller.scrollTop = ui.scroller.scrollHeight;
+  lastTop = ui.scroller.scrollTop;
+  updateJump();
+}
+
+function updateJump() {
+  ui.jump.hidden = stick || nearBottom();
+}
+
+ui.scroller.addEventListener("scroll", () => {
+  const top = ui.scroller.scrollTop;
+  if (nearBottom()) stick = true;
+  else if (top < lastTop - 2) stick = false;  // content growth never lowers scrollTop: the person scrolled up
+  lastTop = top;
+  updateJump();
+}, { passive: true });
+
+// ---- misc
+function announce(text) { ui.announce.textContent = text; }
+
+function closeNav() {
+  ui.app.classList.remove("nav-open");
+  ui.menu.setAttribute("aria-expanded", "false");
+}
+
+// ---- events
+ui.composer.addEventListener("submit", (e) => { e.preventDefault(); sendMessage(); });
+ui.input.addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); sendMessage(); }
+  else if (e.key === "Escape" && turn) cancelTurn();
+});
+ui.input.addEventListener("input", () => { autosize(); updateComposer(); });
+ui.stop.addEventListener("click", cancelTurn);
+ui.newChat.addEventListener("click", () => openChat(null));
+ui.jump.addEventListener("click", () => { stick = true; followBottom(); });
+ui.retry.addEventListener("click", () => { attempt = Math.min(attempt, 1); connect(); });
+ui.menu.addEventListener("click", () => {
+  const open = ui.app.classList.toggle("nav-open");
+  ui.menu.setAttribute("aria-expanded", String(open));
+});
+ui.backdrop.addEventListener("click", closeNav);
+document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeNav(); });
+ui.messages.addEventListener("click", (e) => {
+  const button = e.target.closest("button.copy");
+  if (!button) return;
+  const code = button.closest(".code").querySelector("pre").textContent;
+  navigator.clipboard?.writeText(code).then(() => {
+    button.textContent = "Copied";
+    setTimeout(() => { button.textContent = "Copy"; }, 1500);
+  }, () => {});
+});
+window.addEventListener("online", () => { if (!ws) { attempt = Math.min(attempt, 1); connect(); } });
+window.addEventListener("offline", () => {  // do not wait for a dead socket to time out
+  if (ws) { const sock = ws; dropped(); sock.close(); } else setConn("offline");
+});
+window.addEventListener("storage", (e) => { if (e.key === STORE) { renderSidebar(); setTitle(); } });
+setInterval(() => renderSidebar(), 60000);
+
+// ---- start
+const startId = (() => { try { return localStorage.getItem(CURRENT); } catch { return null; } })();
+const start = startId && findSession(startId);
+wanted = start ? { session_id: start.session_id, resume_token: start.resume_token } : null;
+setTitle(wanted);
+renderSidebar();
+connect();

@@ -1,0 +1,313 @@
+"""The chat page in headless Chromium against `python -m chatserver serve` with the real model.
+
+Each test asserts what a person would notice on the page. Answers use temperature 0 and small
+max_tokens, which the page takes from its query string (see docs/UI.md).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from playwright.sync_api import Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+SLOW = 30_000  # ms: a turn of the real model on a busy 2-core machine
+ALLOWED_TAGS = {"P", "UL", "OL", "LI", "SPAN", "CODE", "PRE", "STRONG", "EM", "H3", "H4", "H5", "H6", "BLOCKQUOTE",
+                "HR", "DIV", "BUTTON"}  # what markdown.js creates (DIV/BUTTON: the code block frame and Copy)
+
+
+def open_chat(page: Page, server, **settings) -> None:
+    query = "&".join(f"{k}={v}" for k, v in {"temperature": 0, **settings}.items())
+    page.goto(f"{server.url}/?{query}")
+    expect(page.locator("#conn")).to_have_text("Connected", timeout=SLOW)
+
+
+def send(page: Page, text: str) -> None:
+    page.locator("#input").fill(text)
+    page.locator("#input").press("Enter")
+
+
+def answer(page: Page, n: int = -1):
+    return page.locator(".msg.assistant").nth(n)
+
+
+def wait_done(page: Page, n: int = -1) -> str:
+    """Wait for the answer's grey meta line; return it."""
+    meta = answer(page, n).locator(".meta")
+    expect(meta).to_contain_text("TTFT", timeout=SLOW)
+    return meta.inner_text()
+
+
+def cached(meta: str) -> tuple[int, int]:
+    m = re.search(r"(\d+)/(\d+) prompt tokens cached", meta)
+    assert m, meta
+    return int(m[1]), int(m[2])
+
+
+def wait_text(page: Page, n: int = -1, longer_than: int = 0) -> None:
+    page.wait_for_function(
+        "([n, len]) => { const a = [...document.querySelectorAll('.msg.assistant')].at(n); "
+        "return a && a.querySelector('.body').textContent.length > len; }", arg=[n, longer_than], timeout=SLOW)
+
+
+def test_answer_streams_then_shows_cache_and_ttft(page: Page, server):
+    open_chat(page, server, max_tokens=40)
+    expect(page.locator("#empty")).to_be_visible()
+    send(page, "Tell me about the moon.")
+    expect(page.locator(".msg.user")).to_have_text("Tell me about the moon.")
+    expect(page.locator("#stop")).to_be_visible()
+
+    body, meta = answer(page).locator(".body"), answer(page).locator(".meta")
+    seen = []
+    deadline = time.monotonic() + SLOW / 1000
+    while not meta.inner_text() and time.monotonic() < deadline:
+        seen.append(len(body.inner_text()))
+        page.wait_for_timeout(60)
+    growth = sorted({n for n in seen if n > 0})
+    assert len(growth) >= 3, f"the answer did not grow while streaming: {seen}"
+    assert seen == sorted(seen), "the streamed text only ever grows"
+
+    info = wait_done(page)
+    assert "cache: miss" in info and re.search(r"TTFT \d+(\.\d)? (ms|s)", info), info
+    assert cached(info)[0] == 0
+    assert len(body.inner_text()) >= growth[-1]
+    expect(page.locator("#stop")).to_be_hidden()
+    expect(page.locator(".session .title")).to_have_text(["Tell me about the moon."])
+    expect(page.locator("#chat-title")).to_have_text("Tell me about the moon.")
+
+
+def test_stop_ends_the_answer_and_the_page_stays_usable(page: Page, server):
+    open_chat(page, server, max_tokens=300)
+    send(page, "Write a long story about a dragon.")
+    wait_text(page, longer_than=20)
+    page.locator("#stop").click()
+    meta = answer(page).locator(".meta")
+    expect(meta.locator(".status")).to_have_text("Stopped", timeout=SLOW)
+    stopped = answer(page).locator(".body").inner_text()
+    page.wait_for_timeout(1200)
+    assert answer(page).locator(".body").inner_text() == stopped, "the answer kept growing after Stop"
+    expect(page.locator("#stop")).to_be_hidden()
+    expect(page.locator("#send")).to_be_visible()
+
+    # usable again: the next message streams (and can be stopped too)
+    send(page, "Tell me another one.")
+    expect(page.locator(".msg.user")).to_have_count(2)
+    wait_text(page, n=1, longer_than=5)
+    page.locator("#stop").click()
+    info = wait_done(page, n=1)
+    assert "Stopped" in info and cached(info)[0] > 0, info
+    expect(page.locator(".msg.error")).to_have_count(0)
+
+
+def test_reload_continues_the_session_with_its_history(page: Page, server):
+    open_chat(page, server, max_tokens=24)
+    send(page, "What is the capital of France?")
+    wait_done(page)
+    first = answer(page).locator(".body").inner_text()
+
+    page.reload()
+    expect(page.locator("#conn")).to_have_text("Connected", timeout=SLOW)
+    expect(page.locator(".session .title")).to_have_text(["What is the capital of France?"])
+    expect(page.locator('.session [aria-current="page"]')).to_have_count(1)
+    expect(page.locator(".msg.user")).to_have_text(["What is the capital of France?"])
+    expect(answer(page).locator(".body")).to_have_text(first)
+
+    send(page, "And of Italy?")
+    info = wait_done(page)
+    hit, prompt = cached(info)
+    assert hit > 0 and prompt > hit, info
+    assert "cache: ram" in info, info
+
+
+def test_server_restart_reconnects_and_continues_from_disk(page: Page, server):
+    open_chat(page, server, max_tokens=200)
+    send(page, "Write a long story about a dragon.")
+    wait_text(page, longer_than=20)
+
+    server.stop()  # mid-answer: the server stores the partial answer and spills the session's KV to disk
+    expect(page.locator("#conn")).to_have_text(re.compile("Reconnecting"), timeout=SLOW)
+    expect(page.locator("#banner")).to_contain_text("Connection lost")
+    expect(answer(page).locator(".meta")).to_contain_text("Interrupted")
+    partial = answer(page).locator(".body").inner_text()
+
+    server.start()  # same data dir, same port
+    expect(page.locator("#conn")).to_have_text("Connected", timeout=SLOW)
+    expect(page.locator("#banner")).to_be_hidden()
+    # re-rendered from the server's transcript: the partial answer is there, marked interrupted
+    expect(page.locator(".msg.user")).to_have_text(["Write a long story about a dragon."])
+    expect(answer(page).locator(".meta")).to_contain_text("Interrupted")
+    assert answer(page).locator(".body").inner_text().startswith(partial[:20])
+
+    send(page, "Give the dragon a name.")
+    wait_text(page, n=1, longer_than=3)
+    try:
+        page.locator("#stop").click(timeout=2000)  # no need to wait for the whole answer
+    except PlaywrightTimeout:
+        pass  # it had already ended by itself
+    info = wait_done(page, n=1)
+    assert "cache: disk" in info and cached(info)[0] > 0, info
+
+
+def test_going_offline_mid_answer_shows_it_interrupted_then_recovers(page: Page, server):
+    open_chat(page, server, max_tokens=200)
+    send(page, "Write a long story about a dragon.")
+    wait_text(page, longer_than=20)
+    page.context.set_offline(True)  # the browser reports it lost the network: the page drops the socket
+    expect(page.locator("#conn")).to_have_text("Offline")
+    expect(page.locator("#banner")).to_contain_text("offline")
+    expect(answer(page).locator(".meta")).to_contain_text("Interrupted")
+    expect(page.locator("#stop")).to_be_hidden()
+
+    page.context.set_offline(False)
+    expect(page.locator("#conn")).to_have_text("Connected", timeout=SLOW)
+    # the transcript from the server holds the partial answer the server stored
+    expect(answer(page).locator(".meta")).to_contain_text("Interrupted")
+    assert answer(page).locator(".body").inner_text().strip()
+    expect(page.locator(".msg.assistant")).to_have_count(1)
+
+
+def test_html_in_an_answer_is_shown_as_text_not_run(page: Page, server):
+    open_chat(page, server, max_tokens=60)
+    message = 'Repeat exactly this text and nothing else: <img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+    send(page, message)
+    user = page.locator(".msg.user")
+    expect(user).to_have_text(message)
+    assert user.locator("img, script").count() == 0
+    wait_done(page)
+
+    body = answer(page).locator(".body")
+    assert "<img" in body.inner_text(), body.inner_text()  # the model repeated it; the page shows it as text
+    tags = set(body.evaluate("b => [...b.querySelectorAll('*')].map(e => e.tagName)"))
+    assert tags <= ALLOWED_TAGS, tags
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    assert page.locator(".messages img, .messages script").count() == 0
+
+
+def test_enter_sends_and_shift_enter_makes_a_new_line(page: Page, server):
+    open_chat(page, server, max_tokens=8)
+    box = page.locator("#input")
+    box.click()
+    page.keyboard.type("first line")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("second line")
+    expect(box).to_have_value("first line\nsecond line")
+    expect(page.locator(".msg.user")).to_have_count(0)
+
+    page.keyboard.press("Enter")
+    expect(page.locator(".msg.user")).to_have_count(1)
+    assert page.locator(".msg.user").inner_text() == "first line\nsecond line"
+    expect(box).to_have_value("")
+
+    page.keyboard.type("too early")  # while the answer runs, Enter does not send
+    page.keyboard.press("Enter")
+    expect(page.locator(".msg.user")).to_have_count(1)
+    expect(box).to_have_value("too early")
+    wait_done(page)
+    page.keyboard.press("Enter")
+    expect(page.locator(".msg.user")).to_have_count(2)
+    wait_done(page)
+
+
+def test_chats_in_the_sidebar_new_open_delete_and_a_forgotten_one(page: Page, server):
+    page.add_init_script("""try {
+        localStorage.setItem('chatserver.sessions', JSON.stringify([
+            {session_id: 'gone', resume_token: 'x', title: 'Forgotten chat', updated: Date.now(), notes: {}}]));
+        localStorage.setItem('chatserver.current', 'gone');
+    } catch (e) {}""")  # a chat this browser remembers but the server does not know
+    open_chat(page, server, max_tokens=6)
+    expect(page.locator(".msg.notice")).to_contain_text("no longer available")
+    expect(page.locator(".session")).to_have_count(0)
+    expect(page.locator("#chat-title")).to_have_text("New chat")
+
+    send(page, "Hi there")
+    wait_done(page)
+    page.locator("#new-chat").click()
+    expect(page.locator(".msg")).to_have_count(0)
+    expect(page.locator("#empty")).to_be_visible()
+    send(page, "Hello again")
+    wait_done(page)
+    expect(page.locator(".session .title")).to_have_text(["Hello again", "Hi there"])
+
+    page.locator(".session .open", has_text="Hi there").click()
+    expect(page.locator(".msg.user")).to_have_text(["Hi there"])
+    expect(page.locator("#chat-title")).to_have_text("Hi there")
+
+    delete = page.locator(".session", has_text="Hi there").locator(".delete")
+    delete.click()
+    delete.click()  # the first click asks, the second deletes
+    expect(page.locator(".session .title")).to_have_text(["Hello again"])
+    expect(page.locator("#chat-title")).to_have_text("New chat")
+    expect(page.locator(".msg")).to_have_count(0)
+
+
+def test_autoscroll_pauses_when_scrolled_up_on_a_phone(browser, server):
+    context = browser.new_context(viewport={"width": 360, "height": 460}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    try:
+        open_chat(page, server, max_tokens=300)
+        expect(page.locator("#sidebar")).not_to_be_in_viewport()
+        page.locator("#menu").click()
+        expect(page.locator("#sidebar")).to_be_in_viewport()
+        page.locator("#backdrop").click(position={"x": 340, "y": 200})
+        expect(page.locator("#sidebar")).not_to_be_in_viewport()
+
+        send(page, "Write a long story about a dragon.")
+        scroller = page.locator("#scroller")
+        at_bottom = "s => s.scrollHeight - s.scrollTop - s.clientHeight < 40"
+        page.wait_for_function(f"() => {{ const s = document.querySelector('#scroller'); return s.scrollHeight > s.clientHeight + 150; }}",
+                               timeout=SLOW)
+        assert scroller.evaluate(at_bottom), "the page follows the streaming answer"
+
+        scroller.evaluate("s => s.scrollBy(0, -120)")  # the person scrolls up to read
+        expect(page.locator("#jump")).to_be_visible()
+        top = scroller.evaluate("s => s.scrollTop")
+        length = len(answer(page).locator(".body").inner_text())
+        wait_text(page, longer_than=length + 15)
+        assert scroller.evaluate("s => s.scrollTop") == top, "the page moved while the person was reading"
+
+        page.locator("#jump").click()
+        length = len(answer(page).locator(".body").inner_text())
+        wait_text(page, longer_than=length + 15)
+        assert scroller.evaluate(at_bottom), "following resumes at the bottom"
+        page.locator("#stop").click()
+        wait_done(page)
+    finally:
+        context.close()
+
+
+def test_markdown_renders_structure_with_dom_nodes_only(page: Page, server):
+    page.goto(server.url)
+    md = ("# Title\n\nSome **bold**, *italic* and `code <b>`.\n\n- one\n- two <img src=x onerror=alert(1)>\n  - nested\n\n"
+          "1. first\n2. second\n\n```python\nprint('<script>alert(1)</script>')\n```\n\n<script>window.__xss=3</script>\n"
+          "snake_case_name stays")
+    result = page.evaluate("""async (md) => {
+        const {renderMarkdown} = await import('/static/markdown.js');
+        const root = document.createElement('div');
+        root.appendChild(renderMarkdown(md));
+        document.body.appendChild(root);
+        return {tags: [...root.querySelectorAll('*')].map(e => e.tagName), text: root.textContent,
+                h: root.querySelector('h3')?.textContent, strong: root.querySelector('p strong')?.textContent,
+                em: root.querySelector('p em')?.textContent, inline: root.querySelector('p code')?.textContent,
+                ul: [...root.querySelectorAll(':scope > ul > li > span')].map(e => e.textContent),
+                nested: root.querySelector('ul ul li')?.textContent,
+                ol: [...root.querySelectorAll('ol > li')].map(e => e.textContent),
+                pre: root.querySelector('pre code')?.textContent, lang: root.querySelector('.code-bar span')?.textContent,
+                last: root.lastElementChild.textContent};
+    }""", md)
+    assert set(result["tags"]) <= ALLOWED_TAGS, result["tags"]
+    assert result["h"] == "Title" and result["strong"] == "bold" and result["em"] == "italic"
+    assert result["inline"] == "code <b>"
+    assert result["ul"] == ["one", "two <img src=x onerror=alert(1)>"] and result["nested"] == "nested"
+    assert result["ol"] == ["first", "second"]
+    assert result["pre"] == "print('<script>alert(1)</script>')" and result["lang"] == "python"
+    assert result["last"] == "<script>window.__xss=3</script>\nsnake_case_name stays"
+    assert page.evaluate("typeof window.__xss") == "undefined"
+
+
+def test_scripts_never_parse_strings_as_html():
+    from tests.real_server import REPO
+
+    for name in ("app.js", "markdown.js"):
+        code = re.sub(r"//[^\n]*", "", (REPO / "web" / name).read_text())  # comments may name them
+        assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(|new Function", code), name
