@@ -43,7 +43,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     engine = request.app[keys.engine]
-    snapshot = await engine.call(engine.stats_snapshot)
+    snapshot = await engine.call(engine.stats_snapshot, True)
     snapshot["server"] = {"websockets": len(request.app[keys.websockets])}
     return web.Response(body=request.app[keys.metrics].render(snapshot),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -93,12 +93,13 @@ class Engine:
         with self._lock:
             self._num_admitted -= 1
 
-    def stats_snapshot(self) -> dict:
-        """Engine and KV store statistics. Run it on the engine thread: `await engine.call(engine.stats_snapshot)`."""
+    def stats_snapshot(self, with_buckets: bool = False) -> dict:
+        """Engine and KV store statistics. Run it on the engine thread: `await engine.call(engine.stats_snapshot)`.
+        with_buckets: include histogram buckets (not JSON-safe: the last bound is inf)."""
         store, disk = self.store, self.store.disk
         cfg = self.config.kv
         return {
-            "engine": {**self.stats.snapshot(), "queue_depth": len(self.scheduler.waiting),
+            "engine": {**self.stats.snapshot(with_buckets), "queue_depth": len(self.scheduler.waiting),
                        "running": len(self.scheduler.running), "admitted": self._num_admitted},
             "kv": {
                 "ram": {"sessions": store.num_ram_sessions, "bytes": store.ram_bytes,

@@ -53,6 +53,15 @@ class SessionKV:
         grown[:, :, :, : self.length].copy_(self.data[:, :, :, : self.length])
         self.data = grown
 
+    def shrink_to_fit(self) -> int:
+        """Drop spare capacity (a turn reserves prompt + max_tokens); returns bytes freed."""
+        before = self.nbytes
+        if self.bytes_for(self.length) < before:
+            smaller = self.alloc(self.length)
+            smaller.copy_(self.data[:, :, :, : smaller.shape[3]])
+            self.data = smaller
+        return before - self.nbytes
+
     def truncate(self, num_tokens: int) -> None:
         assert 0 <= num_tokens <= self.length
         del self.token_ids[num_tokens:]

@@ -161,6 +161,11 @@ class KVStore:
             return
         entry.is_in_use = False
         self._touch(key, entry)
+        # a turn reserved prompt + max_tokens; most answers are shorter: give the rest back now
+        # (a copy of the KV on this thread; only when the smaller buffer fits beside the old one)
+        if entry.kv.nbytes - entry.kv.bytes_for(entry.kv.length) and \
+                self.ram_bytes + entry.kv.bytes_for(entry.kv.length) <= self.config.max_ram_bytes:
+            entry.kv.shrink_to_fit()
         if entry.after_io == "drop":
             self._forget(key)
         elif entry.spill_when_idle:
@@ -244,6 +249,8 @@ class KVStore:
             return num_bytes + need <= cfg.max_ram_bytes and num_sessions + new_session <= cfg.max_ram_sessions
 
         total, sessions = self.ram_bytes, len(self._entries)
+        if not fits(total, sessions):
+            total -= self._shrink_idle(total, exclude)
         spilling = [e for e in self._entries.values() if e.state == "spilling"]
         after_spills = (total - sum(e.nbytes for e in spilling), sessions - len(spilling))
         for key, entry in list(self._entries.items()):
@@ -256,6 +263,17 @@ class KVStore:
             if freed_now:
                 total, sessions = total - freed_now, sessions - 1
         return fits(total, sessions)
+
+    def _shrink_idle(self, total: int, exclude: str | None) -> int:
+        """Cheaper than spilling: give back the unused capacity of idle sessions. Returns bytes
+        freed. A shrink copies into a smaller buffer, which must itself fit while both exist."""
+        freed = 0
+        for key, entry in self._entries.items():
+            if key == exclude or entry.is_in_use or entry.state != "ram":
+                continue
+            if total - freed + entry.kv.bytes_for(entry.kv.length) <= self.config.max_ram_bytes:
+                freed += entry.kv.shrink_to_fit()
+        return freed
 
     def _evict(self, key: str, entry: _Entry, cause: str) -> int:
         """Free an idle session's RAM: at once if disk already has it (returns bytes freed), else

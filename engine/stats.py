@@ -49,7 +49,6 @@ class Distribution:
             "p99": self.percentile(99),
             "max": max(self.recent) if self.recent else 0.0,
             "sum": self.total,
-            "buckets": self.cumulative_buckets(),
         }
 
     def cumulative_buckets(self) -> list[tuple[float, int]]:
@@ -79,8 +78,13 @@ class EngineStats:
     def count_finish(self, outcome: str) -> None:
         self.turns_finished[outcome] = self.turns_finished.get(outcome, 0) + 1
 
-    def snapshot(self) -> dict:
+    def snapshot(self, with_buckets: bool = False) -> dict:
+        """Plain JSON-able values; with_buckets adds each distribution's cumulative histogram
+        buckets (the last bound is float inf, which JSON cannot carry: for Prometheus only)."""
         out = {}
         for name, value in vars(self).items():
-            out[name] = value.summary() if isinstance(value, Distribution) else (dict(value) if isinstance(value, dict) else value)
+            if isinstance(value, Distribution):
+                out[name] = value.summary() | ({"buckets": value.cumulative_buckets()} if with_buckets else {})
+            else:
+                out[name] = dict(value) if isinstance(value, dict) else value
         return out

@@ -75,7 +75,8 @@ async function loadSessions(append) {
       btn.textContent = label; btn.className = cls;
       btn.onclick = async () => {
         if (method === "DELETE" && !confirm("Delete this session's transcript and KV?")) return;
-        await api(method, path); refresh();
+        try { await api(method, path); } catch (err) { return; }
+        refresh();
       };
       actions.appendChild(btn);
     }
@@ -93,7 +94,11 @@ function showLogin(message) {
 async function refresh() {
   if (!token) return showLogin("");
   $("login").hidden = true; $("main").hidden = false;
-  await Promise.all([loadStats(), loadSessions(false)]);
+  try {
+    await Promise.all([loadStats(), loadSessions(false)]);
+  } catch (err) {
+    if (!$("main").hidden) $("cards").replaceChildren(card("error", err.message));
+  }
 }
 
 $("login").onsubmit = (e) => {
@@ -104,7 +109,7 @@ $("login").onsubmit = (e) => {
 };
 $("logout").onclick = () => { token = ""; sessionStorage.removeItem("chatserver.admin"); showLogin(""); };
 $("refresh").onclick = refresh;
-$("tier").onchange = () => loadSessions(false);
-$("more").onclick = () => loadSessions(true);
+$("tier").onchange = () => loadSessions(false).catch(() => {});
+$("more").onclick = () => loadSessions(true).catch(() => {});
 refresh();
 setInterval(() => { if (token && !$("main").hidden) loadStats().catch(() => {}); }, 5000);

@@ -1,6 +1,7 @@
 """Session-admin REST API, metrics and health (tiny model, through the app)."""
 
 import asyncio
+import json
 import re
 
 import pytest
@@ -144,7 +145,12 @@ async def test_metrics_move_as_turns_happen(admin):
 
 async def test_stats_health_and_readiness(admin):
     await _session(admin)
-    stats = await (await admin.get("/api/stats", headers=AUTH)).json()
+    text = await (await admin.get("/api/stats", headers=AUTH)).text()
+
+    def reject(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    stats = json.loads(text, parse_constant=reject)  # strict JSON: no Infinity/NaN
     assert stats["kv"]["ram"]["sessions"] == 1 and stats["engine"]["ttft_ms"]["count"] == 1
     assert stats["server"]["websockets"] == 1
     assert (await admin.get("/healthz")).status == 200

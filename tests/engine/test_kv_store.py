@@ -219,3 +219,18 @@ class StoreMachine(RuleBasedStateMachine):
 
 TestStoreMachine = StoreMachine.TestCase
 TestStoreMachine.settings = settings(max_examples=60, stateful_step_count=50, deadline=None)
+
+
+def test_spare_capacity_reserved_for_an_answer_is_given_back_when_the_turn_ends(tmp_path):
+    h = Harness(tmp_path, max_ram_bytes=4 * BLOCK)
+    h.turn("a", [1, 2, 3])
+    kv, _ = h.store.acquire("a", 600)  # a turn reserving room for a long answer: 3 blocks
+    assert h.store.ram_bytes == 3 * BLOCK
+    kv.token_ids.extend([4, 5])  # ... that turned out short
+    h.store.release("a")
+    assert h.store.ram_bytes == BLOCK
+    for key in "bcd":
+        h.turn(key, [7])
+    h.settle()
+    assert [h.store.tier_of(k) for k in "abcd"] == ["ram"] * 4 and h.store.stats.spills == 0
+    assert h.store._entries["a"].kv.token_ids == [1, 2, 3, 4, 5]

@@ -1,0 +1,56 @@
+"""The operator page at /admin, in Chromium, against the real server with an admin token."""
+
+import asyncio
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.conftest import MODEL_CACHE
+from tests.real_server import WsChat
+from tests.web.browser import RestartableServer
+
+TOKEN = "page-token"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = RestartableServer(tmp_path_factory.mktemp("admin-data"), MODEL_CACHE, "--admin-token", TOKEN).start()
+
+    async def seed():
+        chat, _ = await WsChat.open(srv.url.replace("http://", "ws://") + "/ws")
+        await chat.turn("Plan a picnic for four people", max_tokens=8, temperature=0)
+        await chat.close()
+
+    asyncio.run(seed())
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def page(browser, server):
+    """Like tests/web/conftest.py's page, but the 401 of a wrong token is expected here."""
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" and "401" not in msg.text else None)
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_operator_signs_in_sees_sessions_and_evicts_one(page: Page, server):
+    page.goto(server.url + "/admin")
+    page.fill("#token", "wrong")
+    page.click("#login button")
+    expect(page.locator("#login-error")).to_contain_text("bearer token")
+    page.fill("#token", TOKEN)
+    page.click("#login button")
+    row = page.locator("#rows tr").first
+    expect(row).to_contain_text("Plan a picnic for four people")
+    expect(row.locator(".tier")).to_have_text("ram")
+    expect(page.locator("#cards")).to_contain_text("KV in RAM")
+    row.get_by_role("button", name="Evict").click()
+    expect(page.locator("#rows tr").first.locator(".tier")).to_have_text("disk")
+    page.select_option("#tier", "ram")
+    expect(page.locator("#rows tr")).to_have_count(0)
