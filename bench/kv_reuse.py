@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import statistics
 import sys
@@ -83,7 +84,7 @@ SUMMARY = (
     "still be cold, so swimming is optional. We only take hand luggage, so pack light and bring good shoes, a "
     "rain jacket and a sweater for the evenings. I will book the flights tonight unless you have objections."
 )
-CONVERSATION = [  # 8 user turns; history reaches about 2,000 prompt tokens by turn 8
+CONVERSATION = [  # 8 user turns; the prompt reaches about 1,700 tokens by turn 8 (64-token answers)
     "Hi, I need help planning a vacation. We have one week in May and we are thinking about Portugal. Any ideas?",
     ITINERARY,
     SINTRA,
@@ -104,8 +105,15 @@ async def start_server(data_dir: Path, model_cache: Path, reuse: bool) -> tuple[
     log = open(data_dir / "server.log", "wb")  # stderr to a file: an unread pipe could fill and block the server
     proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=log)
     log.close()
-    line = (await asyncio.wait_for(proc.stdout.readline(), timeout=300)).decode().strip()
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), timeout=300)).decode().strip()  # seconds
+    except TimeoutError:
+        line = "(no ready line after 300 s)"
     if not line.startswith(READY):
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
         await proc.wait()
         sys.exit(f"server did not start: {line!r}\n{(data_dir / 'server.log').read_text()[-2000:]}")
     return proc, "ws://" + line[len(READY):] + "/ws"
@@ -151,6 +159,9 @@ async def play(url: str, max_tokens: int) -> list[dict]:
 
 async def run_mode(reuse: bool, args: argparse.Namespace) -> list[list[dict]]:
     """All repeats against one fresh server; result[repeat][turn] as returned by play()."""
+    if os.getloadavg()[0] > 1.5:  # 1-minute load average (runnable processes); a previous server alone gives ~1
+        print(f"  warning: load average {os.getloadavg()[0]:.1f}: other processes share the CPU, timings will be noisy",
+              file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="kv_reuse_bench_") as tmp:
         proc, url = await start_server(Path(tmp), args.model_cache, reuse)
         try:
