@@ -27,19 +27,28 @@ class SamplingParams:
         return gen
 
 
+_CANDIDATES = (256, 4096)  # top-p looks at this many most likely tokens first; a full sort only if they fall short
+
+
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """logits: float32 [vocab] -> one token id."""
+    """logits: float32 [vocab] -> one token id. Temperature, then top-k, then top-p (nucleus) over
+    what top-k kept, then a draw from the turn's own generator.
+
+    Sorting the whole vocabulary per row costs milliseconds; the nucleus almost always lies within
+    the few hundred most likely tokens, so only those are sorted (exactly the same result)."""
     if params.is_greedy:
         return int(logits.argmax())
     logits = logits / params.temperature
-    if params.top_k > 0 and params.top_k < logits.numel():
-        kth = torch.topk(logits, params.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    k = params.top_k if 0 < params.top_k < logits.numel() else logits.numel()
     probs = torch.softmax(logits, dim=-1)
+    for limit in (*_CANDIDATES, k):
+        values, ids = torch.topk(probs, min(k, limit))  # descending
+        if limit >= k or (params.top_p < 1.0 and values.sum() >= params.top_p):
+            break  # the nucleus lies within these candidates (or they are all top-k keeps)
+    if k < logits.numel():
+        values = values / values.sum()  # top-k renormalizes before top-p
     if params.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
         # keep the smallest prefix whose mass reaches top_p (always at least the top token)
-        drop = sorted_probs.cumsum(0) - sorted_probs > params.top_p
-        sorted_probs[drop] = 0.0
-        return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
-    return int(torch.multinomial(probs, 1, generator=generator))
+        drop = values.cumsum(0) - values > params.top_p
+        values = values.masked_fill(drop, 0.0)
+    return int(ids[torch.multinomial(values, 1, generator=generator)])

@@ -27,3 +27,17 @@ def test_top_k_and_top_p_restrict_the_choice():
     assert draws == {0, 1}
     draws = {sample(logits, SamplingParams(temperature=1.0, top_p=0.01), gen) for _ in range(50)}
     assert draws == {0}
+
+
+def test_nucleus_sampling_matches_its_definition_on_wide_and_narrow_distributions():
+    """The candidate shortcut must give exactly the nucleus: every drawn token is inside the
+    smallest set of most likely tokens whose mass reaches top_p."""
+    gen = torch.Generator().manual_seed(3)
+    for scale in (0.1, 3.0):  # wide (nucleus of thousands of tokens) and narrow
+        logits = torch.randn(49152, generator=torch.Generator().manual_seed(5)) * scale
+        probs = torch.softmax(logits, -1)
+        ordered, order = torch.sort(probs, descending=True)
+        size = int((ordered.cumsum(0) < 0.9).sum()) + 1
+        nucleus = set(order[:size].tolist())
+        draws = [sample(logits, SamplingParams(temperature=1.0, top_p=0.9), gen) for _ in range(50)]
+        assert set(draws) <= nucleus

@@ -37,13 +37,20 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, server):
+def allowed_console_errors() -> tuple[str, ...]:
+    """Console errors containing one of these are expected (a module may override this)."""
+    return ("WebSocket",)
+
+
+@pytest.fixture
+def page(browser, server, allowed_console_errors):
     """A fresh browser profile (empty localStorage) per test; fails the test on any JavaScript error."""
     context = browser.new_context(viewport={"width": 1200, "height": 800})
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" and "WebSocket" not in msg.text else None)
+    page.on("console", lambda msg: errors.append(msg.text)
+            if msg.type == "error" and not any(a in msg.text for a in allowed_console_errors) else None)
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
