@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Awaitable, Callable
 
 from chatserver.config import ServerConfig
-from chatserver.errors import BadRequest, Busy
+from chatserver.errors import BadRequest
 from chatserver.protocol import User
 from chatserver.sessions import LiveSession, SessionManager
 from engine.chat_format import ChatFormat, ChatMessage
@@ -24,12 +24,6 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[dict], Awaitable[None]]
 _TITLE_CHARS = 60
-
-
-@dataclass
-class ActiveTurn:
-    stream: TurnStream
-    task: asyncio.Task | None = None
 
 
 class TurnService:

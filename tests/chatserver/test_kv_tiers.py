@@ -1,7 +1,6 @@
 """Session KV across disconnects and restarts, through the app (tiny model)."""
 
 import asyncio
-from dataclasses import replace
 
 from chatserver import keys
 from chatserver.app import create_app

@@ -255,7 +255,7 @@ def test_autoscroll_pauses_when_scrolled_up_on_a_phone(browser, server):
         send(page, "Write a long story about a dragon.")
         scroller = page.locator("#scroller")
         at_bottom = "s => s.scrollHeight - s.scrollTop - s.clientHeight < 40"
-        page.wait_for_function(f"() => {{ const s = document.querySelector('#scroller'); return s.scrollHeight > s.clientHeight + 150; }}",
+        page.wait_for_function("() => { const s = document.querySelector('#scroller'); return s.scrollHeight > s.clientHeight + 150; }",
                                timeout=SLOW)
         assert scroller.evaluate(at_bottom), "the page follows the streaming answer"
 
