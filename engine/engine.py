@@ -122,6 +122,8 @@ class Engine:
 
     def prefetch(self, session_key: str) -> None:
         """A client is back: start reading its KV from disk now, before its next turn. Thread-safe."""
+        if not self.config.reuse_kv:
+            return  # the baseline mode would throw it away
         self._inbox.put(("run", lambda: self.store.prefetch(session_key)))
 
     def spill(self, session_key: str, cause: str = "admin") -> None:
