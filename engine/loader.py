@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def default_gguf_path() -> Path:
 
 def load_model(model: str | None, cache_dir: Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Blocking: call from a worker thread, never from the event loop."""
+    hf_logging.disable_progress_bar()  # a server logs; it does not draw progress bars on stderr
     source = Path(model).expanduser() if model else default_gguf_path()
     if source.is_file() and source.suffix == ".gguf":
         directory = _safetensors_copy_of_gguf(source, cache_dir)
