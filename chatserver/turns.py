@@ -59,7 +59,8 @@ class TurnService:
         assert live.is_busy
         self._check_content(frame.content)
         params = self.sampling_for(frame)
-        new = [ChatMessage("system", s) for s in self._system_to_store(live)] + [ChatMessage("user", frame.content)]
+        system = [ChatMessage("system", live.pending_system)] if live.pending_system is not None else []
+        new = system + [ChatMessage("user", frame.content)]
         conversation = live.messages + new
         if not any(m.role == "system" for m in conversation) and self.config.system_prompt:
             conversation = [ChatMessage("system", self.config.system_prompt)] + conversation
@@ -131,9 +132,6 @@ class TurnService:
             cached_tokens=usage.cached_tokens if usage else None,
             session_tokens=usage.prompt_tokens + usage.completion_tokens if usage else None,
         )
-
-    def _system_to_store(self, live: LiveSession) -> list[str]:
-        return [live.pending_system] if live.pending_system is not None else []
 
     def _check_content(self, content: str) -> None:
         if not content.strip():

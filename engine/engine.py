@@ -277,18 +277,18 @@ class Engine:
     def _finish(self, turn: Turn, reason: str = "", error: Exception | None = None) -> None:
         self.scheduler.remove(turn)
         if turn.is_started:
+            # the KV stays valid even after a failed pass: the runner extends token_ids only on success
             self.store.release(turn.session_key)
-            if error is not None:
-                self.store.drop(turn.session_key)  # its KV may be half written
         self._release_slot()
-        self.stats.count_finish(getattr(error, "code", "internal_error") if error is not None else reason)
-        if error is None:
-            self.stats.prompt_tokens += len(turn.prompt_ids)
-            self.stats.cached_tokens += turn.num_cached_tokens
-            self.stats.generated_tokens += len(turn.output_ids)
         if error is not None:
-            turn.emit(ErrorEvent(getattr(error, "code", "internal_error"), str(error) or type(error).__name__))
+            code = getattr(error, "code", "internal_error")
+            self.stats.count_finish(code)
+            turn.emit(ErrorEvent(code, str(error) or type(error).__name__))
             return
+        self.stats.count_finish(reason)
+        self.stats.prompt_tokens += len(turn.prompt_ids)
+        self.stats.cached_tokens += turn.num_cached_tokens
+        self.stats.generated_tokens += len(turn.output_ids)
         tail = turn.detokenizer.flush()
         if tail:
             turn.emit(TokenEvent(tail, -1))
