@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import weakref
 from typing import AsyncIterator
@@ -19,6 +20,7 @@ from engine.chat_format import ChatFormat
 from engine.engine import Engine
 from engine.loader import LoadedModel, load_model
 from engine.runner import ModelRunner
+from engine.weights import MATMUL_DTYPES
 from storage import migrations
 from storage.db import create_engine, sessionmaker
 from storage.kv_files import KVFileStore, KVLayout
@@ -46,10 +48,10 @@ def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Ap
     async def model_and_engine(app: web.Application) -> AsyncIterator[None]:
         loaded = model or await asyncio.to_thread(load_model, config.model, config.model_cache_dir)
         app[keys.model] = loaded
-        runner = ModelRunner(loaded.model)
+        runner = ModelRunner(loaded.model, MATMUL_DTYPES[config.dtype])
         await asyncio.to_thread(runner.warmup)
         chat_format = ChatFormat(loaded.tokenizer, loaded.model.generation_config)
-        layout = KVLayout(runner.num_layers, runner.num_kv_heads, runner.head_dim, runner.dtype, loaded.fingerprint)
+        layout = KVLayout(runner.num_layers, runner.num_kv_heads, runner.head_dim, runner.dtype, _kv_fingerprint(loaded.fingerprint, config.dtype))
         kv_files = await asyncio.to_thread(KVFileStore, config.kv_dir, layout, config.engine.kv.max_disk_bytes)
         engine = Engine(runner, chat_format, config.engine, disk=kv_files)
         engine.start()
@@ -70,3 +72,10 @@ def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Ap
     app.on_shutdown.append(close_all)
     routes.setup(app)
     return app
+
+
+def _kv_fingerprint(model_fingerprint: str, dtype: str) -> str:
+    """KV computed with bf16 matmuls differs from float32 KV: a spill file is only reused by the same mode."""
+    if dtype == "float32":
+        return model_fingerprint  # files written before --dtype existed stay valid
+    return hashlib.sha256(f"{model_fingerprint}:{dtype}".encode()).hexdigest()

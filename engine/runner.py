@@ -1,12 +1,13 @@
 """One packed forward pass over several sessions, each with its own cached KV.
 
 All new tokens of all sequences in a step are concatenated into one [T, hidden] tensor, so the
-weight matmuls (the cost on CPU) run once per step for everyone. Attention is done per sequence
-against that sequence's own SessionKV, so sessions with different cached lengths and different
-numbers of new tokens (prefill chunks, single decode tokens) share one pass without padding.
+weight matmuls (the cost on CPU) run once per step for everyone. Decoding sequences (one new token)
+come first in the packing and share one attention call per layer; prefill chunks attend per sequence
+(engine/attention.py). Sessions with different cached lengths and different numbers of new tokens
+share one pass without padding.
 
-The decoder layers' weights and submodules are the Hugging Face model's own (Llama family:
-Llama, SmolLM, Mistral, Qwen2); only attention and KV handling are ours.
+Weights are the Hugging Face model's, fused per layer (engine/weights.py); embeddings, rotary
+embedding and final norm are the model's own modules.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from engine.attention import DecodeAttention, prefill_attention, prefix_causal_mask
 from engine.kv_cache import SessionKV
+from engine.weights import fuse_layers, linear
 
 
 @dataclass
@@ -28,28 +31,35 @@ class ForwardItem:
 
 
 class ModelRunner:
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, matmul_dtype: torch.dtype = torch.float32, native: bool = True):
+        """matmul_dtype: dtype of the linear layers' weights (engine/weights.py); KV is float32.
+        native: use the C decode-attention kernel when it can be built."""
         self.model = model
         cfg = model.config
         self.num_layers = cfg.num_hidden_layers
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.dtype = next(model.parameters()).dtype
+        self.dtype = next(model.parameters()).dtype  # KV and activations
+        self.matmul_dtype = matmul_dtype
+        self.native = native
         self.max_context = cfg.max_position_embeddings
+        self._eps = cfg.rms_norm_eps
         inner = model.model
         self._embed = inner.embed_tokens
-        self._layers = inner.layers
         self._norm = inner.norm
         self._rotary = inner.rotary_emb
-        self._lm_head = model.lm_head
-        self._scale = self._layers[0].self_attn.scaling
+        self._act = model.model.layers[0].mlp.act_fn
+        self._scale = inner.layers[0].self_attn.scaling
+        self._layers, self._lm_head = fuse_layers(model, matmul_dtype)
+        self.vocab_size = self._lm_head.shape[0]
 
     def new_kv(self, capacity: int = 0) -> SessionKV:
         return SessionKV(self.num_layers, self.num_kv_heads, self.head_dim, self.dtype, capacity)
 
     def warmup(self) -> None:
-        """One throwaway pass so that the first real turn does not pay for lazy kernel set-up."""
+        """Throwaway passes so that the first real turn does not pay for lazy kernel set-up (and the build
+        of the C kernel)."""
         kv = self.new_kv()
         self.forward([ForwardItem(kv, [0] * 16, True)])
         self.forward([ForwardItem(kv, [0], True)])
@@ -60,56 +70,55 @@ class ModelRunner:
 
         Appends each item's new tokens to its SessionKV (token_ids extended only after success).
         """
-        lengths = [len(it.token_ids) for it in items]
-        starts = [it.kv.length for it in items]
-        for it, n in zip(items, lengths):
+        order = sorted(range(len(items)), key=lambda i: len(items[i].token_ids) > 1)  # decoders first (stable)
+        packed = [items[i] for i in order]
+        num_decode = sum(1 for it in packed if len(it.token_ids) == 1)
+        lengths = [len(it.token_ids) for it in packed]
+        starts = [it.kv.length for it in packed]
+        for it, n in zip(packed, lengths):
             it.kv.ensure_capacity(it.kv.length + n)
-        input_ids = torch.tensor([t for it in items for t in it.token_ids], dtype=torch.long)
-        positions = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, lengths)])
+        input_ids = torch.tensor([t for it in packed for t in it.token_ids], dtype=torch.long)
+        positions = torch.tensor([p for s, n in zip(starts, lengths) for p in range(s, s + n)], dtype=torch.long)
         hidden = self._embed(input_ids)  # [T, hidden]
         cos, sin = self._rotary(hidden, positions[None])  # [1, T, head_dim]
         cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [T, 1, head_dim]
-        masks = [_prefix_causal_mask(s, n) for s, n in zip(starts, lengths)]
+        decode = DecodeAttention([it.kv for it in packed[:num_decode]], self.num_heads, self._scale, self.native)
+        chunks = []  # (item, start, row slice, mask) of each prefill chunk
+        offset = num_decode
+        for it, s, n in zip(packed[num_decode:], starts[num_decode:], lengths[num_decode:]):
+            chunks.append((it, s, slice(offset, offset + n), prefix_causal_mask(s, n)))
+            offset += n
+        hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
 
-        for layer_idx, layer in enumerate(self._layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            q = attn.q_proj(x).view(-1, self.num_heads, self.head_dim)  # [T, Hq, D]
-            k = attn.k_proj(x).view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
-            v = attn.v_proj(x).view(-1, self.num_kv_heads, self.head_dim)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+        for layer_idx, w in enumerate(self._layers):
+            x = F.rms_norm(hidden, (hidden.shape[-1],), w.ln1, self._eps)
+            qkv = linear(x, w.wqkv, w.bqkv)  # [T, (Hq + 2 Hkv) D]
+            q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
+            q = _rotary(q.view(-1, hq, d), cos, sin)  # [T, Hq, D]
+            k = _rotary(k.view(-1, hkv, d), cos, sin)  # [T, Hkv, D]
+            v = v.reshape(-1, hkv, d)
             out = torch.empty_like(q)
-            offset = 0
-            for it, s, n, mask in zip(items, starts, lengths, masks):
-                sl = slice(offset, offset + n)
-                it.kv.write(layer_idx, s, k[sl].transpose(0, 1), v[sl].transpose(0, 1))
-                keys, values = it.kv.view(layer_idx, s + n)  # [Hkv, s+n, D]
-                o = F.scaled_dot_product_attention(
-                    q[sl].transpose(0, 1)[None], keys[None], values[None],
-                    attn_mask=mask, is_causal=(s == 0 and n > 1), scale=self._scale, enable_gqa=True,
-                )  # [1, Hq, n, D]
-                out[sl] = o[0].transpose(0, 1)
-                offset += n
-            hidden = hidden + attn.o_proj(out.view(-1, self.num_heads * self.head_dim))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            if num_decode:
+                out[:num_decode] = decode(layer_idx, q[:num_decode], k[:num_decode], v[:num_decode])
+            for it, s, rows, mask in chunks:
+                out[rows] = prefill_attention(it.kv, layer_idx, s, q[rows], k[rows], v[rows], self._scale, mask)
+            hidden = hidden + linear(out.view(-1, hq * d), w.wo)
+            x = F.rms_norm(hidden, (hidden.shape[-1],), w.ln2, self._eps)
+            gate, up = linear(x, w.wgu).chunk(2, dim=-1)
+            hidden = hidden + linear(self._act(gate) * up, w.wdown)
 
-        for it in items:
+        for it in packed:
             it.kv.token_ids.extend(it.token_ids)
         ends = torch.tensor(lengths).cumsum(0) - 1
-        rows = [int(e) for it, e in zip(items, ends) if it.needs_logits]
+        row_of = {i: int(ends[j]) for j, i in enumerate(order)}
+        rows = [row_of[i] for i, it in enumerate(items) if it.needs_logits]
         if not rows:
-            return torch.empty(0, self._lm_head.out_features)
-        return self._lm_head(self._norm(hidden[rows])).float()
+            return torch.empty(0, self.vocab_size)
+        return linear(self._norm(hidden[rows]), self._lm_head).float()
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, H, D] -> rotated [T, H, D] (contiguous); cos/sin [T, 1, D]."""
     half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _prefix_causal_mask(start: int, n: int) -> torch.Tensor | None:
-    """Bool [n, start+n]: query i (at position start+i) sees keys 0..start+i. None when SDPA needs none."""
-    if n == 1 or start == 0:
-        return None  # a single query sees everything cached; a fresh prefill uses is_causal
-    return torch.ones(n, start + n, dtype=torch.bool).tril(diagonal=start)
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin

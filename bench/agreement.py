@@ -1,0 +1,100 @@
+"""Greedy answer agreement of the bf16-matmul engine with the float32 engine (and with transformers).
+
+A fixed set of 60 conversations (single questions, system prompts, multi-turn histories) is rendered
+with the model's chat template; each is answered greedily for --tokens tokens by ModelRunner with
+float32 weights and with bfloat16 linear layers. Prints how many answers are identical, the mean
+fraction of tokens that agree before the first difference, a few side by side, and, as a check of
+the reference itself, how many float32 answers equal transformers' generate().
+
+Run: .venv/bin/python bench/agreement.py [--tokens 32] [--show 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from engine.chat_format import ChatFormat, ChatMessage  # noqa: E402
+from engine.loader import load_model  # noqa: E402
+from engine.runner import ForwardItem, ModelRunner  # noqa: E402
+
+TOPICS = ["the ocean", "mountains", "coffee", "trains", "gardening", "chess", "the moon", "bicycles", "rain",
+          "libraries", "volcanoes", "bread", "music", "winter", "robots", "bees", "glaciers", "paper",
+          "bridges", "owls"]
+QUESTIONS = ["Write a short paragraph about {}.", "Give me three facts about {}.", "Explain {} to a child."]
+SYSTEMS = ["You are a concise assistant. Answer in one sentence.", "You are a pirate. Stay in character."]
+
+
+def conversations() -> list[list[ChatMessage]]:
+    convs = []
+    for i, topic in enumerate(TOPICS):
+        convs.append([ChatMessage("user", QUESTIONS[i % 3].format(topic))])
+        convs.append([ChatMessage("system", SYSTEMS[i % 2]), ChatMessage("user", QUESTIONS[(i + 1) % 3].format(topic))])
+        convs.append([ChatMessage("user", f"What is your favourite thing about {topic}?"),
+                      ChatMessage("assistant", f"I find {topic} fascinating because there is always more to learn."),
+                      ChatMessage("user", "Can you give an example?")])
+    return convs
+
+
+def greedy(runner: ModelRunner, prompts: list[list[int]], tokens: int, stop: frozenset[int]) -> list[list[int]]:
+    """Each prompt alone (batch 1), so that the comparison is about the weights' dtype only."""
+    answers = []
+    for prompt in prompts:
+        kv = runner.new_kv()
+        logits = runner.forward([ForwardItem(kv, prompt, True)])
+        out: list[int] = []
+        while len(out) < tokens:
+            token = int(logits[0].argmax())
+            if token in stop:
+                break
+            out.append(token)
+            logits = runner.forward([ForwardItem(kv, [token], True)])
+        answers.append(out)
+    return answers
+
+
+def agreeing_prefix(a: list[int], b: list[int]) -> float:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n / max(len(a), len(b), 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--show", type=int, default=4, help="differing answers to print side by side")
+    parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parents[1] / ".cache" / "models")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    loaded = load_model(None, args.model_cache)
+    fmt = ChatFormat(loaded.tokenizer, loaded.model.generation_config)
+    convs = conversations()
+    prompts = [fmt.render(c) for c in convs]
+    ref = greedy(ModelRunner(loaded.model, torch.float32), prompts, args.tokens, fmt.stop_token_ids)
+    low = greedy(ModelRunner(loaded.model, torch.bfloat16), prompts, args.tokens, fmt.stop_token_ids)
+    with torch.inference_mode():
+        hf = [loaded.model.generate(torch.tensor([p]), max_new_tokens=args.tokens, do_sample=False)[0, len(p):].tolist()
+              for p in prompts[:10]]
+    hf_same = sum(h[:len(r)] == r for h, r in zip(hf, ref))
+
+    same = sum(a == b for a, b in zip(ref, low))
+    prefix = sum(agreeing_prefix(a, b) for a, b in zip(ref, low)) / len(ref)
+    print(f"\n{len(convs)} conversations, greedy, {args.tokens} tokens\n")
+    print("| weights | identical answers | mean agreeing prefix |")
+    print("|---|---:|---:|")
+    print(f"| bfloat16 linear layers vs float32 | {same}/{len(convs)} ({100 * same / len(convs):.0f}%) | {100 * prefix:.1f}% |")
+    print(f"\nfloat32 engine vs transformers generate(): {hf_same}/{len(hf)} identical (first {len(hf)})\n")
+    shown = 0
+    for conv, a, b in zip(convs, ref, low):
+        if a != b and shown < args.show:
+            shown += 1
+            print(f"- {conv[-1].content!r}\n  float32 : {loaded.tokenizer.decode(a)!r}\n  bfloat16: {loaded.tokenizer.decode(b)!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Attention of one packed step against each sequence's own KV buffer (engine/kv_cache.py layout).
+
+Two kinds of sequences share a step:
+  * decoding ones (one new token each): one call per layer for all of them, to the C kernel
+    engine/csrc/decode_attention.c when it could be built (no per-sequence Python, reads each cache
+    once), else a per-sequence SDPA loop;
+  * prefilling ones (a chunk of new tokens after a cached prefix): per-sequence SDPA with a
+    prefix-causal mask; few per step, each compute-bound, so the Python cost does not matter.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+import torch.nn.functional as F
+
+from engine.kv_cache import SessionKV
+from engine.native import load_library
+
+_P = ctypes.c_void_p
+_lib = None
+_lib_loaded = False
+
+
+def native_kernel():
+    """The decode_attention_f32 C function, or None (no compiler); built on first use."""
+    global _lib, _lib_loaded
+    if not _lib_loaded:
+        _lib_loaded = True
+        lib = load_library("decode_attention")
+        if lib is not None:
+            fn = lib.decode_attention_f32
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_int] * 5 + [ctypes.c_float] + [_P] * 7
+            _lib = fn
+    return _lib
+
+
+class DecodeAttention:
+    """Attention for the decoding sequences of one step (each has one new token at position kv.length).
+
+    Built once per step; called once per layer. q [B, Hq, D], k/v [B, Hkv, D] float32; returns [B, Hq, D]
+    and writes k/v into each sequence's cache at its position.
+    """
+
+    def __init__(self, kvs: list[SessionKV], num_heads: int, scale: float, use_native: bool):
+        self.kvs = kvs
+        self.num_heads = num_heads
+        self.scale = scale
+        self.starts = [kv.length for kv in kvs]
+        kernel = native_kernel() if use_native else None
+        self.kernel = kernel if kernel is not None and all(kv.dtype == torch.float32 for kv in kvs) else None
+        if self.kernel is not None:
+            b = len(kvs)
+            self._bases = (_P * b)(*[kv.data.data_ptr() for kv in kvs])
+            self._caps = (ctypes.c_int64 * b)(*[kv.capacity for kv in kvs])
+            self._starts = (ctypes.c_int64 * b)(*self.starts)
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.kernel is None:
+            return self._torch(layer, q, k, v)
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out = torch.empty_like(q)
+        b, hq, d = q.shape
+        status = self.kernel(b, hq, k.shape[1], d, layer, self.scale, q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                             out.data_ptr(), self._bases, self._caps, self._starts)
+        if status != 0:
+            raise RuntimeError(f"decode_attention kernel failed with status {status}")
+        return out
+
+    def _torch(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(q)
+        for i, (kv, s) in enumerate(zip(self.kvs, self.starts)):
+            kv.write(layer, s, k[i, :, None], v[i, :, None])
+            keys, values = kv.view(layer, s + 1)  # [Hkv, s+1, D]
+            o = F.scaled_dot_product_attention(q[i, :, None][None], keys[None], values[None],
+                                               scale=self.scale, enable_gqa=True)  # [1, Hq, 1, D]
+            out[i] = o[0, :, 0]
+        return out
+
+
+def prefill_attention(kv: SessionKV, layer: int, start: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      scale: float, mask: torch.Tensor | None) -> torch.Tensor:
+    """q [n, Hq, D], k/v [n, Hkv, D] for positions start..start+n; writes k/v; returns [n, Hq, D].
+    mask: prefix_causal_mask(start, n), built once per step by the caller."""
+    n = q.shape[0]
+    kv.write(layer, start, k.transpose(0, 1), v.transpose(0, 1))
+    keys, values = kv.view(layer, start + n)  # [Hkv, start+n, D]
+    o = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], keys[None], values[None],
+        attn_mask=mask, is_causal=(start == 0 and n > 1), scale=scale, enable_gqa=True,
+    )  # [1, Hq, n, D]
+    return o[0].transpose(0, 1)
+
+
+def prefix_causal_mask(start: int, n: int) -> torch.Tensor | None:
+    """Bool [n, start+n]: query i (at position start+i) sees keys 0..start+i. None when SDPA needs none."""
+    if n == 1 or start == 0:
+        return None  # a single query sees everything cached; a fresh prefill uses is_causal
+    return torch.ones(n, start + n, dtype=torch.bool).tril(diagonal=start)
