@@ -17,6 +17,7 @@ import json
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import websockets
@@ -70,6 +71,16 @@ async def phase(url: str, n: int, turns: int, max_tokens: int) -> dict:
     return out
 
 
+ADMIN = "bench-admin-token"
+
+
+def engine_stats(url: str) -> dict:
+    """The server's own step statistics (recent window, so mostly the phase just run)."""
+    request = urllib.request.Request(url + "/api/stats", headers={"Authorization": f"Bearer {ADMIN}"})
+    with urllib.request.urlopen(request) as response:
+        return json.load(response)["engine"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
@@ -80,10 +91,13 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as data:
-        server = RealServer(Path(data), args.model_cache, *args.server_arg).start()
+        server = RealServer(Path(data), args.model_cache, "--admin-token", ADMIN, *args.server_arg).start()
         try:
             asyncio.run(phase(server.ws_url, 2, 1, 8))  # warm-up
-            rows = [(n, asyncio.run(phase(server.ws_url, n, args.turns, args.max_tokens))) for n in args.clients]
+            rows = []
+            for n in args.clients:
+                rows.append((n, asyncio.run(phase(server.ws_url, n, args.turns, args.max_tokens))))
+                rows[-1][1]["engine"] = engine_stats(server.url)
         finally:
             server.stop()
 
@@ -96,6 +110,13 @@ def main() -> None:
         print(f"| {n} | {r['tokens']} | {r['seconds']:.1f} | {rate:.1f} | {rate / base:.2f} | "
               f"{percentile(r['ttft'], 50):.0f} | {percentile(r['ttft'], 99):.0f} | "
               f"{percentile(r['itl'], 50):.0f} | {percentile(r['itl'], 99):.0f} |")
+    print("\nServer side (engine statistics, recent window): forward-pass step time and tokens per step\n")
+    print("| sessions | step ms p50 | step ms p99 | step ms max | tokens/step p50 | tokens/step p99 | decode batch mean |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for n, r in rows:
+        e = r["engine"]
+        print(f"| {n} | {e['step_ms']['p50']:.0f} | {e['step_ms']['p99']:.0f} | {e['step_ms']['max']:.0f} | "
+              f"{e['step_tokens']['p50']:.0f} | {e['step_tokens']['p99']:.0f} | {e['decode_batch']['mean']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -32,13 +31,6 @@ class LayerWeights:
     ln2: torch.Tensor
     wgu: torch.Tensor
     wdown: torch.Tensor
-
-
-def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """x [T, in] float32 @ w.T -> [T, out] float32, in w's dtype."""
-    if w.dtype == x.dtype:
-        return F.linear(x, w, b)
-    return F.linear(x.to(w.dtype), w, b).float()
 
 
 def fuse_layers(model: PreTrainedModel, matmul_dtype: torch.dtype) -> tuple[list[LayerWeights], torch.Tensor]:
