@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch-size", type=int, default=_int_env("MAX_BATCH_SIZE", EngineConfig.max_batch_size))
     serve.add_argument("--max-tokens-per-decode-step", type=int,
                        default=_int_env("MAX_TOKENS_PER_DECODE_STEP", EngineConfig.max_tokens_per_decode_step),
-                       help="tokens per forward pass while turns stream (bounds inter-token latency)")
+                       help="at most this many tokens per forward pass while turns stream")
+    serve.add_argument("--target-step-ms", type=float, default=float(_env("TARGET_STEP_MS", EngineConfig.target_step_ms)),
+                       help="while turns stream, prefill chunks are sized to keep a forward pass within this time "
+                            "(bounds inter-token latency)")
     kv = KVStoreConfig()
     serve.add_argument("--max-kv-ram-mb", type=int, default=_int_env("MAX_KV_RAM_MB", kv.max_ram_bytes >> 20))
     serve.add_argument("--max-kv-ram-sessions", type=int, default=_int_env("MAX_KV_RAM_SESSIONS", kv.max_ram_sessions))
@@ -107,7 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
     engine = replace(
         EngineConfig(), max_context=args.max_context, max_new_tokens=args.max_new_tokens, max_queue=args.max_queue,
         max_batch_size=args.max_batch_size, reuse_kv=not args.no_kv_reuse,
-        max_tokens_per_decode_step=args.max_tokens_per_decode_step,
+        max_tokens_per_decode_step=args.max_tokens_per_decode_step, target_step_ms=args.target_step_ms,
         kv=KVStoreConfig(
             max_ram_bytes=args.max_kv_ram_mb << 20, max_ram_sessions=args.max_kv_ram_sessions,
             max_disk_bytes=args.max_kv_disk_mb << 20, max_tokens_per_session=args.max_session_tokens,

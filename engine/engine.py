@@ -232,7 +232,10 @@ class Engine:
         st.decode_batch.add(num_decode)
         st.prefill_batch.add(len(plan) - num_decode)
         st.step_tokens.add(sum(len(tokens) for _, tokens in plan))
-        st.step_ms.add((time.perf_counter() - started) * 1000)
+        ms = (time.perf_counter() - started) * 1000
+        st.step_ms.add(ms)
+        num_decode_rows = sum(1 for _, tokens in plan if len(tokens) == 1)
+        self.scheduler.cost.observe(num_decode_rows, sum(len(t) for _, t in plan if len(t) > 1), ms)
 
     def _start(self, turn: Turn) -> bool:
         """Attach the session's KV, keeping the longest prefix shared with the new prompt.

@@ -12,12 +12,14 @@ from collections import deque
 from typing import Callable
 
 from engine.config import EngineConfig
+from engine.step_cost import StepCostModel
 from engine.turn import Turn
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, cost: StepCostModel | None = None):
         self.config = config
+        self.cost = cost or StepCostModel()
         self.waiting: deque[Turn] = deque()
         self.running: list[Turn] = []
 
@@ -39,14 +41,16 @@ class Scheduler:
         KV is being restored, or RAM is being freed): the turn keeps its place and others go ahead."""
         decoding = [t for t in self.running if not t.num_prompt_remaining]
         prefilling = [t for t in self.running if t.num_prompt_remaining]
-        # while anyone streams, a step must stay short: its prefill share is capped so that the
-        # inter-token latency of decoding turns stays bounded (one chunk at most)
-        budget = self.config.max_tokens_per_step if not decoding else self.config.max_tokens_per_decode_step
-        plan: list[tuple[Turn, list[int]]] = []
-        for turn in decoding:
-            plan.append((turn, turn.next_input(1)))
-            budget -= 1
-        budget = max(budget, self.config.min_prefill_tokens_per_step)  # prefills always progress
+        # while anyone streams, a step must stay short: its prefill share is what fits in the step-time
+        # target, so that the inter-token latency of decoding turns stays bounded
+        cfg = self.config
+        if decoding:
+            fits = self.cost.prefill_budget(len(decoding), cfg.target_step_ms)
+            budget = min(fits, cfg.max_tokens_per_decode_step - len(decoding))
+        else:
+            budget = cfg.max_tokens_per_step
+        plan: list[tuple[Turn, list[int]]] = [(turn, turn.next_input(1)) for turn in decoding]
+        budget = max(budget, cfg.min_prefill_tokens_per_step)  # prefills always progress
         for turn in prefilling:
             if budget <= 0:
                 break
