@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import logging
 import weakref
 from typing import AsyncIterator
@@ -35,6 +36,7 @@ def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Ap
     app[keys.config] = config
     app[keys.websockets] = weakref.WeakSet()
     app[keys.metrics] = Metrics()
+    app[keys.started_at] = int(time.time())
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         config.data_dir.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--system-prompt", default=_env("SYSTEM_PROMPT"))
     serve.add_argument("--admin-token", default=_env("ADMIN_TOKEN"),
                        help="bearer token for the /api admin endpoints (without one they are disabled)")
+    serve.add_argument("--api-key", default=_env("API_KEY"),
+                       help="bearer token required by the OpenAI-compatible /v1 endpoints (default: none required)")
     serve.add_argument("--max-context", type=int, default=_int_env("MAX_CONTEXT", EngineConfig.max_context))
     serve.add_argument("--max-new-tokens", type=int, default=_int_env("MAX_NEW_TOKENS", EngineConfig.max_new_tokens))
     serve.add_argument("--max-queue", type=int, default=_int_env("MAX_QUEUE", EngineConfig.max_queue))
@@ -120,7 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         host=args.host, port=args.port, data_dir=args.data_dir, model=args.model, model_cache=args.model_cache, dtype=args.dtype,
         database_url=args.database_url, migrate=not args.no_migrate, system_prompt=args.system_prompt, engine=engine,
-        admin_token=args.admin_token,
+        admin_token=args.admin_token, api_key=args.api_key,
     )
     return asyncio.run(_run_server(config))
 

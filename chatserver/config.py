@@ -25,6 +25,7 @@ class ServerConfig:
     max_content_chars: int = 100_000  # per user/system message
     allowed_origins: tuple[str, ...] = ()  # extra browser origins allowed to open /ws
     admin_token: str | None = None  # bearer token of /api; None: the admin API is disabled
+    api_key: str | None = None  # bearer token of /v1 (OpenAI API); None: open to anyone who can connect
     sampling: SamplingParams = field(default_factory=SamplingParams)  # defaults for fields a turn omits
     engine: EngineConfig = field(default_factory=EngineConfig)
 

@@ -20,3 +20,4 @@ repository = web.AppKey("repository", SessionRepository)
 sessions = web.AppKey("sessions", SessionManager)
 websockets = web.AppKey("websockets", weakref.WeakSet)
 metrics = web.AppKey("metrics", Metrics)
+started_at = web.AppKey("started_at", int)  # unix seconds: "created" of the model card

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from chatserver import admin, views
+from chatserver import admin, openai_api, views
 from chatserver.ws import websocket_handler
 
 
@@ -16,4 +16,5 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/readyz", views.readyz)
     app.router.add_get("/metrics", views.metrics)
     admin.setup(app)
+    openai_api.setup(app)
     app.router.add_static("/static/", views.WEB_DIR, name="static")

@@ -242,6 +242,9 @@ class Engine:
         False: not ready (KV being restored from disk, or RAM being freed); try again later."""
         if turn.t_start == 0.0:
             turn.t_start = time.perf_counter()
+            prefix = turn.request.adopt_prefix
+            if prefix and self.config.reuse_kv:
+                self.store.adopt(turn.session_key, turn.prompt_ids, lambda key: key.startswith(prefix))
         acquired = self.store.acquire(turn.session_key, len(turn.prompt_ids) + turn.request.sampling.max_tokens)
         if acquired is None:
             return False

@@ -24,6 +24,7 @@ from typing import Callable, Protocol
 import torch
 
 from engine.kv_cache import SessionKV
+from engine.prefix_index import PrefixIndex
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class DiskTier(Protocol):
     def write(self, key: str, data: torch.Tensor, token_ids: list[int]) -> int: ...
     def read_into(self, key: str, allocate: Callable[[int], torch.Tensor]) -> tuple[torch.Tensor, list[int]]: ...
     def delete(self, key: str) -> bool: ...
+    def rename(self, key: str, new_key: str) -> bool: ...
     def expire(self, max_age_seconds: float) -> int: ...
 
 
@@ -92,6 +94,7 @@ class KVStore:
         self._notify = notify
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # LRU first
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-io")
+        self.index = PrefixIndex()  # token ids of every entry (RAM, and disk ones spilled by this process)
         self.stats = KVStoreStats()
 
     # ---- queries ----
@@ -161,6 +164,7 @@ class KVStore:
             return
         entry.is_in_use = False
         self._touch(key, entry)
+        self.index.set(key, entry.kv.token_ids)
         # a turn reserved prompt + max_tokens; most answers are shorter: give the rest back now
         # (a copy of the KV on this thread; only when the smaller buffer fits beside the old one)
         if entry.kv.nbytes - entry.kv.bytes_for(entry.kv.length) and \
@@ -171,6 +175,37 @@ class KVStore:
         elif entry.spill_when_idle:
             self.spill(key, entry.spill_when_idle)
         self.enforce_limits()
+
+    def adopt(self, key: str, prompt_ids: list[int], accept: Callable[[str], bool], min_tokens: int = 16) -> int:
+        """A stateless request continues a conversation another request left: if `key` has no KV, take
+        over (rename to `key`) the idle accepted entry whose tokens best prefix prompt_ids, provided the
+        prompt continues it (its unmatched tail is short: not someone else's branch). Returns the
+        matched length, 0 if nothing was adopted."""
+        if self.tier_of(key) != "none":
+            return 0
+
+        def usable(other: str) -> bool:
+            if other == key or not accept(other):
+                return False
+            entry = self._entries.get(other)
+            if entry is None:
+                return self.disk is not None and self.disk.contains(other)
+            return not entry.is_in_use and entry.state == "ram"
+
+        src, n = self.index.longest_prefix(prompt_ids, usable)
+        if src is None or n < min_tokens:
+            return 0
+        length = len(self.index.tokens(src))
+        if length - n > max(64, length // 4):
+            return 0
+        entry = self._entries.pop(src, None)
+        if entry is not None:
+            self._entries[key] = entry
+        elif not self.disk.rename(src, key):
+            return 0
+        self.index.set(key, self.index.tokens(src))
+        self.index.remove(src)
+        return n
 
     # ---- operator and connection events ----
 
@@ -198,6 +233,7 @@ class KVStore:
                 entry.after_io = "drop"  # finished by release() or the I/O completion
             else:
                 del self._entries[key]
+        self.index.remove(key)
         if self.disk is not None:
             self._io.submit(self.disk.delete, key)
 
@@ -214,6 +250,8 @@ class KVStore:
                 del self._entries[key]
         if self.disk is not None:
             self._io.submit(self.disk.expire, self.config.ttl_seconds)
+        for key in [k for k in self.index.keys() if self.tier_of(k) == "none"]:
+            self.index.remove(key)  # expired or deleted on disk
 
     def spill_all(self) -> int:
         """Graceful shutdown (engine thread, no turn running): write every dirty session within
@@ -353,12 +391,14 @@ class KVStore:
             del self._entries[key]
             return
         entry.kv.token_ids = token_ids
+        self.index.set(key, token_ids)
         entry.state, entry.from_disk, entry.after_io = "ram", True, ""
         self.stats.restores += 1
         self._touch(key, entry)
 
     def _forget(self, key: str) -> None:
         self._entries.pop(key, None)
+        self.index.remove(key)
         if self.disk is not None:
             self._io.submit(self.disk.delete, key)
 

@@ -21,6 +21,9 @@ class TurnRequest:
     session_key: str  # owner of the KV; one running turn per key at a time
     prompt_ids: list[int]  # whole conversation rendered with the chat template
     sampling: SamplingParams
+    # stateless clients (OpenAI API): when session_key has no KV, the turn may take over the KV of an
+    # idle session whose key starts with this prefix and whose tokens its prompt continues ("" = never)
+    adopt_prefix: str = ""
 
 
 @dataclass(frozen=True)

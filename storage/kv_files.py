@@ -268,6 +268,20 @@ class KVFileStore:
         (self.directory / name).unlink(missing_ok=True)
         return existed
 
+    def rename(self, key: str, new_key: str) -> bool:
+        """The file of `key` now belongs to `new_key` (its contents name no key). False if absent."""
+        name, new_name = self.file_name(key), self.file_name(new_key)
+        with self._lock:
+            entry = self._index.pop(name, None)
+            if entry is None:
+                return False
+            try:
+                os.replace(self.directory / name, self.directory / new_name)
+            except OSError:
+                return False
+            self._index[new_name] = entry
+            return True
+
     def expire(self, max_age_seconds: float) -> int:
         """Delete files not used for max_age_seconds. Returns how many."""
         cutoff = time.time() - max_age_seconds
