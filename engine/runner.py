@@ -20,7 +20,6 @@ from transformers import PreTrainedModel
 
 from engine.attention import DecodeAttention, prefill_attention, prefix_causal_mask
 from engine.kv_cache import SessionKV
-from engine.linear import linear
 from engine.weights import fuse_layers
 
 
@@ -52,8 +51,8 @@ class ModelRunner:
         self._rotary = inner.rotary_emb
         self._act = model.model.layers[0].mlp.act_fn
         self._scale = inner.layers[0].self_attn.scaling
-        self._layers, self._lm_head = fuse_layers(model, matmul_dtype)
-        self.vocab_size = self._lm_head.shape[0]
+        self._layers, self._lm_head = fuse_layers(model, matmul_dtype, native)
+        self.vocab_size = self._lm_head.out_features
 
     def new_kv(self, capacity: int = 0) -> SessionKV:
         return SessionKV(self.num_layers, self.num_kv_heads, self.head_dim, self.dtype, capacity)
@@ -93,7 +92,7 @@ class ModelRunner:
 
         for layer_idx, w in enumerate(self._layers):
             x = F.rms_norm(hidden, (hidden.shape[-1],), w.ln1, self._eps)
-            qkv = linear(x, w.wqkv, w.bqkv, native=self.native)  # [T, (Hq + 2 Hkv) D]
+            qkv = w.qkv(x)  # [T, (Hq + 2 Hkv) D]
             q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
             q = _rotary(q.view(-1, hq, d), cos, sin)  # [T, Hq, D]
             k = _rotary(k.view(-1, hkv, d), cos, sin)  # [T, Hkv, D]
@@ -103,10 +102,10 @@ class ModelRunner:
                 out[:num_decode] = decode(layer_idx, q[:num_decode], k[:num_decode], v[:num_decode])
             for it, s, rows, mask in chunks:
                 out[rows] = prefill_attention(it.kv, layer_idx, s, q[rows], k[rows], v[rows], self._scale, mask)
-            hidden = hidden + linear(out.view(-1, hq * d), w.wo, native=self.native)
+            hidden = hidden + w.o(out.view(-1, hq * d))
             x = F.rms_norm(hidden, (hidden.shape[-1],), w.ln2, self._eps)
-            gate, up = linear(x, w.wgu, native=self.native).chunk(2, dim=-1)
-            hidden = hidden + linear(self._act(gate) * up, w.wdown, native=self.native)
+            gate, up = w.gate_up(x).chunk(2, dim=-1)
+            hidden = hidden + w.down(self._act(gate) * up)
 
         for it in packed:
             it.kv.token_ids.extend(it.token_ids)
@@ -115,7 +114,7 @@ class ModelRunner:
         rows = [row_of[i] for i, it in enumerate(items) if it.needs_logits]
         if not rows:
             return torch.empty(0, self.vocab_size)
-        return linear(self._norm(hidden[rows]), self._lm_head, native=self.native).float()
+        return self._lm_head(self._norm(hidden[rows])).float()
 
 
 def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -19,22 +19,23 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from engine.linear import Linear
+
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
 class LayerWeights:
     ln1: torch.Tensor  # [hidden] float32
-    wqkv: torch.Tensor
-    bqkv: torch.Tensor | None  # Qwen2-style attention bias
-    wo: torch.Tensor
+    qkv: Linear  # with Qwen2-style attention bias, if any
+    o: Linear
     ln2: torch.Tensor
-    wgu: torch.Tensor
-    wdown: torch.Tensor
+    gate_up: Linear
+    down: Linear
 
 
-def fuse_layers(model: PreTrainedModel, matmul_dtype: torch.dtype) -> tuple[list[LayerWeights], torch.Tensor]:
-    """Per-layer fused weights and the LM head weight [vocab, hidden], in matmul_dtype."""
+def fuse_layers(model: PreTrainedModel, matmul_dtype: torch.dtype, native: bool = True) -> tuple[list[LayerWeights], Linear]:
+    """Per-layer fused weights and the LM head [vocab, hidden], in matmul_dtype (native: engine/linear.py)."""
     layers = []
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
@@ -47,14 +48,13 @@ def fuse_layers(model: PreTrainedModel, matmul_dtype: torch.dtype) -> tuple[list
         bqkv = torch.cat([p.bias for p in qkv]).to(matmul_dtype) if attn.q_proj.bias is not None else None
         layers.append(LayerWeights(
             ln1=layer.input_layernorm.weight.float(),
-            wqkv=_fuse(qkv, matmul_dtype),
-            bqkv=bqkv,
-            wo=attn.o_proj.weight.to(matmul_dtype),
+            qkv=Linear(_fuse(qkv, matmul_dtype), bqkv, native),
+            o=Linear(attn.o_proj.weight.to(matmul_dtype), None, native),
             ln2=layer.post_attention_layernorm.weight.float(),
-            wgu=_fuse(gu, matmul_dtype),
-            wdown=mlp.down_proj.weight.to(matmul_dtype),
+            gate_up=Linear(_fuse(gu, matmul_dtype), None, native),
+            down=Linear(mlp.down_proj.weight.to(matmul_dtype), None, native),
         ))
-    return layers, model.lm_head.weight.to(matmul_dtype)
+    return layers, Linear(model.lm_head.weight.to(matmul_dtype), None, native)
 
 
 def _fuse(projections: list[torch.nn.Linear], dtype: torch.dtype) -> torch.Tensor:
