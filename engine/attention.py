@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.kv_cache import SessionKV
-from engine.native import load_library
+from engine.native import kernels
 
 _P = ctypes.c_void_p
 _lib = None
@@ -28,7 +28,7 @@ def native_kernel():
     global _lib, _lib_loaded
     if not _lib_loaded:
         _lib_loaded = True
-        lib = load_library("decode_attention")
+        lib = kernels()
         if lib is not None:
             fn = lib.decode_attention_f32
             fn.restype = ctypes.c_int

@@ -14,7 +14,7 @@ import ctypes
 import torch
 import torch.nn.functional as F
 
-from engine.native import load_library
+from engine.native import kernels
 
 PANEL = 64  # output columns per packed panel (engine/csrc/linear.c)
 
@@ -27,7 +27,7 @@ def native_kernel():
     global _kernel, _loaded
     if not _loaded:
         _loaded = True
-        lib = load_library("linear")
+        lib = kernels()
         if lib is not None:
             fn = lib.linear_packed_f32
             fn.restype = ctypes.c_int

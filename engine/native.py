@@ -1,9 +1,9 @@
 """Build and load the engine's C kernels (engine/csrc/*.c) with the system C compiler, through ctypes.
 
-Plain C (no torch headers), so a build takes well under a second; the shared library is cached under
-`cache_dir` keyed by the source, the compiler, the flags and the CPU (it is built for this CPU).
-It links OpenMP by soname `libgomp.so.1`, which resolves to the copy torch has already loaded, so the
-kernels share torch's thread pool instead of oversubscribing the cores.
+Plain C (no torch headers), so a build takes about a second; the shared library is cached under
+`cache_dir` keyed by the sources, the compiler, the flags and the CPU (it is built for this CPU).
+The kernels run on their own small thread pool (engine/csrc/pool.c), started once with one thread
+per core available to the process, the calling (engine) thread included.
 
 Anything going wrong (no compiler, failed build) returns None: callers fall back to torch operations.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _SOURCES = Path(__file__).with_name("csrc")
-_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fPIC", "-shared",
+_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-pthread", "-fPIC", "-shared",
           # let gcc vectorise the dot-product reductions; keep infinities and NaN semantics
           "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
 
@@ -32,23 +32,47 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "chatserver" / "native"
 
 
+_library: ctypes.CDLL | None = None
+_tried = False
+
+
+def kernels() -> ctypes.CDLL | None:
+    """The engine's kernel library (built on first use, thread pool started), or None."""
+    global _library, _tried
+    if not _tried:
+        _tried = True
+        _library = load_library("kernels")
+        if _library is not None:
+            _library.pool_start.restype = ctypes.c_int
+            _library.pool_start(threads())
+    return _library
+
+
+def threads() -> int:
+    """Kernel threads: CHATSERVER_THREADS, else the cores this process may run on."""
+    configured = os.environ.get("CHATSERVER_THREADS")
+    return max(1, int(configured)) if configured else len(os.sched_getaffinity(0))
+
+
 def load_library(name: str, cache_dir: Path | None = None) -> ctypes.CDLL | None:
-    """Compile engine/csrc/<name>.c (once per source/compiler/CPU) and load it; None if impossible."""
-    source = _SOURCES / f"{name}.c"
+    """Compile all of engine/csrc/*.c into lib<name> (once per sources/compiler/CPU) and load it;
+    None if impossible."""
+    sources = sorted(_SOURCES.glob("*.c"))
+    text = "".join(p.read_text() for p in sorted(_SOURCES.iterdir()) if p.suffix in (".c", ".h"))
     compiler = shutil.which(os.environ.get("CC", "gcc"))
     if compiler is None:
         log.warning("no C compiler found: %s kernels disabled (slower torch fallback)", name)
         return None
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-        key = hashlib.sha256("\0".join([source.read_text(), version, " ".join(_FLAGS), _cpu_id()]).encode())
+        key = hashlib.sha256("\0".join([text, version, " ".join(_FLAGS), _cpu_id()]).encode())
         target = (cache_dir or default_cache_dir()) / f"{name}-{key.hexdigest()[:16]}.so"
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
             os.close(fd)
             try:
-                subprocess.run([compiler, *_FLAGS, "-o", tmp, str(source), "-lm"],
+                subprocess.run([compiler, *_FLAGS, "-o", tmp, *map(str, sources), "-lm"],
                                capture_output=True, text=True, check=True)
                 os.replace(tmp, target)  # atomic: concurrent builders never load a half-written file
             finally:

@@ -11,9 +11,12 @@
 //   bases[b] -> buffer [L, 2, Hkv, caps[b], D] of sequence b (engine/kv_cache.py layout)
 // Query head i reads KV head i / (Hq / Hkv) (grouped-query attention, as transformers' repeat_kv).
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "pool.h"
 
 #define MAX_GROUP 16
 
@@ -59,28 +62,41 @@ static void one_head(const float *q, const float *K, const float *V, float *out,
     }
 }
 
+struct attention_job {
+    int Hq, Hkv, D, layer, G;
+    float scale;
+    const float *q, *k_new, *v_new;
+    float *out;
+    float *const *bases;
+    const int64_t *caps, *starts;
+    atomic_int failed;
+};
+
+static void one_job(void *ctx, int job) {
+    struct attention_job *j = ctx;
+    int Hq = j->Hq, Hkv = j->Hkv, D = j->D, G = j->G;
+    int b = job / Hkv, h = job % Hkv;
+    int64_t cap = j->caps[b], s = j->starts[b], n = s + 1;
+    float *K = j->bases[b] + ((int64_t)(j->layer * 2 + 0) * Hkv + h) * cap * D;
+    float *V = j->bases[b] + ((int64_t)(j->layer * 2 + 1) * Hkv + h) * cap * D;
+    memcpy(K + s * D, j->k_new + ((int64_t)b * Hkv + h) * D, sizeof(float) * D);
+    memcpy(V + s * D, j->v_new + ((int64_t)b * Hkv + h) * D, sizeof(float) * D);
+    float *scores = malloc(sizeof(float) * G * n);
+    if (!scores) {
+        atomic_store(&j->failed, 1);
+        return;
+    }
+    one_head(j->q + ((int64_t)b * Hq + h * G) * D, K, V, j->out + ((int64_t)b * Hq + h * G) * D, n, G, D, j->scale,
+             scores);
+    free(scores);
+}
+
 int decode_attention_f32(int B, int Hq, int Hkv, int D, int layer, float scale, const float *q, const float *k_new,
                          const float *v_new, float *out, float *const *bases, const int64_t *caps,
                          const int64_t *starts) {
     int G = Hq / Hkv;
     if (G > MAX_GROUP || G * Hkv != Hq) return 1;
-    int failed = 0;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int job = 0; job < B * Hkv; job++) {
-        int b = job / Hkv, h = job % Hkv;
-        int64_t cap = caps[b], s = starts[b], n = s + 1;
-        float *K = bases[b] + ((int64_t)(layer * 2 + 0) * Hkv + h) * cap * D;
-        float *V = bases[b] + ((int64_t)(layer * 2 + 1) * Hkv + h) * cap * D;
-        memcpy(K + s * D, k_new + ((int64_t)b * Hkv + h) * D, sizeof(float) * D);
-        memcpy(V + s * D, v_new + ((int64_t)b * Hkv + h) * D, sizeof(float) * D);
-        float *scores = malloc(sizeof(float) * G * n);
-        if (!scores) {
-            failed = 1;
-            continue;
-        }
-        one_head(q + ((int64_t)b * Hq + h * G) * D, K, V, out + ((int64_t)b * Hq + h * G) * D, n, G, D, scale,
-                 scores);
-        free(scores);
-    }
-    return failed ? 2 : 0;
+    struct attention_job job = {Hq, Hkv, D, layer, G, scale, q, k_new, v_new, out, bases, caps, starts, 0};
+    pool_run(B * Hkv, one_job, &job);
+    return atomic_load(&job.failed) ? 2 : 0;
 }

@@ -5,8 +5,11 @@
 // Every output element is the plain k = 0..K-1 sum, one fused multiply-add per k, whatever M is: a
 // sequence's result does not depend on what else is in the batch (batch-invariant), unlike a blocked
 // BLAS whose order changes with M. Row-major contiguous float32 arrays.
-// Parallel over panels; a panel (K x 64 floats, 147 KB for K = 576) stays in L2 while all rows of x pass.
+// Parallel over panels (engine/csrc/pool.c); a panel (K x 64 floats, 147 KB for K = 576) stays in L2
+// while all rows of x pass.
 #include <stdint.h>
+
+#include "pool.h"
 
 typedef float v16 __attribute__((vector_size(64)));
 
@@ -50,19 +53,28 @@ ROW_BLOCK(2)
 ROW_BLOCK(3)
 ROW_BLOCK(4)
 
+struct linear_job {
+    int M, N, K;
+    const float *x, *Wp;
+    float *y;
+};
+
+static void one_panel(void *ctx, int p) {
+    const struct linear_job *j = ctx;
+    int M = j->M, N = j->N, K = j->K;
+    const float *panel = j->Wp + (int64_t)p * K * PANEL;
+    int cols = N - p * PANEL < PANEL ? N - p * PANEL : PANEL;
+    int i = 0;
+    for (; i + 4 <= M; i += 4) rows4(K, j->x + (int64_t)i * K, K, panel, j->y + (int64_t)i * N + p * PANEL, N, cols);
+    const float *xi = j->x + (int64_t)i * K;
+    float *yi = j->y + (int64_t)i * N + p * PANEL;
+    if (M - i == 3) rows3(K, xi, K, panel, yi, N, cols);
+    if (M - i == 2) rows2(K, xi, K, panel, yi, N, cols);
+    if (M - i == 1) rows1(K, xi, K, panel, yi, N, cols);
+}
+
 int linear_packed_f32(int M, int N, int K, const float *x, const float *Wp, float *y) {
-    int panels = (N + PANEL - 1) / PANEL;
-#pragma omp parallel for schedule(static)
-    for (int p = 0; p < panels; p++) {
-        const float *panel = Wp + (int64_t)p * K * PANEL;
-        int cols = N - p * PANEL < PANEL ? N - p * PANEL : PANEL;
-        int i = 0;
-        for (; i + 4 <= M; i += 4) rows4(K, x + (int64_t)i * K, K, panel, y + (int64_t)i * N + p * PANEL, N, cols);
-        const float *xi = x + (int64_t)i * K;
-        float *yi = y + (int64_t)i * N + p * PANEL;
-        if (M - i == 3) rows3(K, xi, K, panel, yi, N, cols);
-        if (M - i == 2) rows2(K, xi, K, panel, yi, N, cols);
-        if (M - i == 1) rows1(K, xi, K, panel, yi, N, cols);
-    }
+    struct linear_job job = {M, N, K, x, Wp, y};
+    pool_run((N + PANEL - 1) / PANEL, one_panel, &job);
     return 0;
 }
