@@ -21,7 +21,7 @@ from engine.errors import EngineStopped, Overloaded
 from engine.kv_cache import common_prefix_length
 from engine.kv_store import DiskTier, KVStore
 from engine.runner import ForwardItem, ModelRunner
-from engine.sampling import sample
+from engine.sampling import sample_rows
 from engine.scheduler import Scheduler
 from engine.stats import EngineStats
 from engine.stream import TurnStream
@@ -219,11 +219,10 @@ class Engine:
                 self._finish(turn, error=exc)
             return
         self._count_step(plan, started)
-        row = 0
-        for (turn, _), item in zip(plan, items):
-            if item.needs_logits:
-                self._postprocess(turn, logits[row])
-                row += 1
+        sampled = [turn for (turn, _), item in zip(plan, items) if item.needs_logits]
+        tokens = sample_rows(logits, [t.request.sampling for t in sampled], [t.generator for t in sampled])
+        for turn, token in zip(sampled, tokens):
+            self._postprocess(turn, token)
 
     def _count_step(self, plan: list, started: float) -> None:
         st = self.stats
@@ -261,9 +260,8 @@ class Engine:
         turn.generator = turn.request.sampling.new_generator()
         return True
 
-    def _postprocess(self, turn: Turn, logits) -> None:
+    def _postprocess(self, turn: Turn, token: int) -> None:
         params = turn.request.sampling
-        token = sample(logits, params, turn.generator)
         turn.output_ids.append(token)
         now = time.perf_counter()
         if not turn.t_first_token:

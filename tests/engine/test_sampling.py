@@ -1,6 +1,6 @@
 import torch
 
-from engine.sampling import SamplingParams, sample
+from engine.sampling import SamplingParams, sample, sample_rows
 
 
 def test_greedy_takes_argmax():
@@ -41,3 +41,19 @@ def test_nucleus_sampling_matches_its_definition_on_wide_and_narrow_distribution
         nucleus = set(order[:size].tolist())
         draws = [sample(logits, SamplingParams(temperature=1.0, top_p=0.9), gen) for _ in range(50)]
         assert set(draws) <= nucleus
+
+
+def test_rows_sampled_together_get_what_each_gets_alone():
+    """A seeded turn draws the same tokens whatever else is sampled in its step."""
+    torch.manual_seed(11)
+    logits = torch.randn(6, 49152) * torch.tensor([0.1, 1.0, 3.0, 1.0, 1.0, 2.0])[:, None]
+    params = [SamplingParams(temperature=0.7, top_p=0.95, seed=1), SamplingParams(temperature=0.0),
+              SamplingParams(temperature=1.2, top_p=0.9, seed=2), SamplingParams(temperature=0.8, top_k=40, seed=3),
+              SamplingParams(temperature=1.0, top_p=1.0, seed=4), SamplingParams(temperature=0.3, top_p=0.5, seed=5)]
+    for _ in range(5):
+        gens_alone = [p.new_generator() for p in params]
+        gens_batch = [p.new_generator() for p in params]
+        alone = [sample(logits[i], p, g) for i, (p, g) in enumerate(zip(params, gens_alone))]
+        assert sample_rows(logits, params, gens_batch) == alone
+        assert sample_rows(logits[2:3], params[2:3], [params[2].new_generator()]) == [alone[2]]
+        logits = logits.roll(1000, dims=1)
