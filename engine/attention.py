@@ -32,7 +32,7 @@ def native_kernel():
         if lib is not None:
             fn = lib.decode_attention_f32
             fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_int] * 5 + [ctypes.c_float] + [_P] * 7
+            fn.argtypes = [ctypes.c_int] * 5 + [ctypes.c_float] + [_P] * 10
             _lib = fn
     return _lib
 
@@ -54,8 +54,11 @@ class DecodeAttention:
         if self.kernel is not None:
             b = len(kvs)
             self._bases = (_P * b)(*[kv.data.data_ptr() for kv in kvs])
-            self._caps = (ctypes.c_int64 * b)(*[kv.capacity for kv in kvs])
-            self._starts = (ctypes.c_int64 * b)(*self.starts)
+            self._caps = (ctypes.c_int64 * b)(*[kv.data.shape[3] for kv in kvs])
+            self._starts = (ctypes.c_int64 * b)(*[kv.own_length for kv in kvs])  # own index of the new token
+            self._pbases = (_P * b)(*[kv.prefix.data.data_ptr() if kv.prefix else 0 for kv in kvs])
+            self._pcaps = (ctypes.c_int64 * b)(*[kv.prefix.data.shape[3] if kv.prefix else 0 for kv in kvs])
+            self._plens = (ctypes.c_int64 * b)(*[kv.prefix_len for kv in kvs])
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.kernel is None:
@@ -64,7 +67,8 @@ class DecodeAttention:
         out = torch.empty_like(q)
         b, hq, d = q.shape
         status = self.kernel(b, hq, k.shape[1], d, layer, self.scale, q.data_ptr(), k.data_ptr(), v.data_ptr(),
-                             out.data_ptr(), self._bases, self._caps, self._starts)
+                             out.data_ptr(), self._bases, self._caps, self._starts, self._pbases, self._pcaps,
+                             self._plens)
         if status != 0:
             raise RuntimeError(f"decode_attention kernel failed with status {status}")
         return out

@@ -103,6 +103,7 @@ class Engine:
                        "running": len(self.scheduler.running), "admitted": self._num_admitted},
             "kv": {
                 "ram": {"sessions": store.num_ram_sessions, "bytes": store.ram_bytes,
+                        "shared_prefixes": store.num_shared, "shared_bytes": store.shared_bytes,
                         "max_bytes": cfg.max_ram_bytes, "max_sessions": cfg.max_ram_sessions},
                 "disk": {"sessions": disk.num_files if disk else 0, "bytes": disk.total_bytes if disk else 0,
                          "max_bytes": cfg.max_disk_bytes},
@@ -244,6 +245,8 @@ class Engine:
             prefix = turn.request.adopt_prefix
             if prefix and self.config.reuse_kv:
                 self.store.adopt(turn.session_key, turn.prompt_ids, lambda key: key.startswith(prefix))
+            if self.config.reuse_kv:  # another session may hold this prompt's beginning (a system prompt)
+                self.store.share_prefix(turn.session_key, turn.prompt_ids)
         acquired = self.store.acquire(turn.session_key, len(turn.prompt_ids) + turn.request.sampling.max_tokens)
         if acquired is None:
             return False

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from engine.kv_cache import SessionKV
+from engine.kv_cache import SessionKV, SharedPrefix, common_prefix_length
 from engine.prefix_index import PrefixIndex
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class KVStoreStats:
     restores: int = 0
     evictions: dict[str, int] = field(default_factory=dict)  # by cause: pressure, disconnect, ttl, admin, shutdown
     tokens_reused: int = 0
+    shared_hits: int = 0  # turns started on another session's prefix
+    shared_tokens: int = 0  # prompt tokens those turns did not compute
     spill_seconds: float = 0.0
     restore_seconds: float = 0.0
     restore_failures: dict[str, int] = field(default_factory=dict)  # by reason
@@ -95,13 +98,24 @@ class KVStore:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # LRU first
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-io")
         self.index = PrefixIndex()  # token ids of every entry (RAM, and disk ones spilled by this process)
+        # shared prefixes alive: a SharedPrefix lives while a SessionKV reads it (weak references)
+        self._shared: weakref.WeakSet[SharedPrefix] = weakref.WeakSet()
         self.stats = KVStoreStats()
 
     # ---- queries ----
 
     @property
     def ram_bytes(self) -> int:
-        return sum(e.nbytes for e in self._entries.values())
+        return sum(e.nbytes for e in self._entries.values()) + self.shared_bytes
+
+    @property
+    def shared_bytes(self) -> int:
+        """Shared prefixes, each counted once however many sessions read it."""
+        return sum(p.nbytes for p in self._shared)
+
+    @property
+    def num_shared(self) -> int:
+        return len(self._shared)
 
     @property
     def num_ram_sessions(self) -> int:
@@ -207,6 +221,48 @@ class KVStore:
         self.index.remove(src)
         return n
 
+    def share_prefix(self, key: str, prompt_ids: list[int], min_tokens: int = 64) -> int:
+        """Before `key`'s turn starts: if another session in RAM holds a longer prefix of prompt_ids
+        (by at least min_tokens) than `key`'s own KV, make that prefix a SharedPrefix (held once, read
+        by both) and start `key` on it. Returns the shared length, 0 if nothing was shared."""
+        own = self._entries.get(key)
+        if own is not None and (own.is_in_use or own.state != "ram"):
+            return 0
+        if own is None and self.disk is not None and self.disk.contains(key):
+            return 0  # its own KV comes back from disk
+        own_match = common_prefix_length(own.kv.token_ids, prompt_ids) if own is not None else 0
+
+        def candidate(other: str) -> bool:
+            entry = self._entries.get(other)
+            return other != key and entry is not None and entry.state == "ram" and entry.kv.length > own_match
+        src, n = self.index.longest_prefix(prompt_ids, candidate)
+        if src is None:
+            return 0
+        src_kv = self._entries[src].kv
+        n = min(n, common_prefix_length(src_kv.token_ids, prompt_ids), len(prompt_ids) - 1)  # index may be stale
+        if n - own_match < min_tokens:
+            return 0
+        reuse = src_kv.prefix is not None and src_kv.prefix_len >= n
+        # a new SharedPrefix is a copy beside the source until the source's own buffer shrinks: both must fit
+        if not self._make_room(0 if reuse else src_kv.token_bytes * n, exclude=(src, key), new_session=own is None):
+            return 0
+        if reuse:
+            shared = src_kv.prefix
+        else:
+            shared = src_kv.share(n)
+            self._shared.add(shared)
+        if own is None:
+            own = self._entries[key] = _Entry(self._new_kv(0))
+        else:
+            own.kv.detach()
+            own.kv = self._new_kv(0)
+        own.kv.attach(shared, n, n)
+        own.is_dirty = True
+        self.index.set(key, own.kv.token_ids)
+        self.stats.shared_hits += 1
+        self.stats.shared_tokens += n
+        return n
+
     # ---- operator and connection events ----
 
     def spill(self, key: str, cause: str = "admin") -> None:
@@ -232,7 +288,7 @@ class KVStore:
             if entry.is_in_use or entry.state != "ram":
                 entry.after_io = "drop"  # finished by release() or the I/O completion
             else:
-                del self._entries[key]
+                self._remove(key)
         self.index.remove(key)
         if self.disk is not None:
             self._io.submit(self.disk.delete, key)
@@ -247,7 +303,7 @@ class KVStore:
         for key, entry in list(self._entries.items()):
             if entry.last_used < cutoff and not entry.is_in_use and entry.state == "ram":
                 self._count_eviction("ttl")
-                del self._entries[key]
+                self._remove(key)
         if self.disk is not None:
             self._io.submit(self.disk.expire, self.config.ttl_seconds)
         for key in [k for k in self.index.keys() if self.tier_of(k) == "none"]:
@@ -266,7 +322,7 @@ class KVStore:
                 log.warning("shutdown spill deadline reached; %d sessions not written", len(self._entries) - written)
                 break
             if entry.state == "ram" and entry.is_dirty and entry.kv.length:
-                self.disk.write(key, entry.kv.data, list(entry.kv.token_ids))
+                self.disk.write(key, entry.kv.pieces(), list(entry.kv.token_ids))
                 self.stats.spills += 1
                 written += 1
         return written
@@ -277,11 +333,12 @@ class KVStore:
         entry.last_used = time.monotonic()
         self._entries.move_to_end(key)
 
-    def _make_room(self, need: int, exclude: str | None = None, new_session: bool = False) -> bool:
+    def _make_room(self, need: int, exclude: str | tuple[str, ...] | None = None, new_session: bool = False) -> bool:
         """True if `need` more bytes (and one more session, if new_session) fit in RAM now.
         Otherwise starts spilling least recently used idle sessions (enough to fit once the writes
-        in flight complete) and returns False."""
+        in flight complete), never those in `exclude`, and returns False."""
         cfg = self.config
+        exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude or ())
 
         def fits(num_bytes: int, num_sessions: int) -> bool:
             return num_bytes + need <= cfg.max_ram_bytes and num_sessions + new_session <= cfg.max_ram_sessions
@@ -294,7 +351,7 @@ class KVStore:
         for key, entry in list(self._entries.items()):
             if fits(*after_spills):
                 break
-            if key == exclude or entry.is_in_use or entry.state != "ram":
+            if key in exclude or entry.is_in_use or entry.state != "ram":
                 continue
             freed_now = self._evict(key, entry, "pressure")
             after_spills = (after_spills[0] - entry.nbytes, after_spills[1] - 1)
@@ -302,12 +359,12 @@ class KVStore:
                 total, sessions = total - freed_now, sessions - 1
         return fits(total, sessions)
 
-    def _shrink_idle(self, total: int, exclude: str | None) -> int:
+    def _shrink_idle(self, total: int, exclude: tuple[str, ...]) -> int:
         """Cheaper than spilling: give back the unused capacity of idle sessions. Returns bytes
         freed. A shrink copies into a smaller buffer, which must itself fit while both exist."""
         freed = 0
         for key, entry in self._entries.items():
-            if key == exclude or entry.is_in_use or entry.state != "ram":
+            if key in exclude or entry.is_in_use or entry.state != "ram":
                 continue
             if total - freed + entry.kv.bytes_for(entry.kv.length) <= self.config.max_ram_bytes:
                 freed += entry.kv.shrink_to_fit()
@@ -319,18 +376,19 @@ class KVStore:
         self._count_eviction(cause)
         entry.spill_when_idle = ""
         if self.disk is None or not entry.kv.length:
-            del self._entries[key]
+            self._remove(key)
             return entry.nbytes
         if not entry.is_dirty and self.disk.contains(key):
-            del self._entries[key]
+            self._remove(key)
             return entry.nbytes
         entry.state, entry.after_io = "spilling", ""
         token_ids = list(entry.kv.token_ids)
+        pieces = entry.kv.pieces()  # views: the entry is idle and its buffers stay as they are until written
         started = time.perf_counter()
 
         def write() -> None:
             try:
-                self.disk.write(key, entry.kv.data, token_ids)
+                self.disk.write(key, pieces, token_ids)
                 error = None
             except Exception as exc:  # noqa: BLE001 - reported on the engine thread
                 error = exc
@@ -352,7 +410,7 @@ class KVStore:
         elif entry.after_io == "keep" and error is None:
             entry.state, entry.is_dirty, entry.after_io = "ram", False, ""
         else:
-            del self._entries[key]
+            self._remove(key)
 
     def _start_restore(self, key: str) -> None:
         kv = self._new_kv(0)
@@ -388,7 +446,7 @@ class KVStore:
                 self.stats.recomputes += 1
                 self.stats.restore_failures[reason] = self.stats.restore_failures.get(reason, 0) + 1
                 log.warning("KV file of a session not used (%s); recomputing from the transcript", error)
-            del self._entries[key]
+            self._remove(key)
             return
         entry.kv.token_ids = token_ids
         self.index.set(key, token_ids)
@@ -396,8 +454,14 @@ class KVStore:
         self.stats.restores += 1
         self._touch(key, entry)
 
+    def _remove(self, key: str) -> None:
+        """Forget the RAM entry of `key`; a shared prefix it read is freed when nobody else reads it."""
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            entry.kv.detach()
+
     def _forget(self, key: str) -> None:
-        self._entries.pop(key, None)
+        self._remove(key)
         self.index.remove(key)
         if self.disk is not None:
             self._io.submit(self.disk.delete, key)

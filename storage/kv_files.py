@@ -121,17 +121,23 @@ class KVFileStore:
 
     # ---- write ----
 
-    def write(self, key: str, data: torch.Tensor, token_ids: list[int]) -> int:
-        """Atomically store KV `data` [layers, 2, kv_heads, capacity, head_dim] covering `token_ids`.
+    def write(self, key: str, data: torch.Tensor | list[torch.Tensor], token_ids: list[int]) -> int:
+        """Atomically store KV covering `token_ids`: `data` [layers, 2, kv_heads, capacity, head_dim]
+        (positions < len(token_ids) are written), or consecutive pieces [layers, 2, kv_heads, n_i, head_dim]
+        with sum(n_i) == len(token_ids) (a shared prefix and a session's own part).
 
-        Only positions < len(token_ids) are written. `data` must not change during the call.
-        Returns bytes written. Deletes least recently used files if the tier is over max_bytes.
+        `data` must not change during the call. Returns bytes written. Deletes least recently used
+        files if the tier is over max_bytes.
         """
         start = time.perf_counter()
         n = len(token_ids)
         L = self.layout
-        assert data.shape[:3] == (L.num_layers, 2, L.num_kv_heads) and data.shape[4] == L.head_dim and data.dtype == L.dtype
-        slabs = [data[layer, kv, head, :n] for layer in range(L.num_layers) for kv in range(2) for head in range(L.num_kv_heads)]
+        pieces = [data[:, :, :, :n]] if isinstance(data, torch.Tensor) else data
+        assert sum(p.shape[3] for p in pieces) == n
+        for p in pieces:
+            assert p.shape[:3] == (L.num_layers, 2, L.num_kv_heads) and p.shape[4] == L.head_dim and p.dtype == L.dtype
+        slabs = [p[layer, kv, head] for layer in range(L.num_layers) for kv in range(2)
+                 for head in range(L.num_kv_heads) for p in pieces if p.shape[3]]
         checksum = xxhash.xxh3_128()
         for slab in slabs:
             checksum.update(_raw(slab))

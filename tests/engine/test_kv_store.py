@@ -234,3 +234,58 @@ def test_spare_capacity_reserved_for_an_answer_is_given_back_when_the_turn_ends(
     h.settle()
     assert [h.store.tier_of(k) for k in "abcd"] == ["ram"] * 4 and h.store.stats.spills == 0
     assert h.store._entries["a"].kv.token_ids == [1, 2, 3, 4, 5]
+
+
+def _run(kv: SessionKV, tokens: list[int]) -> None:
+    """Append tokens as a forward pass would (KV values derived from the token ids)."""
+    kv.ensure_capacity(len(tokens))
+    start = kv.length
+    for pos in range(start, len(tokens)):
+        value = torch.full((1, 1, 4), float(tokens[pos]))
+        for layer in range(2):
+            kv.write(layer, pos, value, -value)
+        kv.token_ids.append(tokens[pos])
+
+
+def test_a_common_prefix_is_held_once_and_freed_with_its_last_reader(tmp_path):
+    h = Harness(tmp_path, max_ram_bytes=1 << 30)
+    store = h.store
+    system = list(range(1000, 1300))  # 300 tokens both sessions start with
+    a_kv, _ = store.acquire("a", 310)
+    _run(a_kv, system + [1, 2, 3])
+    store.release("a")
+    before = store.ram_bytes
+    assert store.share_prefix("b", system + [7, 8]) == 300
+    b_kv, source = store.acquire("b", 310)
+    assert source == "ram" and b_kv.prefix is a_kv.prefix and store.num_shared == 1
+    _run(b_kv, system + [7, 8])
+    store.release("b")
+    # the 300 shared tokens are held and counted once (two private copies would be 2 x before)
+    assert store.shared_bytes == 300 * b_kv.token_bytes
+    assert store.ram_bytes == store.shared_bytes + a_kv.nbytes + b_kv.nbytes < 2 * before
+    assert torch.equal(b_kv.view(1, 302)[0], a_kv.view(1, 300)[0].new_tensor(
+        [[float(t)] * 4 for t in system + [7, 8]])[None])
+    # spilling a reader writes its whole conversation; it restores as a private KV
+    store.spill("b")
+    h.settle()
+    got = store.acquire("b", 302)
+    while got is None:
+        h.settle()
+        got = store.acquire("b", 302)
+    restored, source = got
+    assert source == "disk" and restored.prefix is None and restored.token_ids == system + [7, 8]
+    assert torch.equal(restored.view(0, 302)[1], -restored.view(0, 302)[0])
+    store.release("b")
+    store.drop("a")
+    store.drop("b")
+    h.settle()
+    assert store.num_shared == 0 and store.shared_bytes == 0
+
+
+def test_no_sharing_for_short_or_own_prefixes(tmp_path):
+    store = Harness(tmp_path).store
+    kv, _ = store.acquire("a", 100)
+    _run(kv, list(range(100)))
+    store.release("a")
+    assert store.share_prefix("b", list(range(30)) + [999]) == 0  # below min_tokens
+    assert store.share_prefix("a", list(range(100)) + [5]) == 0  # its own KV already covers it

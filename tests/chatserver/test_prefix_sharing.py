@@ -1,0 +1,80 @@
+"""Sessions that start alike share that beginning's KV, held once (real server, real model)."""
+
+import json
+import urllib.request
+
+import openai
+import pytest
+import torch
+
+from engine.chat_format import ChatFormat, ChatMessage
+from tests.conftest import MODEL_CACHE
+from tests.real_server import RealServer, WsChat
+
+ADMIN = "admin-secret"
+# a long system prompt (about 500 tokens), as products put in front of every conversation
+SYSTEM = ("You are the support assistant of Lumen Bikes, a small company that builds and repairs electric "
+          "bicycles. Be friendly, precise and brief. ") + " ".join(
+    f"Policy {i}: customers who report issue number {i} get a free inspection within {i % 7 + 1} days, "
+    f"and parts listed in catalogue section {i * 3} are covered for {i % 4 + 1} years." for i in range(14))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = RealServer(tmp_path_factory.mktemp("data"), MODEL_CACHE, "--admin-token", ADMIN).start()
+    yield srv
+    if srv.proc.poll() is None:
+        srv.stop()
+
+
+def _stats(server) -> dict:
+    request = urllib.request.Request(server.url + "/api/stats", headers={"Authorization": f"Bearer {ADMIN}"})
+    with urllib.request.urlopen(request) as response:
+        return json.load(response)
+
+
+def _generate(real_model, messages: list[ChatMessage], max_tokens: int) -> str:
+    ids = ChatFormat(real_model.tokenizer, real_model.model.generation_config).render(messages)
+    with torch.inference_mode():
+        out = real_model.model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False)
+    return real_model.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+async def test_two_sessions_with_one_system_prompt_share_its_kv(server, real_model):
+    fmt = ChatFormat(real_model.tokenizer, real_model.model.generation_config)
+    system_tokens = len(fmt.render([ChatMessage("system", SYSTEM)]))
+    assert system_tokens > 450
+    first, _ = await WsChat.open(server.ws_url)
+    await first.ws.send(json.dumps({"type": "system", "content": SYSTEM}))
+    _, done1 = await first.turn("My battery does not charge.", temperature=0, max_tokens=24)
+    assert done1["usage"]["cached_tokens"] == 0
+
+    second, _ = await WsChat.open(server.ws_url)
+    await second.ws.send(json.dumps({"type": "system", "content": SYSTEM}))
+    text, done2 = await second.turn("How long is the warranty on brakes?", temperature=0, max_tokens=24)
+    # the second session's first turn did not compute the system prompt again...
+    assert done2["usage"]["cached_tokens"] >= system_tokens - 10
+    # ...answers exactly as if it had...
+    assert text == _generate(real_model, [ChatMessage("system", SYSTEM),
+                                          ChatMessage("user", "How long is the warranty on brakes?")], 24)
+    # ...and the store holds that prompt once
+    ram = _stats(server)["kv"]["ram"]
+    token_bytes = 30 * 2 * 3 * 64 * 4
+    assert ram["shared_prefixes"] == 1
+    assert system_tokens - 10 <= ram["shared_bytes"] // token_bytes <= system_tokens
+    # the first session goes on as before, on the shared prefix
+    _, done3 = await first.turn("Thanks, and the motor?", temperature=0, max_tokens=8)
+    assert done3["usage"]["cached_tokens"] > system_tokens
+    await first.close()
+    await second.close()
+
+
+def test_openai_requests_of_different_conversations_share_the_system_prompt(server):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    model = client.models.list().data[0].id
+    for i, question in enumerate(["Do you repair tyres?", "Can I rent a bike?"]):
+        reply = client.chat.completions.create(
+            model=model, temperature=0, max_tokens=8,
+            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}])
+        # the WebSocket sessions above already hold this system prompt
+        assert reply.usage.prompt_tokens_details.cached_tokens > 400
