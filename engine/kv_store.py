@@ -100,6 +100,9 @@ class KVStore:
         self.index = PrefixIndex()  # token ids of every entry (RAM, and disk ones spilled by this process)
         # shared prefixes alive: a SharedPrefix lives while a SessionKV reads it (weak references)
         self._shared: weakref.WeakSet[SharedPrefix] = weakref.WeakSet()
+        scan = getattr(disk, "scan_prefixes", None)
+        for key, token_ids in scan() if scan is not None else []:
+            self.index.set(key, token_ids)  # conversations spilled before a restart can be found again
         self.stats = KVStoreStats()
 
     # ---- queries ----

@@ -119,6 +119,27 @@ class KVFileStore:
             self._index[name] = (size, mtime)
         self._enforce_limit()
 
+    def scan_prefixes(self) -> list[tuple[str, list[int]]]:
+        """(session key, token ids) of every file written for this model (headers only; at start-up,
+        so the engine's prefix index covers the disk tier too). Unreadable headers are skipped here
+        and rejected when read."""
+        found = []
+        with self._lock:
+            names = list(self._index)
+        for name in names:
+            try:
+                with open(self.directory / name, "rb") as f:
+                    (header_len,) = struct.unpack("<Q", f.read(8))
+                    if header_len > _MAX_HEADER:
+                        continue
+                    meta = json.loads(f.read(header_len))["__metadata__"]
+                key = meta["session_key"]
+                if meta.get("model_fingerprint") == self.layout.fingerprint and self.file_name(key) == name:
+                    found.append((key, json.loads(meta["token_ids"])))
+            except (OSError, ValueError, KeyError, TypeError, struct.error):
+                continue
+        return found
+
     # ---- write ----
 
     def write(self, key: str, data: torch.Tensor | list[torch.Tensor], token_ids: list[int]) -> int:
@@ -148,6 +169,7 @@ class KVFileStore:
             "dtype": _DTYPES[L.dtype],
             "shape": json.dumps([L.num_layers, 2, L.num_kv_heads, n, L.head_dim]),
             "token_ids": json.dumps(token_ids),
+            "session_key": key,
             "checksum": "xxh3_128:" + checksum.hexdigest(),
         }
         header = {

@@ -176,3 +176,23 @@ def test_overload_is_a_429_rate_limit_error(tmp_path):
         busy.close()
     finally:
         srv.stop()
+
+
+def test_a_stateless_conversation_finds_its_kv_on_disk_after_a_restart(tmp_path):
+    messages = [{"role": "user", "content": "Tell me about the history of tea in three sentences."}]
+    srv = RealServer(tmp_path, MODEL_CACHE).start()
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        model = client.models.list().data[0].id
+        first = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=32)
+    finally:
+        assert srv.stop() == 0  # SIGTERM spills the KV to disk
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "And coffee?"}]
+    srv = RealServer(tmp_path, MODEL_CACHE).start()
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        second = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=8)
+        assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
+    finally:
+        srv.stop()

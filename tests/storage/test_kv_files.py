@@ -136,3 +136,14 @@ def test_expire_and_delete(store):
     store.write("x", _kv(3), [1, 2, 3])
     assert store.delete("x") is True and not _path(store, "x").exists()
     assert store.delete("x") is False
+
+
+def test_scan_finds_the_conversations_on_disk_by_key(tmp_path):
+    store = KVFileStore(tmp_path, LAYOUT, 1 << 30)
+    store.write("openai-anon:abc", _kv(5), [1, 2, 3, 4, 5])
+    store.write("s2", _kv(2), [7, 8])
+    again = KVFileStore(tmp_path, LAYOUT, 1 << 30)  # a restart
+    assert sorted(again.scan_prefixes()) == [("openai-anon:abc", [1, 2, 3, 4, 5]), ("s2", [7, 8])]
+    other_model = KVFileStore(tmp_path, KVLayout(LAYOUT.num_layers, LAYOUT.num_kv_heads, LAYOUT.head_dim,
+                                                 LAYOUT.dtype, "another-model"), 1 << 30)
+    assert other_model.scan_prefixes() == []
