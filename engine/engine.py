@@ -245,8 +245,11 @@ class Engine:
             prefix = turn.request.adopt_prefix
             if prefix and self.config.reuse_kv:
                 self.store.adopt(turn.session_key, turn.prompt_ids, lambda key: key.startswith(prefix))
-            if self.config.reuse_kv:  # another session may hold this prompt's beginning (a system prompt)
-                self.store.share_prefix(turn.session_key, turn.prompt_ids)
+        if self.config.reuse_kv and not turn.prefix_checked:
+            # another session may hold this prompt's beginning (a system prompt), maybe on disk
+            if self.store.share_prefix(turn.session_key, turn.prompt_ids) is None:
+                return False  # that session's KV is being read back; the turn keeps its place
+            turn.prefix_checked = True
         acquired = self.store.acquire(turn.session_key, len(turn.prompt_ids) + turn.request.sampling.max_tokens)
         if acquired is None:
             return False

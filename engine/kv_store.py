@@ -224,10 +224,11 @@ class KVStore:
         self.index.remove(src)
         return n
 
-    def share_prefix(self, key: str, prompt_ids: list[int], min_tokens: int = 64) -> int:
-        """Before `key`'s turn starts: if another session in RAM holds a longer prefix of prompt_ids
-        (by at least min_tokens) than `key`'s own KV, make that prefix a SharedPrefix (held once, read
-        by both) and start `key` on it. Returns the shared length, 0 if nothing was shared."""
+    def share_prefix(self, key: str, prompt_ids: list[int], min_tokens: int = 64) -> int | None:
+        """Before `key`'s turn starts: if another session holds a longer prefix of prompt_ids (by at
+        least min_tokens) than `key`'s own KV, make that prefix a SharedPrefix (held once, read by
+        both) and start `key` on it. Returns the shared length (0: nothing shared), or None when that
+        session's KV is being read back from disk for this: call again after the next notify."""
         own = self._entries.get(key)
         if own is not None and (own.is_in_use or own.state != "ram"):
             return 0
@@ -236,12 +237,21 @@ class KVStore:
         own_match = common_prefix_length(own.kv.token_ids, prompt_ids) if own is not None else 0
 
         def candidate(other: str) -> bool:
+            if other == key or len(self.index.tokens(other)) < own_match + min_tokens:
+                return False
             entry = self._entries.get(other)
-            return other != key and entry is not None and entry.state == "ram" and entry.kv.length > own_match
+            if entry is None:
+                return self.disk is not None and self.disk.contains(other)
+            return entry.state in ("ram", "restoring")
         src, n = self.index.longest_prefix(prompt_ids, candidate)
-        if src is None:
+        if src is None or n - own_match < min_tokens:
             return 0
-        src_kv = self._entries[src].kv
+        entry = self._entries.get(src)
+        if entry is None or entry.state == "restoring":  # on disk: read it back first, then share
+            if entry is None:
+                self._start_restore(src)
+            return None if src in self._entries else 0
+        src_kv = entry.kv
         n = min(n, common_prefix_length(src_kv.token_ids, prompt_ids), len(prompt_ids) - 1)  # index may be stale
         if n - own_match < min_tokens:
             return 0

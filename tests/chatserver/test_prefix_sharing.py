@@ -1,5 +1,6 @@
 """Sessions that start alike share that beginning's KV, held once (real server, real model)."""
 
+import asyncio
 import json
 import urllib.request
 
@@ -27,10 +28,14 @@ def server(tmp_path_factory):
         srv.stop()
 
 
-def _stats(server) -> dict:
-    request = urllib.request.Request(server.url + "/api/stats", headers={"Authorization": f"Bearer {ADMIN}"})
+def _admin(server, method: str, path: str) -> dict:
+    request = urllib.request.Request(server.url + path, method=method, headers={"Authorization": f"Bearer {ADMIN}"})
     with urllib.request.urlopen(request) as response:
         return json.load(response)
+
+
+def _stats(server) -> dict:
+    return _admin(server, "GET", "/api/stats")
 
 
 def _generate(real_model, messages: list[ChatMessage], max_tokens: int) -> str:
@@ -44,12 +49,12 @@ async def test_two_sessions_with_one_system_prompt_share_its_kv(server, real_mod
     fmt = ChatFormat(real_model.tokenizer, real_model.model.generation_config)
     system_tokens = len(fmt.render([ChatMessage("system", SYSTEM)]))
     assert system_tokens > 450
-    first, _ = await WsChat.open(server.ws_url)
+    first, hello1 = await WsChat.open(server.ws_url)
     await first.ws.send(json.dumps({"type": "system", "content": SYSTEM}))
     _, done1 = await first.turn("My battery does not charge.", temperature=0, max_tokens=24)
     assert done1["usage"]["cached_tokens"] == 0
 
-    second, _ = await WsChat.open(server.ws_url)
+    second, hello2 = await WsChat.open(server.ws_url)
     await second.ws.send(json.dumps({"type": "system", "content": SYSTEM}))
     text, done2 = await second.turn("How long is the warranty on brakes?", temperature=0, max_tokens=24)
     # the second session's first turn did not compute the system prompt again...
@@ -67,6 +72,21 @@ async def test_two_sessions_with_one_system_prompt_share_its_kv(server, real_mod
     assert done3["usage"]["cached_tokens"] > system_tokens
     await first.close()
     await second.close()
+
+    # with both sessions moved to disk, a third session with that system prompt still skips it:
+    # the server reads one of them back and shares its beginning
+    for hello in (hello1, hello2):
+        _admin(server, "POST", f"/api/sessions/{hello['session_id']}/evict")
+    for _ in range(100):
+        if _stats(server)["kv"]["ram"]["sessions"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert _stats(server)["kv"]["ram"]["shared_prefixes"] == 0
+    third, _ = await WsChat.open(server.ws_url)
+    await third.ws.send(json.dumps({"type": "system", "content": SYSTEM}))
+    _, done4 = await third.turn("Do you sell helmets?", temperature=0, max_tokens=8)
+    assert done4["usage"]["cached_tokens"] >= system_tokens - 10
+    await third.close()
 
 
 def test_openai_requests_of_different_conversations_share_the_system_prompt(server):

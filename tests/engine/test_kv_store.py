@@ -289,3 +289,21 @@ def test_no_sharing_for_short_or_own_prefixes(tmp_path):
     store.release("a")
     assert store.share_prefix("b", list(range(30)) + [999]) == 0  # below min_tokens
     assert store.share_prefix("a", list(range(100)) + [5]) == 0  # its own KV already covers it
+
+
+def test_a_prefix_on_disk_is_read_back_and_shared(tmp_path):
+    h = Harness(tmp_path)
+    store = h.store
+    system = list(range(500, 700))
+    kv, _ = store.acquire("a", 205)
+    _run(kv, system + [1])
+    store.release("a")
+    store.spill("a")
+    h.settle()
+    assert store.tier_of("a") == "disk"
+    assert store.share_prefix("b", system + [2, 3]) is None  # a is being read back for b
+    h.settle()
+    assert store.share_prefix("b", system + [2, 3]) == 200
+    b_kv, _ = store.acquire("b", 203)
+    assert b_kv.prefix is store._entries["a"].kv.prefix and b_kv.token_ids == system
+    assert torch.equal(b_kv.view(0, 200)[0][0, :, 0], torch.tensor(system, dtype=torch.float32))
