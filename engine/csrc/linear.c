@@ -6,7 +6,8 @@
 // sequence's result does not depend on what else is in the batch (batch-invariant), unlike a blocked
 // BLAS whose order changes with M. Row-major contiguous float32 arrays.
 // Parallel over panels (engine/csrc/pool.c); a panel (K x 64 floats, 147 KB for K = 576) stays in L2
-// while all rows of x pass.
+// while all rows of x pass,
+// 6 rows at a time.
 #include <stdint.h>
 
 #include "pool.h"
@@ -52,6 +53,8 @@ ROW_BLOCK(1)
 ROW_BLOCK(2)
 ROW_BLOCK(3)
 ROW_BLOCK(4)
+ROW_BLOCK(5)
+ROW_BLOCK(6)
 
 struct linear_job {
     int M, N, K;
@@ -65,12 +68,17 @@ static void one_panel(void *ctx, int p) {
     const float *panel = j->Wp + (int64_t)p * K * PANEL;
     int cols = N - p * PANEL < PANEL ? N - p * PANEL : PANEL;
     int i = 0;
-    for (; i + 4 <= M; i += 4) rows4(K, j->x + (int64_t)i * K, K, panel, j->y + (int64_t)i * N + p * PANEL, N, cols);
+    // 6 rows x 64 columns: 24 accumulators + 4 panel vectors fit the 32 vector registers
+    for (; i + 6 <= M; i += 6) rows6(K, j->x + (int64_t)i * K, K, panel, j->y + (int64_t)i * N + p * PANEL, N, cols);
     const float *xi = j->x + (int64_t)i * K;
     float *yi = j->y + (int64_t)i * N + p * PANEL;
-    if (M - i == 3) rows3(K, xi, K, panel, yi, N, cols);
-    if (M - i == 2) rows2(K, xi, K, panel, yi, N, cols);
-    if (M - i == 1) rows1(K, xi, K, panel, yi, N, cols);
+    switch (M - i) {
+        case 5: rows5(K, xi, K, panel, yi, N, cols); break;
+        case 4: rows4(K, xi, K, panel, yi, N, cols); break;
+        case 3: rows3(K, xi, K, panel, yi, N, cols); break;
+        case 2: rows2(K, xi, K, panel, yi, N, cols); break;
+        case 1: rows1(K, xi, K, panel, yi, N, cols); break;
+    }
 }
 
 int linear_packed_f32(int M, int N, int K, const float *x, const float *Wp, float *y) {
