@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import json
 from datetime import datetime
 
@@ -12,7 +11,15 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from chatserver import keys
-from chatserver.admin_models import EvictResult, KVPlacement, Message, SessionDetail, SessionPage, SessionSummary
+from chatserver.admin_models import (
+    EvictResult,
+    KVPlacement,
+    Message,
+    SessionDetail,
+    SessionPage,
+    SessionSummary,
+)
+from chatserver.auth import bearer_matches
 from chatserver.openapi import openapi_document
 from storage.sessions import SessionRecord
 
@@ -49,8 +56,7 @@ def _require_admin(request: web.Request) -> None:
     if not token:
         raise ApiError(403, "admin_disabled",
                        "the admin API is disabled: start the server with --admin-token or CHATSERVER_ADMIN_TOKEN")
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    if not bearer_matches(request.headers.get("Authorization", ""), token):
         raise ApiError(401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 

@@ -22,3 +22,9 @@ def hash_token(token: str) -> str:
 
 def token_matches(token: str, token_hash: str) -> bool:
     return hmac.compare_digest(hash_token(token), token_hash)
+
+
+def bearer_matches(authorization: str, expected: str) -> bool:
+    """An `Authorization: Bearer <token>` header value carries `expected` (constant-time compare)."""
+    scheme, _, given = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode())

@@ -19,6 +19,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from chatserver import keys
+from chatserver.auth import bearer_matches
 from chatserver.errors import BadRequest
 from chatserver.openai_models import ChatCompletionRequest, parse_request
 from chatserver.ws import turn_service_key
@@ -80,9 +81,7 @@ def _check_key(request: web.Request) -> None:
     expected = request.app[keys.config].api_key
     if expected is None:
         return
-    given = request.headers.get("Authorization", "")
-    scheme, _, token = given.partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), expected.encode()):
+    if not bearer_matches(request.headers.get("Authorization", ""), expected):
         raise ApiError(401, "invalid or missing API key (Authorization: Bearer ...)", "invalid_request_error",
                        "invalid_api_key")
 

@@ -11,30 +11,21 @@ Two kinds of sequences share a step:
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import torch
 import torch.nn.functional as F
 
+from engine import native
 from engine.kv_cache import SessionKV
-from engine.native import kernels
 
 _P = ctypes.c_void_p
-_lib = None
-_lib_loaded = False
 
 
+@functools.cache
 def native_kernel():
     """The decode_attention_f32 C function, or None (no compiler); built on first use."""
-    global _lib, _lib_loaded
-    if not _lib_loaded:
-        _lib_loaded = True
-        lib = kernels()
-        if lib is not None:
-            fn = lib.decode_attention_f32
-            fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_int] * 5 + [ctypes.c_float] + [_P] * 10
-            _lib = fn
-    return _lib
+    return native.function("decode_attention_f32", [ctypes.c_int] * 5 + [ctypes.c_float] + [_P] * 10)
 
 
 class DecodeAttention:

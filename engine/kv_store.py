@@ -18,13 +18,15 @@ import logging
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
-from engine.kv_cache import SessionKV, SharedPrefix, common_prefix_length
+from engine.kv_cache import SessionKV, SharedPrefix
+from engine.kv_sharing import PrefixSharing
 from engine.prefix_index import PrefixIndex
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ class _Entry:
         return self.reserved or self.kv.nbytes
 
 
-class KVStore:
+class KVStore(PrefixSharing):
     def __init__(self, config: KVStoreConfig, new_kv: Callable[[int], SessionKV], disk: DiskTier | None,
                  notify: Callable[[Callable[[], None]], None]):
         self.config = config
@@ -193,89 +195,6 @@ class KVStore:
             self.spill(key, entry.spill_when_idle)
         self.enforce_limits()
 
-    def adopt(self, key: str, prompt_ids: list[int], accept: Callable[[str], bool], min_tokens: int = 16) -> int:
-        """A stateless request continues a conversation another request left: if `key` has no KV, take
-        over (rename to `key`) the idle accepted entry whose tokens best prefix prompt_ids, provided the
-        prompt continues it (its unmatched tail is short: not someone else's branch). Returns the
-        matched length, 0 if nothing was adopted."""
-        if self.tier_of(key) != "none":
-            return 0
-
-        def usable(other: str) -> bool:
-            if other == key or not accept(other):
-                return False
-            entry = self._entries.get(other)
-            if entry is None:
-                return self.disk is not None and self.disk.contains(other)
-            return not entry.is_in_use and entry.state == "ram"
-
-        src, n = self.index.longest_prefix(prompt_ids, usable)
-        if src is None or n < min_tokens:
-            return 0
-        length = len(self.index.tokens(src))
-        if length - n > max(64, length // 4):
-            return 0
-        entry = self._entries.pop(src, None)
-        if entry is not None:
-            self._entries[key] = entry
-        elif not self.disk.rename(src, key):
-            return 0
-        self.index.set(key, self.index.tokens(src))
-        self.index.remove(src)
-        return n
-
-    def share_prefix(self, key: str, prompt_ids: list[int], min_tokens: int = 64) -> int | None:
-        """Before `key`'s turn starts: if another session holds a longer prefix of prompt_ids (by at
-        least min_tokens) than `key`'s own KV, make that prefix a SharedPrefix (held once, read by
-        both) and start `key` on it. Returns the shared length (0: nothing shared), or None when that
-        session's KV is being read back from disk for this: call again after the next notify."""
-        own = self._entries.get(key)
-        if own is not None and (own.is_in_use or own.state != "ram"):
-            return 0
-        if own is None and self.disk is not None and self.disk.contains(key):
-            return 0  # its own KV comes back from disk
-        own_match = common_prefix_length(own.kv.token_ids, prompt_ids) if own is not None else 0
-
-        def candidate(other: str) -> bool:
-            if other == key or len(self.index.tokens(other)) < own_match + min_tokens:
-                return False
-            entry = self._entries.get(other)
-            if entry is None:
-                return self.disk is not None and self.disk.contains(other)
-            return entry.state in ("ram", "restoring")
-        src, n = self.index.longest_prefix(prompt_ids, candidate)
-        if src is None or n - own_match < min_tokens:
-            return 0
-        entry = self._entries.get(src)
-        if entry is None or entry.state == "restoring":  # on disk: read it back first, then share
-            if entry is None:
-                self._start_restore(src)
-            return None if src in self._entries else 0
-        src_kv = entry.kv
-        n = min(n, common_prefix_length(src_kv.token_ids, prompt_ids), len(prompt_ids) - 1)  # index may be stale
-        if n - own_match < min_tokens:
-            return 0
-        reuse = src_kv.prefix is not None and src_kv.prefix_len >= n
-        # a new SharedPrefix is a copy beside the source until the source's own buffer shrinks: both must fit
-        if not self._make_room(0 if reuse else src_kv.token_bytes * n, exclude=(src, key), new_session=own is None):
-            return 0
-        if reuse:
-            shared = src_kv.prefix
-        else:
-            shared = src_kv.share(n)
-            self._shared.add(shared)
-        if own is None:
-            own = self._entries[key] = _Entry(self._new_kv(0))
-        else:
-            own.kv.detach()
-            own.kv = self._new_kv(0)
-        own.kv.attach(shared, n, n)
-        own.is_dirty = True
-        self.index.set(key, own.kv.token_ids)
-        self.stats.shared_hits += 1
-        self.stats.shared_tokens += n
-        return n
-
     # ---- operator and connection events ----
 
     def spill(self, key: str, cause: str = "admin") -> None:
@@ -319,7 +238,7 @@ class KVStore:
                 self._remove(key)
         if self.disk is not None:
             self._io.submit(self.disk.expire, self.config.ttl_seconds)
-        for key in [k for k in self.index.keys() if self.tier_of(k) == "none"]:
+        for key in [k for k in self.index.known_keys() if self.tier_of(k) == "none"]:
             self.index.remove(key)  # expired or deleted on disk
 
     def spill_all(self) -> int:
@@ -341,6 +260,10 @@ class KVStore:
         return written
 
     # ---- internals ----
+
+    def _new_entry(self, key: str) -> _Entry:
+        entry = self._entries[key] = _Entry(self._new_kv(0))
+        return entry
 
     def _touch(self, key: str, entry: _Entry) -> None:
         entry.last_used = time.monotonic()

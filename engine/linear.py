@@ -10,30 +10,22 @@ go to torch's F.linear.
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import torch
 import torch.nn.functional as F
 
-from engine.native import kernels
+from engine import native
 
 PANEL = 64  # output columns per packed panel (engine/csrc/linear.c)
 
 _P = ctypes.c_void_p
-_kernel = None
-_loaded = False
 
 
+@functools.cache
 def native_kernel():
-    global _kernel, _loaded
-    if not _loaded:
-        _loaded = True
-        lib = kernels()
-        if lib is not None:
-            fn = lib.linear_packed_f32
-            fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_int] * 3 + [_P] * 3
-            _kernel = fn
-    return _kernel
+    """The linear_packed_f32 C function, or None (no compiler); built on first use."""
+    return native.function("linear_packed_f32", [ctypes.c_int] * 3 + [_P] * 3)
 
 
 def pack(w: torch.Tensor) -> torch.Tensor:

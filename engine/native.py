@@ -18,6 +18,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,16 @@ def kernels() -> ctypes.CDLL | None:
             _library.pool_start.restype = ctypes.c_int
             _library.pool_start(threads())
     return _library
+
+
+def function(name: str, argtypes: list) -> Callable[..., int] | None:
+    """The kernel library's C function `name` (returning int) with these argument types, or None."""
+    lib = kernels()
+    if lib is None:
+        return None
+    fn = getattr(lib, name)
+    fn.restype, fn.argtypes = ctypes.c_int, argtypes
+    return fn
 
 
 def threads() -> int:

@@ -8,11 +8,11 @@ Edges are tuples of token ids; a node lists the keys whose sequence ends exactly
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 
 class _Node:
-    __slots__ = ("edge", "children", "keys", "parent")
+    __slots__ = ("children", "edge", "keys", "parent")
 
     def __init__(self, edge: tuple[int, ...], parent: _Node | None):
         self.edge = edge  # tokens from the parent to this node
@@ -32,7 +32,7 @@ class PrefixIndex:
     def __contains__(self, key: str) -> bool:
         return key in self._tokens
 
-    def keys(self) -> list[str]:
+    def known_keys(self) -> list[str]:
         return list(self._tokens)
 
     def tokens(self, key: str) -> tuple[int, ...]:
