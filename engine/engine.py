@@ -44,6 +44,7 @@ class Engine:
         self._stopping = False
         self.stats = EngineStats()
         self.heartbeat = time.monotonic()  # last time the loop went round (idle loops wake every 0.5 s)
+        self._finished_since_schedule = False
 
     # ---- event-loop side (thread-safe) ----
 
@@ -144,7 +145,8 @@ class Engine:
             # block only when nothing can run: waiting turns are then blocked on a restore or on
             # RAM, and a completion from the KV store's I/O thread wakes us through the inbox
             try:
-                self._drain_inbox(block=not self.scheduler.running)
+                # (a turn that just finished may have unblocked a waiting one: look again before sleeping)
+                self._drain_inbox(block=not self.scheduler.running and not self._finished_since_schedule)
                 self._wait_for_company()
                 if self.scheduler.num_unfinished:
                     self.step()
@@ -206,6 +208,7 @@ class Engine:
     def step(self) -> None:
         for turn in [t for t in list(self.scheduler.waiting) + self.scheduler.running if t.is_cancelled]:
             self._finish(turn, reason="cancelled")
+        self._finished_since_schedule = False
         plan = self.scheduler.schedule(self._start)
         if not plan:
             return
@@ -240,6 +243,8 @@ class Engine:
     def _start(self, turn: Turn) -> bool:
         """Attach the session's KV, keeping the longest prefix shared with the new prompt.
         False: not ready (KV being restored from disk, or RAM being freed); try again later."""
+        if self.store.is_in_use(turn.session_key):
+            return False  # another turn of this session is running on its KV: this one starts after it
         if turn.t_start == 0.0:
             turn.t_start = time.perf_counter()
             prefix = turn.request.adopt_prefix
@@ -286,6 +291,7 @@ class Engine:
 
     def _finish(self, turn: Turn, reason: str = "", error: Exception | None = None) -> None:
         self.scheduler.remove(turn)
+        self._finished_since_schedule = True
         if turn.is_started:
             # the KV stays valid even after a failed pass: the runner extends token_ids only on success
             self.store.release(turn.session_key)

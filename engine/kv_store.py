@@ -132,6 +132,10 @@ class KVStore(PrefixSharing):
             return "ram"
         return "disk" if self.disk is not None and self.disk.contains(key) else "none"
 
+    def is_in_use(self, key: str) -> bool:
+        entry = self._entries.get(key)
+        return entry is not None and entry.is_in_use
+
     def bytes_of(self, key: str) -> int:
         entry = self._entries.get(key)
         if entry is not None:

@@ -1,6 +1,7 @@
 """The engine thread with the tiny model: batching, isolation, back-pressure, cancel, statistics."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -104,3 +105,16 @@ async def test_statistics_move(make_engine):
     assert stats["engine"]["ttft_ms"]["count"] == 1 and stats["engine"]["itl_ms"]["count"] >= 1
     assert stats["engine"]["turns_finished"] and stats["kv"]["ram"]["sessions"] == 1
     assert stats["kv"]["misses"] == 1
+
+
+async def test_two_turns_of_one_session_never_run_at_once(make_engine):
+    """Stateless clients may send two requests for the same session together: the second waits for
+    the first (they share one KV), then reuses what the first left, and both answer correctly."""
+    engine = make_engine()
+    expected = [await _collect(engine.submit(_request(f"ref{i}", p))) for i, p in enumerate(PROMPTS[:2])]
+    a = engine.submit(_request("same", PROMPTS[0]))
+    b = engine.submit(_request("same", PROMPTS[1]))
+    start = time.perf_counter()
+    done_a, done_b = await asyncio.gather(_collect(a), _collect(b))
+    assert [done_a.output_ids, done_b.output_ids] == [d.output_ids for d in expected]
+    assert time.perf_counter() - start < 5  # no idle waiting between them
