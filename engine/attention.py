@@ -31,8 +31,8 @@ def native_kernel():
 class DecodeAttention:
     """Attention for the decoding sequences of one step (each has one new token at position kv.length).
 
-    Built once per step; called once per layer. q [B, Hq, D], k/v [B, Hkv, D] float32; returns [B, Hq, D]
-    and writes k/v into each sequence's cache at its position.
+    Built once per step; called once per layer. q [B, Hq, D], k/v [B, Hkv, D] float32; writes the output
+    [B, Hq, D] into `out`, and k/v into each sequence's cache at its position.
     """
 
     def __init__(self, kvs: list[SessionKV], num_heads: int, scale: float, use_native: bool):
@@ -51,18 +51,19 @@ class DecodeAttention:
             self._pcaps = (ctypes.c_int64 * b)(*[kv.prefix.data.shape[3] if kv.prefix else 0 for kv in kvs])
             self._plens = (ctypes.c_int64 * b)(*[kv.prefix_len for kv in kvs])
 
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> None:
+        """Writes the attention output into out [B, Hq, D] (contiguous)."""
         if self.kernel is None:
-            return self._torch(layer, q, k, v)
+            out.copy_(self._torch(layer, q, k, v))
+            return
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        out = torch.empty_like(q)
+        assert out.is_contiguous()
         b, hq, d = q.shape
         status = self.kernel(b, hq, k.shape[1], d, layer, self.scale, q.data_ptr(), k.data_ptr(), v.data_ptr(),
                              out.data_ptr(), self._bases, self._caps, self._starts, self._pbases, self._pcaps,
                              self._plens)
         if status != 0:
             raise RuntimeError(f"decode_attention kernel failed with status {status}")
-        return out
 
     def _torch(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(q)

@@ -92,14 +92,12 @@ class ModelRunner:
 
         for layer_idx, w in enumerate(self._layers):
             x = F.rms_norm(hidden, (hidden.shape[-1],), w.ln1, self._eps)
-            qkv = w.qkv(x)  # [T, (Hq + 2 Hkv) D]
-            q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
-            q = _rotary(q.view(-1, hq, d), cos, sin)  # [T, Hq, D]
-            k = _rotary(k.view(-1, hkv, d), cos, sin)  # [T, Hkv, D]
-            v = v.reshape(-1, hkv, d)
-            out = torch.empty_like(q)
+            qkv = w.qkv(x).view(-1, hq + 2 * hkv, d)  # [T, Hq + 2 Hkv, D]
+            qk = _rotary(qkv[:, : hq + hkv], cos, sin)  # queries and keys rotated together
+            q, k, v = qk[:, :hq], qk[:, hq:], qkv[:, hq + hkv:]  # [T, H, D] strided views
+            out = torch.empty(qkv.shape[0], hq, d)
             if num_decode:
-                out[:num_decode] = decode(layer_idx, q[:num_decode], k[:num_decode], v[:num_decode])
+                decode(layer_idx, q[:num_decode], k[:num_decode], v[:num_decode], out[:num_decode])
             for it, s, rows, mask in chunks:
                 out[rows] = prefill_attention(it.kv, layer_idx, s, q[rows], k[rows], v[rows], self._scale, mask)
             hidden = hidden + w.o(out.view(-1, hq * d))
@@ -118,7 +116,7 @@ class ModelRunner:
 
 
 def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, H, D] -> rotated [T, H, D] (contiguous); cos/sin [T, 1, D]."""
+    """x [T, H, D] (may be strided) -> rotated [T, H, D] (contiguous); cos/sin [T, 1, D]."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
