@@ -17,9 +17,10 @@ from dataclasses import asdict
 from engine.chat_format import ChatFormat
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
+from engine.disk_tier import DiskTier
 from engine.errors import EngineStopped, Overloaded
 from engine.kv_cache import common_prefix_length
-from engine.kv_store import DiskTier, KVStore
+from engine.kv_store import KVStore
 from engine.runner import ForwardItem, ModelRunner
 from engine.sampling import sample_rows
 from engine.scheduler import Scheduler

@@ -5,6 +5,7 @@ RAM accounting: a session costs SessionKV.nbytes, its allocated capacity (not it
 the moment it is reserved: a restore reserves its bytes before the file is read, and a turn
 reserves the capacity for prompt + max_tokens before it starts, so running turns never grow past
 what was counted. A spilling session still counts until its file is written and its tensor freed.
+A shared prefix (engine/kv_sharing.py) counts once, however many sessions read it.
 `ram_bytes <= max_ram_bytes` holds at all times; a turn that would break it waits (acquire
 returns None) while idle sessions spill.
 
@@ -21,28 +22,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
+from engine.disk_tier import DiskTier
 from engine.kv_cache import SessionKV, SharedPrefix
 from engine.kv_sharing import PrefixSharing
 from engine.prefix_index import PrefixIndex
 
 log = logging.getLogger(__name__)
-
-
-class DiskTier(Protocol):
-    """Blocking file store of KV (storage.kv_files.KVFileStore). Thread-safe; the store calls the
-    I/O methods (write, read_into, delete, expire) only from its I/O thread."""
-
-    def contains(self, key: str) -> bool: ...
-    def nbytes(self, key: str) -> int: ...
-    def write(self, key: str, data: torch.Tensor, token_ids: list[int]) -> int: ...
-    def read_into(self, key: str, allocate: Callable[[int], torch.Tensor]) -> tuple[torch.Tensor, list[int]]: ...
-    def delete(self, key: str) -> bool: ...
-    def rename(self, key: str, new_key: str) -> bool: ...
-    def expire(self, max_age_seconds: float) -> int: ...
 
 
 @dataclass(frozen=True)
