@@ -47,6 +47,18 @@ class RealServer:
         return code
 
 
+def serving(data_dir: Path, *args: str):
+    """For module fixtures: `yield from serving(dir, *args)` starts the real server and stops it after."""
+    from tests.conftest import MODEL_CACHE
+
+    srv = RealServer(data_dir, MODEL_CACHE, *args).start()
+    try:
+        yield srv
+    finally:
+        if srv.proc.poll() is None:
+            srv.stop()
+
+
 class WsChat:
     """A `websockets` client speaking docs/PROTOCOL.md."""
 

@@ -11,7 +11,7 @@ import torch
 
 from engine.chat_format import ChatFormat, ChatMessage
 from tests.conftest import MODEL_CACHE
-from tests.real_server import RealServer
+from tests.real_server import RealServer, serving
 
 KEY = "sk-test-key"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -19,10 +19,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = RealServer(tmp_path_factory.mktemp("data"), MODEL_CACHE, "--api-key", KEY).start()
-    yield srv
-    if srv.proc.poll() is None:
-        srv.stop()
+    yield from serving(tmp_path_factory.mktemp("data"), "--api-key", KEY)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from engine.chat_format import ChatFormat, ChatMessage
-from tests.conftest import MODEL_CACHE
-from tests.real_server import RealServer, WsChat
+from tests.real_server import WsChat, serving
 
 ADMIN = "admin-secret"
 # a long system prompt (about 500 tokens), as products put in front of every conversation
@@ -22,10 +21,7 @@ SYSTEM = ("You are the support assistant of Lumen Bikes, a small company that bu
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = RealServer(tmp_path_factory.mktemp("data"), MODEL_CACHE, "--admin-token", ADMIN).start()
-    yield srv
-    if srv.proc.poll() is None:
-        srv.stop()
+    yield from serving(tmp_path_factory.mktemp("data"), "--admin-token", ADMIN)
 
 
 def _admin(server, method: str, path: str) -> dict:

@@ -11,7 +11,7 @@ import torch
 
 from engine.chat_format import ChatFormat, ChatMessage
 from tests.conftest import MODEL_CACHE
-from tests.real_server import REPO, RealServer, WsChat
+from tests.real_server import REPO, RealServer, WsChat, serving
 
 CONVERSATIONS = [
     ["What is the capital of France?", "What is it famous for?", "Name one museum there."],
@@ -23,10 +23,7 @@ MAX_TOKENS = 48
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = RealServer(tmp_path_factory.mktemp("data"), MODEL_CACHE).start()
-    yield srv
-    if srv.proc.poll() is None:
-        srv.stop()
+    yield from serving(tmp_path_factory.mktemp("data"))
 
 
 def _generate_from_scratch(real_model, history: list[ChatMessage], max_tokens: int = MAX_TOKENS) -> str:
