@@ -60,6 +60,7 @@ let turns = 0;              // user messages in the displayed transcript
 let turn = null;            // running turn: {session_id, turnNo, view, text, userView, content}
 let interrupted = null;     // {session_id, turnNo, tries}: a turn cut off by a dropped connection
 let lastCancelAt = 0;
+let sendWhenReady = false;  // Enter pressed while the hello was still unanswered: send once it is
 let pendingNotice = null;   // shown once the next transcript is rendered
 let stick = true, lastTop = 0, frame = 0;
 
@@ -94,6 +95,7 @@ function connect() {
 
 function dropped() {
   ws = null;
+  sendWhenReady = false;
   helloSent = null;
   current = null;  // the next connection must say hello again (to `wanted`)
   if (turn) interruptTurn();
@@ -150,6 +152,7 @@ function onSession(f) {
   renderTranscript(f.messages, entry ? entry.notes || {} : {});  // the server's transcript is authoritative
   renderSidebar();
   updateComposer();
+  if (sendWhenReady) { sendWhenReady = false; sendMessage(); }
 }
 
 function markInterrupted(f) {
@@ -215,7 +218,8 @@ function onError(f) {
 // ---- turns
 function sendMessage() {
   const content = ui.input.value;
-  if (!content.trim() || !canSend()) return;
+  if (!content.trim()) return;
+  if (!canSend()) { sendWhenReady = isOpen() && helloSent !== null && turn === null; return; }
   const session = current;
   updateSessions((list) => {
     let entry = findSession(session.session_id, list);

@@ -6,6 +6,7 @@ max_tokens, which the page takes from its query string (see docs/UI.md).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -207,6 +208,33 @@ def test_enter_sends_and_shift_enter_makes_a_new_line(page: Page, server):
     page.keyboard.press("Enter")
     expect(page.locator(".msg.user")).to_have_count(2)
     wait_done(page)
+
+
+def test_a_message_sent_before_the_session_is_ready_is_sent_when_it_is(page: Page, server):
+    """On a slow server the socket opens well before the session frame: Enter must not be lost."""
+    held: list = []
+
+    def hold_session_frames(route):
+        upstream = route.connect_to_server()
+        upstream.on_message(lambda m: held.append(m) if json.loads(m).get("type") == "session" else route.send(m))
+        route.on_message(upstream.send)
+        held.append(route)
+
+    page.route_web_socket(re.compile(r".*/ws$"), hold_session_frames)
+    page.goto(f"{server.url}/?temperature=0&max_tokens=8")
+    expect(page.locator("#conn")).to_have_text("Connected", timeout=SLOW)
+    deadline = time.monotonic() + SLOW / 1000
+    while len(held) < 2 and time.monotonic() < deadline:  # the route, then its held session frame
+        page.wait_for_timeout(50)
+    send(page, "Say hi.")
+    page.wait_for_timeout(300)
+    expect(page.locator(".msg.user")).to_have_count(0)  # not sent yet: there is no session
+    route, frames = held[0], held[1:]
+    for frame in frames:
+        route.send(frame)
+    expect(page.locator(".msg.user")).to_have_text(["Say hi."])
+    wait_done(page)
+    assert answer(page).locator(".body").inner_text().strip()
 
 
 def test_chats_in_the_sidebar_new_open_delete_and_a_forgotten_one(page: Page, server):
