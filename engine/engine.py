@@ -147,7 +147,9 @@ class Engine:
             # RAM, and a completion from the KV store's I/O thread wakes us through the inbox
             try:
                 # (a turn that just finished may have unblocked a waiting one: look again before sleeping)
-                self._drain_inbox(block=not self.scheduler.running and not self._finished_since_schedule)
+                recheck = self._finished_since_schedule and self.scheduler.waiting
+                self._finished_since_schedule = False
+                self._drain_inbox(block=not self.scheduler.running and not recheck)
                 self._wait_for_company()
                 if self.scheduler.num_unfinished:
                     self.step()

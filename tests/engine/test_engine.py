@@ -118,3 +118,23 @@ async def test_two_turns_of_one_session_never_run_at_once(make_engine):
     done_a, done_b = await asyncio.gather(_collect(a), _collect(b))
     assert [done_a.output_ids, done_b.output_ids] == [d.output_ids for d in expected]
     assert time.perf_counter() - start < 5  # no idle waiting between them
+
+
+def _thread_cpu_seconds(native_id: int) -> float:
+    """User + system CPU time of one thread of this process (Linux /proc; clock ticks -> seconds)."""
+    import os
+    from pathlib import Path
+
+    fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_an_idle_engine_sleeps_after_a_turn(make_engine):
+    """The engine thread must not poll while idle: it would hold the GIL against the event loop (every
+    database write and socket send of the server would wait for it)."""
+    engine = make_engine()
+    await _collect(engine.submit(_request("a", PROMPTS[0])))
+    await asyncio.sleep(0.1)
+    before = _thread_cpu_seconds(engine._thread.native_id)
+    await asyncio.sleep(1.0)
+    assert _thread_cpu_seconds(engine._thread.native_id) - before < 0.1
