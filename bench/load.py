@@ -81,6 +81,19 @@ def engine_stats(url: str) -> dict:
         return json.load(response)["engine"]
 
 
+def phase_stats(before: dict, after: dict) -> dict:
+    """What the engine did during one phase: differences of its cumulative counters."""
+    def delta(name: str, key: str) -> float:
+        return after[name][key] - before[name][key]
+
+    steps = delta("step_ms", "count")
+    return {"steps": steps, "busy_ms": delta("step_ms", "sum"),
+            "step_ms": delta("step_ms", "sum") / max(steps, 1),
+            "decode_batch": delta("decode_batch", "sum") / max(steps, 1),
+            "step_tokens": delta("step_tokens", "sum") / max(steps, 1),
+            "prefill_tokens": delta("step_tokens", "sum") - delta("decode_batch", "sum")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
@@ -96,8 +109,9 @@ def main() -> None:
             asyncio.run(phase(server.ws_url, 2, 1, 8))  # warm-up
             rows = []
             for n in args.clients:
+                before = engine_stats(server.url)
                 rows.append((n, asyncio.run(phase(server.ws_url, n, args.turns, args.max_tokens))))
-                rows[-1][1]["engine"] = engine_stats(server.url)
+                rows[-1][1]["engine"] = phase_stats(before, engine_stats(server.url))
         finally:
             server.stop()
 
@@ -110,14 +124,13 @@ def main() -> None:
         print(f"| {n} | {r['tokens']} | {r['seconds']:.1f} | {rate:.1f} | {rate / base:.2f} | "
               f"{percentile(r['ttft'], 50):.0f} | {percentile(r['ttft'], 99):.0f} | "
               f"{percentile(r['itl'], 50):.0f} | {percentile(r['itl'], 99):.0f} |")
-    print("\nServer side (engine statistics, recent window): forward-pass step time and tokens per step\n")
-    print("| sessions | step ms p50 | step ms p99 | step ms max | tokens/step p50 | tokens/step p99 | decode batch mean |")
+    print("\nServer side (engine statistics over each phase): forward passes, engine busy time, mean batch\n")
+    print("| sessions | steps | engine busy % | step ms mean | decode batch mean | tokens/step mean | prefill tokens |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for n, r in rows:
         e = r["engine"]
-        print(f"| {n} | {e['step_ms']['p50']:.0f} | {e['step_ms']['p99']:.0f} | {e['step_ms']['max']:.0f} | "
-              f"{e['step_tokens']['p50']:.0f} | {e['step_tokens']['p99']:.0f} | {e['decode_batch']['mean']:.1f} |")
-
+        print(f"| {n} | {e['steps']:.0f} | {100 * e['busy_ms'] / 1000 / r['seconds']:.0f} | {e['step_ms']:.1f} | "
+              f"{e['decode_batch']:.1f} | {e['step_tokens']:.1f} | {e['prefill_tokens']:.0f} |")
 
 if __name__ == "__main__":
     main()

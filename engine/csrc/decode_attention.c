@@ -20,13 +20,14 @@
 #include <string.h>
 
 #include "pool.h"
+#include "vec.h"
 
 #define MAX_GROUP 16
 
 // keys/values of position t: the prefix segment (t < np) or the own one
 #define ROW(P, O, t) ((t) < np ? (P) + (t) * D : (O) + ((t) - np) * D)
 
-static void one_head(const float *q, const float *PK, const float *PV, int64_t np, const float *K, const float *V,
+static void one_head_scalar(const float *q, const float *PK, const float *PV, int64_t np, const float *K, const float *V,
                      float *out, int64_t n, int G, int D, float scale, float *scores) {
     // scores [G, n]
     float maxes[MAX_GROUP];
@@ -68,6 +69,73 @@ static void one_head(const float *q, const float *PK, const float *PV, int64_t n
     }
 }
 
+// 16 vectors of partial sums (vector i: position i) -> one vector of their 16 totals, in order.
+// Each level adds the two halves of every position's lanes: 16 -> 8 -> 4 -> 2 -> 1 lanes.
+static const v16i FOLD1 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+static const v16i FOLD2 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+static const v16i FOLD3 = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
+static const v16i FOLD4 = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+static const v16 IOTA = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+static inline v16 fold(v16 a, v16 b, v16i lo, int half) {
+    return __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, lo + half);
+}
+
+static inline v16 totals16(const v16 *p) {
+    v16 l1[8], l2[4], l3[2];
+    for (int i = 0; i < 8; i++) l1[i] = fold(p[2 * i], p[2 * i + 1], FOLD1, 8);
+    for (int i = 0; i < 4; i++) l2[i] = fold(l1[2 * i], l1[2 * i + 1], FOLD2, 4);
+    for (int i = 0; i < 2; i++) l3[i] = fold(l2[2 * i], l2[2 * i + 1], FOLD3, 2);
+    return fold(l3[0], l3[1], FOLD4, 1);
+}
+
+// One KV head and its G query heads, D = 16 C (C a compile-time constant: registers, no loops over
+// lanes). Scores of 16 positions at a time; positions past n in the last block repeat position n - 1
+// and get weight 0. scores: [G, n rounded up to 16] scratch.
+#define ONE_HEAD(C)                                                                                        \
+    static void one_head_##C(const float *q, const float *PK, const float *PV, int64_t np, const float *K,  \
+                             const float *V, float *out, int64_t n, int G, float scale, float *scores) {    \
+        const int D = 16 * C;                                                                              \
+        const int64_t blocks = (n + 15) / 16, padded = blocks * 16;                                        \
+        for (int g = 0; g < G; g++) {                                                                      \
+            v16 qv[C], m = {0}, sum = {0};                                                                 \
+            for (int c = 0; c < C; c++) qv[c] = load16(q + g * D + 16 * c);                                \
+            float *row = scores + g * padded;                                                              \
+            for (int64_t blk = 0; blk < blocks; blk++) {                                                   \
+                v16 p[16];                                                                                 \
+                for (int i = 0; i < 16; i++) {                                                             \
+                    int64_t t = blk * 16 + i < n ? blk * 16 + i : n - 1;                                   \
+                    const float *k = ROW(PK, K, t);                                                        \
+                    v16 acc = qv[0] * load16(k);                                                           \
+                    for (int c = 1; c < C; c++) acc += qv[c] * load16(k + 16 * c);                        \
+                    p[i] = acc;                                                                            \
+                }                                                                                          \
+                v16 s = totals16(p) * scale;                                                               \
+                store16(row + blk * 16, s);                                                                \
+                m = blk ? vmax16(m, s) : s;                                                                \
+            }                                                                                              \
+            float mx = max16(m);                                                                           \
+            for (int64_t blk = 0; blk < blocks; blk++) {                                                   \
+                v16 e = exp16(load16(row + blk * 16) - mx);                                                \
+                e = select16(IOTA < (float)(n - blk * 16), e, (v16){0});                                   \
+                store16(row + blk * 16, e);                                                                \
+                sum += e;                                                                                  \
+            }                                                                                              \
+            v16 o[C];                                                                                      \
+            for (int c = 0; c < C; c++) o[c] = (v16){0};                                                   \
+            for (int64_t t = 0; t < n; t++) {                                                              \
+                const float *v = ROW(PV, V, t);                                                            \
+                float w = row[t];                                                                          \
+                for (int c = 0; c < C; c++) o[c] += w * load16(v + 16 * c);                                \
+            }                                                                                              \
+            float inv = 1.f / sum16(sum);                                                                  \
+            for (int c = 0; c < C; c++) store16(out + g * D + 16 * c, o[c] * inv);                         \
+        }                                                                                                  \
+    }
+
+ONE_HEAD(4)
+ONE_HEAD(8)
+
 struct attention_job {
     int Hq, Hkv, D, layer, G;
     float scale;
@@ -91,13 +159,19 @@ static void one_job(void *ctx, int job) {
     const float *PV = np ? j->pbases[b] + ((int64_t)(j->layer * 2 + 1) * Hkv + h) * pcap * D : 0;
     memcpy(K + s * D, j->k_new + ((int64_t)b * Hkv + h) * D, sizeof(float) * D);
     memcpy(V + s * D, j->v_new + ((int64_t)b * Hkv + h) * D, sizeof(float) * D);
-    float *scores = malloc(sizeof(float) * G * n);
+    float *scores = malloc(sizeof(float) * G * ((n + 15) / 16 * 16));
     if (!scores) {
         atomic_store(&j->failed, 1);
         return;
     }
-    one_head(j->q + ((int64_t)b * Hq + h * G) * D, PK, PV, np, K, V, j->out + ((int64_t)b * Hq + h * G) * D, n, G, D,
-             j->scale, scores);
+    const float *q = j->q + ((int64_t)b * Hq + h * G) * D;
+    float *out = j->out + ((int64_t)b * Hq + h * G) * D;
+    if (D == 64)
+        one_head_4(q, PK, PV, np, K, V, out, n, G, j->scale, scores);
+    else if (D == 128)
+        one_head_8(q, PK, PV, np, K, V, out, n, G, j->scale, scores);
+    else
+        one_head_scalar(q, PK, PV, np, K, V, out, n, G, D, j->scale, scores);
     free(scores);
 }
 

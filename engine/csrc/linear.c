@@ -11,16 +11,9 @@
 #include <stdint.h>
 
 #include "pool.h"
-
-typedef float v16 __attribute__((vector_size(64)));
+#include "vec.h"
 
 #define PANEL 64
-
-static inline v16 load16(const float *p) {
-    v16 v;
-    __builtin_memcpy(&v, p, sizeof v);
-    return v;
-}
 
 static inline void store_cols(float *y, const v16 *acc, int cols) {
     float tmp[PANEL];
