@@ -1,9 +1,11 @@
 """The C kernels (engine/csrc/): built on this machine, equal to torch's results, batch-invariant."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from engine.attention import DecodeAttention
+from engine.kv_cache import SessionKV
 from engine.linear import Linear
 from engine.native import kernels
 from engine.runner import ForwardItem, ModelRunner
@@ -83,3 +85,35 @@ def test_fallback_runner_agrees_with_native(tiny_model):
         out.append(runner.forward([ForwardItem(kv, [5], True)])[0])
     torch.testing.assert_close(out[0], out[1], atol=1e-4, rtol=1e-4)
     assert F.cosine_similarity(out[0], out[1], dim=0) > 0.9999
+
+
+@pytest.mark.parametrize("head_dim", [16, 64, 128])  # 64 and 128 take the vector paths, others the plain one
+def test_decode_attention_kernel_matches_sdpa_for_any_length_and_a_shared_prefix(head_dim):
+    torch.manual_seed(head_dim)
+    layers, hq, hkv = 2, 6, 2
+    lengths = (0, 1, 15, 16, 17, 100, 333)  # cached positions before the new token
+    kvs = []
+    for n in lengths:
+        kv = SessionKV(layers, hkv, head_dim, torch.float32, n + 1)
+        kv.data.normal_()
+        kv.token_ids = list(range(n))
+        if n > 40:
+            kv.share(37)  # the first 37 positions read from a shared prefix buffer
+        kvs.append(kv)
+    twins = []
+    for kv in kvs:
+        twin = SessionKV(layers, hkv, head_dim, torch.float32, kv.length + 1)
+        twin.data[:, :, :, :kv.length] = kv.positions(0, kv.length)
+        twin.token_ids = list(kv.token_ids)
+        twins.append(twin)
+    b = len(lengths)
+    q, k, v = torch.randn(b, hq, head_dim), torch.randn(b, hkv, head_dim) * 3, torch.randn(b, hkv, head_dim)
+    native = DecodeAttention(kvs, hq, head_dim ** -0.5, use_native=True)
+    assert native.kernel is not None
+    got, want = torch.empty(b, hq, head_dim), torch.empty(b, hq, head_dim)
+    native(1, q, k, v, got)
+    DecodeAttention(twins, hq, head_dim ** -0.5, use_native=False)(1, q, k, v, want)
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+    alone = torch.empty(1, hq, head_dim)
+    DecodeAttention(kvs[-1:], hq, head_dim ** -0.5, use_native=True)(1, q[-1:], k[-1:], v[-1:], alone)
+    assert torch.equal(alone[0], got[-1]), "a sequence's output must not depend on the rest of the batch"
