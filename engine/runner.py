@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from engine.attention import DecodeAttention, prefill_attention, prefix_causal_mask
 from engine.kv_cache import SessionKV
+from engine.layer_ops import LayerOps
 from engine.weights import fuse_layers
 
 
@@ -44,12 +44,11 @@ class ModelRunner:
         self.matmul_dtype = matmul_dtype
         self.native = native
         self.max_context = cfg.max_position_embeddings
-        self._eps = cfg.rms_norm_eps
         inner = model.model
         self._embed = inner.embed_tokens
         self._norm = inner.norm
         self._rotary = inner.rotary_emb
-        self._act = model.model.layers[0].mlp.act_fn
+        self._ops = LayerOps(cfg.rms_norm_eps, inner.layers[0].mlp.act_fn, getattr(cfg, "hidden_act", ""), native)
         self._scale = inner.layers[0].self_attn.scaling
         self._layers, self._lm_head = fuse_layers(model, matmul_dtype, native)
         self.vocab_size = self._lm_head.out_features
@@ -79,9 +78,9 @@ class ModelRunner:
             it.kv.ensure_capacity(it.kv.length + n)
         input_ids = torch.tensor([t for it in packed for t in it.token_ids], dtype=torch.long)
         positions = torch.tensor([p for s, n in zip(starts, lengths) for p in range(s, s + n)], dtype=torch.long)
-        hidden = self._embed(input_ids)  # [T, hidden]
+        hidden = self._embed(input_ids)  # [T, hidden], the residual stream (updated in place)
         cos, sin = self._rotary(hidden, positions[None])  # [1, T, head_dim]
-        cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [T, 1, head_dim]
+        cos, sin = cos[0].contiguous(), sin[0].contiguous()  # [T, head_dim]
         decode = DecodeAttention([it.kv for it in packed[:num_decode]], self.num_heads, self._scale, self.native)
         chunks = []  # (item, start, row slice, mask) of each prefill chunk
         offset = num_decode
@@ -89,21 +88,22 @@ class ModelRunner:
             chunks.append((it, s, slice(offset, offset + n), prefix_causal_mask(s, n)))
             offset += n
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        ops = self._ops
 
+        x = ops.add_rms_norm(hidden, None, self._layers[0].ln1)
         for layer_idx, w in enumerate(self._layers):
-            x = F.rms_norm(hidden, (hidden.shape[-1],), w.ln1, self._eps)
-            qkv = w.qkv(x).view(-1, hq + 2 * hkv, d)  # [T, Hq + 2 Hkv, D]
-            qk = _rotary(qkv[:, : hq + hkv], cos, sin)  # queries and keys rotated together
-            q, k, v = qk[:, :hq], qk[:, hq:], qkv[:, hq + hkv:]  # [T, H, D] strided views
-            out = torch.empty(qkv.shape[0], hq, d)
+            q, k, v = ops.rotary_qkv(w.qkv(x).view(-1, hq + 2 * hkv, d), cos, sin, hq, hkv)  # [T, H, D] each
+            out = torch.empty(q.shape[0], hq, d)
             if num_decode:
                 decode(layer_idx, q[:num_decode], k[:num_decode], v[:num_decode], out[:num_decode])
             for it, s, rows, mask in chunks:
                 out[rows] = prefill_attention(it.kv, layer_idx, s, q[rows], k[rows], v[rows], self._scale, mask)
-            hidden = hidden + w.o(out.view(-1, hq * d))
-            x = F.rms_norm(hidden, (hidden.shape[-1],), w.ln2, self._eps)
-            gate, up = w.gate_up(x).chunk(2, dim=-1)
-            hidden = hidden + w.down(self._act(gate) * up)
+            x = ops.add_rms_norm(hidden, w.o(out.view(-1, hq * d)), w.ln2)
+            mlp = w.down(ops.gated(w.gate_up(x)))
+            if layer_idx + 1 < len(self._layers):
+                x = ops.add_rms_norm(hidden, mlp, self._layers[layer_idx + 1].ln1)
+            else:
+                hidden += mlp
 
         for it in packed:
             it.kv.token_ids.extend(it.token_ids)
@@ -114,9 +114,3 @@ class ModelRunner:
             return torch.empty(0, self.vocab_size)
         return self._lm_head(self._norm(hidden[rows])).float()
 
-
-def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, H, D] (may be strided) -> rotated [T, H, D] (contiguous); cos/sin [T, 1, D]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin

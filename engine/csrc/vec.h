@@ -49,12 +49,13 @@ static inline v16 select16(v16i mask, v16 a, v16 b) { return as_float((as_int(a)
 
 static inline v16 vmax16(v16 a, v16 b) { return select16(a > b, a, b); }
 
-// exp(x) lane-wise for x <= 88 (Cephes' expf: range reduction by ln 2, degree-6 polynomial; ~1 ulp);
-// x < -87 gives 0 (softmax weights that small do not matter in float32)
+// exp(x) lane-wise (Cephes' expf: range reduction by ln 2, degree-6 polynomial; ~1 ulp);
+// x < -87 gives 0, x > 88.3 gives exp(88.3) (~2.4e38, finite)
 static inline v16 exp16(v16 x) {
-    const v16 floor_x = {0};
+    const v16 zero = {0};
     v16i tiny = x < -87.0f;
-    x = select16(tiny, floor_x - 87.0f, x);
+    x = select16(tiny, zero - 87.0f, x);
+    x = select16(x > 88.3f, zero + 88.3f, x);
     v16 fx = x * 1.44269504088896341f + 0.5f;
     v16 fl = __builtin_convertvector(__builtin_convertvector(fx, v16i), v16);
     fl = fl + __builtin_convertvector(fl > fx, v16);  // floor: the conversion truncates toward zero

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from engine.attention import DecodeAttention
 from engine.kv_cache import SessionKV
+from engine.layer_ops import LayerOps
 from engine.linear import Linear
 from engine.native import kernels
 from engine.runner import ForwardItem, ModelRunner
@@ -117,3 +118,26 @@ def test_decode_attention_kernel_matches_sdpa_for_any_length_and_a_shared_prefix
     alone = torch.empty(1, hq, head_dim)
     DecodeAttention(kvs[-1:], hq, head_dim ** -0.5, use_native=True)(1, q[-1:], k[-1:], v[-1:], alone)
     assert torch.equal(alone[0], got[-1]), "a sequence's output must not depend on the rest of the batch"
+
+
+@pytest.mark.parametrize("rows", [1, 5, 16])
+def test_layer_ops_match_the_torch_formulas(rows):
+    torch.manual_seed(rows)
+    native, plain = LayerOps(1e-5, torch.nn.SiLU(), "silu"), LayerOps(1e-5, torch.nn.SiLU(), "silu", use_native=False)
+    assert native.kernels is not None and plain.kernels is None
+    hidden, delta, weight = torch.randn(rows, 70) * 4, torch.randn(rows, 70), torch.rand(70) + 0.5  # 70: vector tails
+    h1, h2 = hidden.clone(), hidden.clone()
+    torch.testing.assert_close(native.add_rms_norm(h1, delta, weight), plain.add_rms_norm(h2, delta, weight))
+    torch.testing.assert_close(h1, h2)  # the residual stream updated in place
+    torch.testing.assert_close(native.add_rms_norm(h1, None, weight), F.rms_norm(h2, (70,), weight, 1e-5))
+
+    hq, hkv, d = 6, 2, 64
+    qkv, angles = torch.randn(rows, hq + 2 * hkv, d), torch.rand(rows, d) * 6
+    for got, want in zip(native.rotary_qkv(qkv, angles.cos(), angles.sin(), hq, hkv),
+                         plain.rotary_qkv(qkv, angles.cos(), angles.sin(), hq, hkv)):
+        assert got.is_contiguous()
+        torch.testing.assert_close(got, want)
+
+    gate_up = torch.randn(rows, 2 * 100) * 30  # large magnitudes: exp over- and underflow
+    torch.testing.assert_close(native.gated(gate_up), plain.gated(gate_up))
+    assert torch.equal(native.gated(gate_up[-1:]), native.gated(gate_up)[-1:]), "rows must not depend on the batch"
