@@ -25,6 +25,12 @@ class Busy(ChatError):
     code = "busy"
 
 
+class StorageUnavailable(ChatError):
+    """The database refused a write (disk full, locked, unwritable). Nothing was stored; retry later."""
+
+    code = "storage_unavailable"
+
+
 def error_frame(exc: Exception) -> dict:
     if isinstance(exc, (ChatError, EngineError)):
         return {"type": "error", "code": exc.code, "message": str(exc)}

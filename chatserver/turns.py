@@ -8,8 +8,10 @@ import logging
 from dataclasses import replace
 from typing import Awaitable, Callable
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from chatserver.config import ServerConfig
-from chatserver.errors import BadRequest
+from chatserver.errors import BadRequest, StorageUnavailable
 from chatserver.protocol import User
 from chatserver.sessions import LiveSession, SessionManager
 from engine.chat_format import ChatFormat, ChatMessage
@@ -52,7 +54,7 @@ class TurnService:
         return replace(defaults, **given)
 
     async def start(self, live: LiveSession, frame: User) -> TurnStream:
-        """Everything up to the first token. On any error nothing is stored and the session is unchanged.
+        """Everything up to the first token. On any error nothing is stored and the transcript is unchanged.
 
         The caller must have set live.is_busy (synchronously, before awaiting this).
         """
@@ -73,18 +75,25 @@ class TurnService:
             raise ContextTooLong(f"{n} prompt tokens + max_tokens {frame.max_tokens} exceed the context window of {self.max_context}")
         params = replace(params, max_tokens=min(params.max_tokens, self.max_context - n))
         stream = self.engine.admit()  # raises Overloaded: nothing stored
+        # The prefill starts now and overlaps the database write; the caller reads the stream (and the
+        # client sees tokens) only after the message is stored. If storing fails the turn is cancelled:
+        # its KV then holds a prompt the transcript lacks, and the next turn keeps only the common prefix.
+        stream.start(TurnRequest(live.id, prompt_ids, params))
         try:
             await self.sessions.store_if_new(live)
             title = frame.content.strip().splitlines()[0][:_TITLE_CHARS] if not live.has_turns else None
             for m in new:
                 await self.repo.add_message(live.id, m.role, m.content, title=title if m.role == "user" else None,
                                             num_tokens=await asyncio.to_thread(self.chat_format.count_tokens, m.content))
+        except SQLAlchemyError as exc:
+            stream.cancel()
+            log.warning("could not store the user message of session %s: %s", live.id, exc)
+            raise StorageUnavailable("the message could not be stored; nothing was kept, try again") from exc
         except BaseException:
-            stream.abandon()
+            stream.cancel()
             raise
         live.messages.extend(new)
         live.pending_system = None
-        stream.start(TurnRequest(live.id, prompt_ids, params))
         return stream
 
     async def transcript(self, live: LiveSession) -> list[dict]:

@@ -219,3 +219,29 @@ async def test_index_page_and_health(client):
     page = await client.get("/")
     assert page.status == 200 and "chatserver" in await page.text()
     assert (await client.get("/healthz")).status == 200
+
+
+async def test_a_message_that_cannot_be_stored_is_refused_and_leaves_no_trace(client, connect):
+    """The prefill starts before the message is stored; if storing fails the turn is cancelled, the
+    client gets a typed error, and the next turn answers as if the failed one never happened."""
+    chat, session = await connect()
+    repo = client.app[keys.repository]
+    real_add = repo.add_message
+
+    async def failing_add(*args, **kwargs):
+        from sqlalchemy.exc import OperationalError
+
+        raise OperationalError("INSERT", {}, Exception("database or disk is full"))
+
+    repo.add_message = failing_add
+    text, error = await chat.turn("A long question that will not be stored " * 8, max_tokens=12, temperature=0)
+    assert error == {"type": "error", "code": "storage_unavailable", "message": error["message"]} and text == ""
+    repo.add_message = real_add
+    assert await repo.get(session["session_id"]) is None or await repo.messages(session["session_id"]) == []
+
+    _, done = await chat.turn("What is two plus two?", max_tokens=12, temperature=0)
+    fresh, _ = await connect()
+    want, _ = await fresh.turn("What is two plus two?", max_tokens=12, temperature=0)
+    stored = await repo.messages(session["session_id"])
+    assert [m.role for m in stored] == ["user", "assistant"] and stored[0].content == "What is two plus two?"
+    assert stored[1].content == want, "the refused message must not influence the next answer"
