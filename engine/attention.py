@@ -1,11 +1,12 @@
 """Attention of one packed step against each sequence's own KV buffer (engine/kv_cache.py layout).
 
 Two kinds of sequences share a step:
-  * decoding ones (one new token each): one call per layer for all of them, to the C kernel
-    engine/csrc/decode_attention.c when it could be built (no per-sequence Python, reads each cache
-    once), else a per-sequence SDPA loop;
-  * prefilling ones (a chunk of new tokens after a cached prefix): per-sequence SDPA with a
-    prefix-causal mask; few per step, each compute-bound, so the Python cost does not matter.
+  * decoding ones (one new token each) and short prefill chunks (up to SHORT_CHUNK new tokens, e.g.
+    the next message of a conversation): one call per layer for all of them, to the C kernel
+    engine/csrc/attention.c when it could be built (no per-sequence Python, reads each cache in
+    place), else a per-sequence SDPA loop;
+  * long prefill chunks: per-sequence SDPA with a prefix-causal mask (compute-bound; SDPA's blocked
+    matrix products beat the kernel's row-at-a-time attention there).
 """
 
 from __future__ import annotations
@@ -19,61 +20,57 @@ import torch.nn.functional as F
 from engine import native
 from engine.kv_cache import SessionKV
 
-_P = ctypes.c_void_p
+_P, _I64 = ctypes.c_void_p, ctypes.c_int64
+SHORT_CHUNK = 64  # new tokens of a sequence up to which its attention goes to the ragged kernel
 
 
 @functools.cache
 def native_kernel():
-    """The decode_attention_f32 C function, or None (no compiler); built on first use."""
-    return native.function("decode_attention_f32", [ctypes.c_int] * 5 + [ctypes.c_float] + [_P] * 10)
+    """The ragged_attention_f32 C function, or None (no compiler); built on first use."""
+    return native.function("ragged_attention_f32", [ctypes.c_int] * 5 + [ctypes.c_float] + [_P] * 12)
 
 
-class DecodeAttention:
-    """Attention for the decoding sequences of one step (each has one new token at position kv.length).
+class RaggedAttention:
+    """Attention for sequences with a few new rows each, built once per step, called once per layer.
 
-    Built once per step; called once per layer. q [B, Hq, D], k/v [B, Hkv, D] float32; writes the output
-    [B, Hq, D] into `out`, and k/v into each sequence's cache at its position.
+    seqs: (kv, first row, number of rows) per sequence; its new tokens are at positions kv.length.. and
+    rows first.. of the step's packed q [T, Hq, D], k/v [T, Hkv, D] (float32). A call writes those
+    rows' keys/values into each cache and their attention output into `out` [T, Hq, D] (contiguous).
     """
 
-    def __init__(self, kvs: list[SessionKV], num_heads: int, scale: float, use_native: bool):
-        self.kvs = kvs
+    def __init__(self, seqs: list[tuple[SessionKV, int, int]], num_heads: int, scale: float, use_native: bool):
+        self.seqs = seqs
         self.num_heads = num_heads
         self.scale = scale
-        self.starts = [kv.length for kv in kvs]
+        self.starts = [kv.length for kv, _, _ in seqs]
         kernel = native_kernel() if use_native else None
-        self.kernel = kernel if kernel is not None and all(kv.dtype == torch.float32 for kv in kvs) else None
+        self.kernel = kernel if kernel is not None and all(kv.dtype == torch.float32 for kv, _, _ in seqs) else None
         if self.kernel is not None:
-            b = len(kvs)
+            b, kvs = len(seqs), [kv for kv, _, _ in seqs]
             self._bases = (_P * b)(*[kv.data.data_ptr() for kv in kvs])
-            self._caps = (ctypes.c_int64 * b)(*[kv.data.shape[3] for kv in kvs])
-            self._starts = (ctypes.c_int64 * b)(*[kv.own_length for kv in kvs])  # own index of the new token
+            self._caps = (_I64 * b)(*[kv.data.shape[3] for kv in kvs])
+            self._starts = (_I64 * b)(*[kv.own_length for kv in kvs])  # own index of the first new token
+            self._rows = (_I64 * b)(*[n for _, _, n in seqs])
+            self._offsets = (_I64 * b)(*[first for _, first, _ in seqs])
             self._pbases = (_P * b)(*[kv.prefix.data.data_ptr() if kv.prefix else 0 for kv in kvs])
-            self._pcaps = (ctypes.c_int64 * b)(*[kv.prefix.data.shape[3] if kv.prefix else 0 for kv in kvs])
-            self._plens = (ctypes.c_int64 * b)(*[kv.prefix_len for kv in kvs])
+            self._pcaps = (_I64 * b)(*[kv.prefix.data.shape[3] if kv.prefix else 0 for kv in kvs])
+            self._plens = (_I64 * b)(*[kv.prefix_len for kv in kvs])
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> None:
-        """Writes the attention output into out [B, Hq, D] (contiguous)."""
-        if self.kernel is None:
-            out.copy_(self._torch(layer, q, k, v))
+        if not self.seqs:
             return
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        assert out.is_contiguous()
-        b, hq, d = q.shape
-        status = self.kernel(b, hq, k.shape[1], d, layer, self.scale, q.data_ptr(), k.data_ptr(), v.data_ptr(),
-                             out.data_ptr(), self._bases, self._caps, self._starts, self._pbases, self._pcaps,
-                             self._plens)
+        if self.kernel is None:
+            for (kv, first, n), start in zip(self.seqs, self.starts):
+                rows = slice(first, first + n)
+                out[rows] = prefill_attention(kv, layer, start, q[rows], k[rows], v[rows], self.scale,
+                                              prefix_causal_mask(start, n))
+            return
+        assert q.is_contiguous() and k.is_contiguous() and v.is_contiguous() and out.is_contiguous()
+        status = self.kernel(len(self.seqs), q.shape[1], k.shape[1], q.shape[2], layer, self.scale, q.data_ptr(),
+                             k.data_ptr(), v.data_ptr(), out.data_ptr(), self._bases, self._caps, self._starts,
+                             self._rows, self._offsets, self._pbases, self._pcaps, self._plens)
         if status != 0:
-            raise RuntimeError(f"decode_attention kernel failed with status {status}")
-
-    def _torch(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        out = torch.empty_like(q)
-        for i, (kv, s) in enumerate(zip(self.kvs, self.starts)):
-            kv.write(layer, s, k[i, :, None], v[i, :, None])
-            keys, values = kv.view(layer, s + 1)  # [Hkv, s+1, D]
-            o = F.scaled_dot_product_attention(q[i, :, None][None], keys[None], values[None],
-                                               scale=self.scale, enable_gqa=True)  # [1, Hq, 1, D]
-            out[i] = o[0, :, 0]
-        return out
+            raise RuntimeError(f"ragged attention kernel failed with status {status}")
 
 
 def prefill_attention(kv: SessionKV, layer: int, start: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

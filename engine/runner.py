@@ -2,7 +2,7 @@
 
 All new tokens of all sequences in a step are concatenated into one [T, hidden] tensor, so the
 weight matmuls (the cost on CPU) run once per step for everyone. Decoding sequences (one new token)
-come first in the packing and share one attention call per layer; prefill chunks attend per sequence
+and short prefill chunks share one attention call per layer; long prefill chunks attend per sequence
 (engine/attention.py). Sessions with different cached lengths and different numbers of new tokens
 share one pass without padding.
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from engine.attention import DecodeAttention, prefill_attention, prefix_causal_mask
+from engine.attention import SHORT_CHUNK, RaggedAttention, prefill_attention, prefix_causal_mask
 from engine.kv_cache import SessionKV
 from engine.layer_ops import LayerOps
 from engine.weights import fuse_layers
@@ -71,7 +71,6 @@ class ModelRunner:
         """
         order = sorted(range(len(items)), key=lambda i: len(items[i].token_ids) > 1)  # decoders first (stable)
         packed = [items[i] for i in order]
-        num_decode = sum(1 for it in packed if len(it.token_ids) == 1)
         lengths = [len(it.token_ids) for it in packed]
         starts = [it.kv.length for it in packed]
         for it, n in zip(packed, lengths):
@@ -81,12 +80,15 @@ class ModelRunner:
         hidden = self._embed(input_ids)  # [T, hidden], the residual stream (updated in place)
         cos, sin = self._rotary(hidden, positions[None])  # [1, T, head_dim]
         cos, sin = cos[0].contiguous(), sin[0].contiguous()  # [T, head_dim]
-        decode = DecodeAttention([it.kv for it in packed[:num_decode]], self.num_heads, self._scale, self.native)
-        chunks = []  # (item, start, row slice, mask) of each prefill chunk
-        offset = num_decode
-        for it, s, n in zip(packed[num_decode:], starts[num_decode:], lengths[num_decode:]):
-            chunks.append((it, s, slice(offset, offset + n), prefix_causal_mask(s, n)))
+        short, chunks = [], []  # short: (kv, first row, rows) for the ragged kernel; chunks: long prefills
+        offset = 0
+        for it, s, n in zip(packed, starts, lengths):
+            if n <= SHORT_CHUNK:
+                short.append((it.kv, offset, n))
+            else:
+                chunks.append((it, s, slice(offset, offset + n), prefix_causal_mask(s, n)))
             offset += n
+        ragged = RaggedAttention(short, self.num_heads, self._scale, self.native)
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         ops = self._ops
 
@@ -94,8 +96,7 @@ class ModelRunner:
         for layer_idx, w in enumerate(self._layers):
             q, k, v = ops.rotary_qkv(w.qkv(x).view(-1, hq + 2 * hkv, d), cos, sin, hq, hkv)  # [T, H, D] each
             out = torch.empty(q.shape[0], hq, d)
-            if num_decode:
-                decode(layer_idx, q[:num_decode], k[:num_decode], v[:num_decode], out[:num_decode])
+            ragged(layer_idx, q, k, v, out)
             for it, s, rows, mask in chunks:
                 out[rows] = prefill_attention(it.kv, layer_idx, s, q[rows], k[rows], v[rows], self._scale, mask)
             x = ops.add_rms_norm(hidden, w.o(out.view(-1, hq * d)), w.ln2)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.attention import DecodeAttention
+from engine.attention import RaggedAttention
 from engine.kv_cache import SessionKV
 from engine.layer_ops import LayerOps
 from engine.linear import Linear
@@ -49,8 +49,8 @@ def test_decode_attention_kernel_matches_sdpa_and_writes_the_cache(tiny_model):
         kv.ensure_capacity(kv.length + 1)
     hq, hkv, d = runner.num_heads, runner.num_kv_heads, runner.head_dim
     q, k, v = torch.randn(3, hq, d), torch.randn(3, hkv, d), torch.randn(3, hkv, d)
-    native = DecodeAttention(kvs, hq, 0.125, use_native=True)
-    plain = DecodeAttention(twins, hq, 0.125, use_native=False)
+    native = RaggedAttention([(kv, i, 1) for i, kv in enumerate(kvs)], hq, 0.125, use_native=True)
+    plain = RaggedAttention([(kv, i, 1) for i, kv in enumerate(twins)], hq, 0.125, use_native=False)
     assert native.kernel is not None and plain.kernel is None
     got, want = torch.empty(3, hq, d), torch.empty(3, hq, d)
     native(1, q, k, v, got)
@@ -109,14 +109,14 @@ def test_decode_attention_kernel_matches_sdpa_for_any_length_and_a_shared_prefix
         twins.append(twin)
     b = len(lengths)
     q, k, v = torch.randn(b, hq, head_dim), torch.randn(b, hkv, head_dim) * 3, torch.randn(b, hkv, head_dim)
-    native = DecodeAttention(kvs, hq, head_dim ** -0.5, use_native=True)
+    native = RaggedAttention([(kv, i, 1) for i, kv in enumerate(kvs)], hq, head_dim ** -0.5, use_native=True)
     assert native.kernel is not None
     got, want = torch.empty(b, hq, head_dim), torch.empty(b, hq, head_dim)
     native(1, q, k, v, got)
-    DecodeAttention(twins, hq, head_dim ** -0.5, use_native=False)(1, q, k, v, want)
+    RaggedAttention([(kv, i, 1) for i, kv in enumerate(twins)], hq, head_dim ** -0.5, use_native=False)(1, q, k, v, want)
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
     alone = torch.empty(1, hq, head_dim)
-    DecodeAttention(kvs[-1:], hq, head_dim ** -0.5, use_native=True)(1, q[-1:], k[-1:], v[-1:], alone)
+    RaggedAttention([(kvs[-1], 0, 1)], hq, head_dim ** -0.5, use_native=True)(1, q[-1:], k[-1:], v[-1:], alone)
     assert torch.equal(alone[0], got[-1]), "a sequence's output must not depend on the rest of the batch"
 
 
@@ -141,3 +141,34 @@ def test_layer_ops_match_the_torch_formulas(rows):
     gate_up = torch.randn(rows, 2 * 100) * 30  # large magnitudes: exp over- and underflow
     torch.testing.assert_close(native.gated(gate_up), plain.gated(gate_up))
     assert torch.equal(native.gated(gate_up[-1:]), native.gated(gate_up)[-1:]), "rows must not depend on the batch"
+
+
+@pytest.mark.parametrize("head_dim", [16, 64])
+def test_ragged_attention_of_short_chunks_matches_causal_sdpa(head_dim):
+    """Several new rows per sequence (a next message): row r sees its cache and new rows 0..r only."""
+    torch.manual_seed(head_dim + 1)
+    layers, hq, hkv = 2, 6, 2
+    cases = [(0, 7), (3, 1), (30, 22), (90, 64), (150, 17)]  # (cached positions, new rows)
+    kvs, twins, seqs, first = [], [], [], 0
+    for cached, rows in cases:
+        kv = SessionKV(layers, hkv, head_dim, torch.float32, cached + rows)
+        kv.data.normal_()
+        kv.token_ids = list(range(cached))
+        if cached > 80:
+            kv.share(41)
+        twin = SessionKV(layers, hkv, head_dim, torch.float32, cached + rows)
+        twin.data[:, :, :, :cached] = kv.positions(0, cached)
+        twin.token_ids = list(kv.token_ids)
+        kvs.append(kv)
+        twins.append(twin)
+        seqs.append(first)
+        first += rows
+    t = first
+    q, k, v = torch.randn(t, hq, head_dim), torch.randn(t, hkv, head_dim), torch.randn(t, hkv, head_dim)
+    got, want = torch.full((t, hq, head_dim), float("nan")), torch.empty(t, hq, head_dim)
+    rows = [n for _, n in cases]
+    RaggedAttention(list(zip(kvs, seqs, rows)), hq, head_dim ** -0.5, use_native=True)(1, q, k, v, got)
+    RaggedAttention(list(zip(twins, seqs, rows)), hq, head_dim ** -0.5, use_native=False)(1, q, k, v, want)
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+    for kv, twin, (cached, n) in zip(kvs, twins, cases):
+        torch.testing.assert_close(kv.positions(cached, cached + n)[1], twin.positions(cached, cached + n)[1])

@@ -1,16 +1,17 @@
-// Ragged decode attention: one new query token per sequence, each sequence attending to its own KV.
+// Ragged attention: each sequence has a few new query rows (1 when decoding, a short chunk when
+// prefilling) and attends to its own KV, causally.
 //
-// Called once per layer for all decoding sequences of a step (engine/attention.py), so that the Python
+// Called once per layer for all such sequences of a step (engine/attention.py), so that the Python
 // cost does not grow with the batch. A sequence's KV is up to two segments (engine/kv_cache.py): a
 // shared, read-only prefix of plens[b] positions (buffer pbases[b], capacity pcaps[b]; plens[b] = 0
-// for none) and its own buffer (bases[b], caps[b]) holding positions plens[b].. . The new key/value
-// is written at own index starts[b] (= position - plens[b]); attention covers every position up to
-// and including it.
+// for none) and its own buffer (bases[b], caps[b]) holding positions plens[b].. . Sequence b's
+// rows[b] new keys/values are written at own indices starts[b].. (= position - plens[b]); its new row
+// r attends to every position up to and including its own (plens[b] + starts[b] + r).
 //
-// Shapes (float32, contiguous):
-//   q      [B, Hq, D]      queries after rotary embedding
-//   k_new  [B, Hkv, D]     new keys after rotary embedding; v_new likewise
-//   out    [B, Hq, D]
+// Shapes (float32, contiguous; T = all rows of the step, sequence b's rows at offsets[b]..):
+//   q      [T, Hq, D]      queries after rotary embedding
+//   k_new  [T, Hkv, D]     new keys after rotary embedding; v_new likewise
+//   out    [T, Hq, D]      rows of the sequences given are written, others untouched
 //   buffers [L, 2, Hkv, capacity, D] (engine/kv_cache.py layout)
 // Query head i reads KV head i / (Hq / Hkv) (grouped-query attention, as transformers' repeat_kv).
 #include <math.h>
@@ -137,35 +138,53 @@ ONE_HEAD(4)
 ONE_HEAD(8)
 
 struct attention_job {
-    int Hq, Hkv, D, layer, G;
+    int B, Hq, Hkv, D, layer, G;
     float scale;
     const float *q, *k_new, *v_new;
     float *out;
     float *const *bases;
-    const int64_t *caps, *starts;
+    const int64_t *caps, *starts, *rows, *offsets;
     const float *const *pbases;
     const int64_t *pcaps, *plens;
+    int64_t *first_item;  // [B + 1]: items (kv head x row) of sequences before b
     atomic_int failed;
 };
 
-static void one_job(void *ctx, int job) {
+static float *kv_head(const struct attention_job *j, int b, int kind, int h) {
+    return j->bases[b] + ((int64_t)(j->layer * 2 + kind) * j->Hkv + h) * j->caps[b] * j->D;
+}
+
+// item (b, h): write sequence b's new keys/values of KV head h
+static void write_job(void *ctx, int item) {
+    const struct attention_job *j = ctx;
+    int Hkv = j->Hkv, D = j->D, b = item / Hkv, h = item % Hkv;
+    float *K = kv_head(j, b, 0, h) + j->starts[b] * D, *V = kv_head(j, b, 1, h) + j->starts[b] * D;
+    for (int64_t r = 0; r < j->rows[b]; r++) {
+        int64_t src = ((j->offsets[b] + r) * Hkv + h) * D;
+        memcpy(K + r * D, j->k_new + src, sizeof(float) * D);
+        memcpy(V + r * D, j->v_new + src, sizeof(float) * D);
+    }
+}
+
+// item: one new row of one sequence against one KV head (its G query heads)
+static void attend_job(void *ctx, int item) {
     struct attention_job *j = ctx;
-    int Hq = j->Hq, Hkv = j->Hkv, D = j->D, G = j->G;
-    int b = job / Hkv, h = job % Hkv;
-    int64_t cap = j->caps[b], s = j->starts[b], np = j->plens[b], pcap = j->pcaps[b], n = np + s + 1;
-    float *K = j->bases[b] + ((int64_t)(j->layer * 2 + 0) * Hkv + h) * cap * D;
-    float *V = j->bases[b] + ((int64_t)(j->layer * 2 + 1) * Hkv + h) * cap * D;
+    int Hq = j->Hq, Hkv = j->Hkv, D = j->D, G = j->G, b = 0;
+    while (j->first_item[b + 1] <= item) b++;
+    int64_t local = item - j->first_item[b], r = local / Hkv;
+    int h = (int)(local % Hkv);
+    int64_t np = j->plens[b], pcap = j->pcaps[b], n = np + j->starts[b] + r + 1;
     const float *PK = np ? j->pbases[b] + ((int64_t)(j->layer * 2 + 0) * Hkv + h) * pcap * D : 0;
     const float *PV = np ? j->pbases[b] + ((int64_t)(j->layer * 2 + 1) * Hkv + h) * pcap * D : 0;
-    memcpy(K + s * D, j->k_new + ((int64_t)b * Hkv + h) * D, sizeof(float) * D);
-    memcpy(V + s * D, j->v_new + ((int64_t)b * Hkv + h) * D, sizeof(float) * D);
+    const float *K = kv_head(j, b, 0, h), *V = kv_head(j, b, 1, h);
     float *scores = malloc(sizeof(float) * G * ((n + 15) / 16 * 16));
     if (!scores) {
         atomic_store(&j->failed, 1);
         return;
     }
-    const float *q = j->q + ((int64_t)b * Hq + h * G) * D;
-    float *out = j->out + ((int64_t)b * Hq + h * G) * D;
+    int64_t row = j->offsets[b] + r;
+    const float *q = j->q + (row * Hq + h * G) * D;
+    float *out = j->out + (row * Hq + h * G) * D;
     if (D == 64)
         one_head_4(q, PK, PV, np, K, V, out, n, G, j->scale, scores);
     else if (D == 128)
@@ -175,14 +194,19 @@ static void one_job(void *ctx, int job) {
     free(scores);
 }
 
-int decode_attention_f32(int B, int Hq, int Hkv, int D, int layer, float scale, const float *q, const float *k_new,
+int ragged_attention_f32(int B, int Hq, int Hkv, int D, int layer, float scale, const float *q, const float *k_new,
                          const float *v_new, float *out, float *const *bases, const int64_t *caps,
-                         const int64_t *starts, const float *const *pbases, const int64_t *pcaps,
-                         const int64_t *plens) {
+                         const int64_t *starts, const int64_t *rows, const int64_t *offsets,
+                         const float *const *pbases, const int64_t *pcaps, const int64_t *plens) {
     int G = Hq / Hkv;
     if (G > MAX_GROUP || G * Hkv != Hq) return 1;
-    struct attention_job job = {Hq, Hkv, D, layer, G, scale, q, k_new, v_new, out, bases, caps, starts,
-                                pbases, pcaps, plens, 0};
-    pool_run(B * Hkv, one_job, &job);
+    int64_t first_item[B + 1];
+    first_item[0] = 0;
+    for (int b = 0; b < B; b++) first_item[b + 1] = first_item[b] + rows[b] * Hkv;
+    if (first_item[B] > 0xffff) return 3;  // more items than one pool job takes
+    struct attention_job job = {B, Hq, Hkv, D, layer, G, scale, q, k_new, v_new, out, bases, caps, starts, rows,
+                                offsets, pbases, pcaps, plens, first_item, 0};
+    pool_run(B * Hkv, write_job, &job);  // every new key is in place before any row attends
+    pool_run((int)first_item[B], attend_job, &job);
     return atomic_load(&job.failed) ? 2 : 0;
 }
