@@ -13,6 +13,7 @@ from aiohttp import web
 
 from chatserver import keys, routes
 from chatserver.config import ServerConfig
+from chatserver.limits import ConnectionGate, TurnRate
 from chatserver.metrics import Metrics
 from chatserver.sessions import SessionManager
 from chatserver.turns import TurnService
@@ -35,6 +36,8 @@ def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Ap
     app = web.Application()
     app[keys.config] = config
     app[keys.websockets] = weakref.WeakSet()
+    app[keys.connection_gate] = ConnectionGate(config.max_connections, config.max_connections_per_client)
+    app[keys.turn_rate] = TurnRate(config.turns_per_minute)
     app[keys.metrics] = Metrics()
     app[keys.started_at] = int(time.time())
 

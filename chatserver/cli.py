@@ -25,6 +25,8 @@ def _int_env(name: str, default: int) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from chatserver.config import ServerConfig
+
     parser = argparse.ArgumentParser(prog="python -m chatserver", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -66,6 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: only under RAM pressure and at shutdown)")
     serve.add_argument("--no-kv-reuse", action="store_true", default=_env("NO_KV_REUSE") == "1",
                        help="recompute every prompt from scratch (baseline for benchmarks)")
+    limits = ServerConfig()
+    serve.add_argument("--max-connections", type=int, default=_int_env("MAX_CONNECTIONS", limits.max_connections),
+                       help="open WebSocket connections in total (beyond: handshake refused with 503)")
+    serve.add_argument("--max-connections-per-client", type=int,
+                       default=_int_env("MAX_CONNECTIONS_PER_CLIENT", limits.max_connections_per_client),
+                       help="open WebSocket connections per client address (beyond: 429)")
+    serve.add_argument("--turns-per-minute", type=int, default=_int_env("TURNS_PER_MINUTE", limits.turns_per_minute),
+                       help="turns a session may start per minute (0: unlimited; beyond: error rate_limited)")
+    serve.add_argument("--max-frame-bytes", type=int, default=_int_env("MAX_FRAME_BYTES", limits.max_frame_bytes),
+                       help="largest WebSocket frame accepted (larger ones close the socket with 1009)")
+    serve.add_argument("--ws-heartbeat", type=float, default=float(_env("WS_HEARTBEAT", limits.ws_heartbeat_s)),
+                       help="seconds between pings; a client that does not answer is disconnected")
+    serve.add_argument("--ws-idle-timeout", type=float, default=float(_env("WS_IDLE_TIMEOUT", limits.ws_idle_timeout_s)),
+                       help="close a connection that sent nothing for this many seconds while no turn runs")
+    serve.add_argument("--allowed-origin", action="append", default=[o for o in (_env("ALLOWED_ORIGINS") or "").split(",") if o],
+                       help="extra browser origin allowed to open /ws (repeatable; default: same host only)")
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
 
     chat = sub.add_parser("chat", help="terminal chat client")
@@ -122,7 +140,10 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         host=args.host, port=args.port, data_dir=args.data_dir, model=args.model, model_cache=args.model_cache, dtype=args.dtype,
         database_url=args.database_url, migrate=not args.no_migrate, system_prompt=args.system_prompt, engine=engine,
-        admin_token=args.admin_token, api_key=args.api_key,
+        admin_token=args.admin_token, api_key=args.api_key, max_connections=args.max_connections,
+        max_connections_per_client=args.max_connections_per_client, turns_per_minute=args.turns_per_minute,
+        max_frame_bytes=args.max_frame_bytes, ws_heartbeat_s=args.ws_heartbeat, ws_idle_timeout_s=args.ws_idle_timeout,
+        allowed_origins=tuple(args.allowed_origin),
     )
     return asyncio.run(_run_server(config))
 

@@ -24,6 +24,11 @@ class ServerConfig:
     max_frame_bytes: int = 1 << 20  # larger WebSocket frames close the socket with 1009
     max_content_chars: int = 100_000  # per user/system message
     allowed_origins: tuple[str, ...] = ()  # extra browser origins allowed to open /ws
+    max_connections: int = 1000  # open WebSockets in total; beyond: handshake refused with 503
+    max_connections_per_client: int = 32  # per client address (request.remote); beyond: 429
+    turns_per_minute: int = 30  # per session (0: unlimited); beyond: error rate_limited, nothing stored
+    ws_heartbeat_s: float = 30.0  # ping interval; a client that does not answer within half of it is closed
+    ws_idle_timeout_s: float = 900.0  # no frame from the client for this long (and no turn running): close 1000
     admin_token: str | None = None  # bearer token of /api; None: the admin API is disabled
     api_key: str | None = None  # bearer token of /v1 (OpenAI API); None: open to anyone who can connect
     sampling: SamplingParams = field(default_factory=SamplingParams)  # defaults for fields a turn omits

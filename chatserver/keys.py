@@ -7,6 +7,7 @@ import weakref
 from aiohttp import web
 
 from chatserver.config import ServerConfig
+from chatserver.limits import ConnectionGate, TurnRate
 from chatserver.metrics import Metrics
 from chatserver.sessions import SessionManager
 from engine.engine import Engine
@@ -19,5 +20,7 @@ engine = web.AppKey("engine", Engine)
 repository = web.AppKey("repository", SessionRepository)
 sessions = web.AppKey("sessions", SessionManager)
 websockets = web.AppKey("websockets", weakref.WeakSet)
+connection_gate = web.AppKey("connection_gate", ConnectionGate)
+turn_rate = web.AppKey("turn_rate", TurnRate)
 metrics = web.AppKey("metrics", Metrics)
 started_at = web.AppKey("started_at", int)  # unix seconds: "created" of the model card

@@ -27,6 +27,7 @@ class Connection:
         self.ws = ws
         self.sessions = app[keys.sessions]
         self.turns = app[turn_service_key]
+        self.turn_rate = app[keys.turn_rate]
         self.live: LiveSession | None = None
         self.turn_task: asyncio.Task | None = None
         self.stream = None
@@ -78,6 +79,7 @@ class Connection:
         live = self._require_session()
         if live.is_busy:
             raise Busy("a turn is already running in this session; send cancel or wait for done")
+        self.turn_rate.check(live.id)  # raises RateLimited: nothing stored
         live.is_busy = True  # before any await: a second user frame is refused
         try:
             stream = await self.turns.start(live, frame)
@@ -139,20 +141,40 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     config = app[keys.config]
     if not _is_same_origin(request, config.allowed_origins):
         raise web.HTTPForbidden(text="cross-origin WebSocket refused")
-    ws = web.WebSocketResponse(max_msg_size=config.max_frame_bytes, heartbeat=30.0)
-    await ws.prepare(request)
-    conn = Connection(ws, app)
-    app[keys.websockets].add(ws)
+    gate, client = app[keys.connection_gate], request.remote or ""
+    gate.admit(client)  # raises 503 / 429 before the upgrade
     try:
-        async for msg in ws:
-            if msg.type == WSMsgType.TEXT:
-                await conn.handle(msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                await conn.send(error_frame(BadRequest("binary frames are not supported; send JSON text")))
+        ws = web.WebSocketResponse(max_msg_size=config.max_frame_bytes, heartbeat=config.ws_heartbeat_s)
+        await ws.prepare(request)
+        conn = Connection(ws, app)
+        app[keys.websockets].add(ws)
+        try:
+            await _serve(ws, conn, config.ws_idle_timeout_s)
+        finally:
+            app[keys.websockets].discard(ws)
+            await conn.close()
     finally:
-        app[keys.websockets].discard(ws)
-        await conn.close()
+        gate.release(client)
     return ws
+
+
+async def _serve(ws: web.WebSocketResponse, conn: Connection, idle_timeout: float) -> None:
+    """Handle frames until the socket closes; close it (1000, "idle timeout") after idle_timeout seconds
+    without a frame from the client while no turn runs (heartbeat pongs do not count)."""
+    while True:
+        try:
+            msg = await ws.receive(timeout=idle_timeout)
+        except TimeoutError:
+            if conn.is_turn_running:
+                continue
+            await ws.close(code=WSCloseCode.OK, message=b"idle timeout")
+            return
+        if msg.type == WSMsgType.TEXT:
+            await conn.handle(msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            await conn.send(error_frame(BadRequest("binary frames are not supported; send JSON text")))
+        elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return
 
 
 async def close_all(app: web.Application) -> None:

@@ -1,0 +1,99 @@
+"""Configurable limits through the real aiohttp app (tiny model): connections in total and per client
+address, turns per minute per session, heartbeat and idle timeout."""
+
+import asyncio
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType
+
+from chatserver import keys
+from chatserver.limits import TurnRate
+from tests.chatserver.conftest import Chat
+
+
+async def _refused_status(client) -> int:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect("/ws")
+    return refused.value.status
+
+
+async def test_connections_per_client_address_are_capped_and_freed_on_close(make_client):
+    client = await make_client(max_connections_per_client=2)
+    first, second = await client.ws_connect("/ws"), await client.ws_connect("/ws")
+    assert await _refused_status(client) == 429
+    chat = Chat(second)
+    assert (await chat.hello())["type"] == "session"  # the admitted ones keep working
+    await first.close()
+    for _ in range(50):  # the server notices the close asynchronously
+        if client.app[keys.connection_gate].total < 2:
+            break
+        await asyncio.sleep(0.02)
+    third = Chat(await client.ws_connect("/ws"))
+    assert (await third.hello())["type"] == "session"
+
+
+async def test_total_connections_are_capped(make_client):
+    client = await make_client(max_connections=2, max_connections_per_client=10)
+    held = [await client.ws_connect("/ws") for _ in range(2)]
+    assert await _refused_status(client) == 503
+    for ws in held:
+        await ws.close()
+
+
+async def test_turns_per_minute_per_session_refuse_with_nothing_stored(make_client):
+    client = await make_client(turns_per_minute=2)
+    chat = Chat(await client.ws_connect("/ws"))
+    session = await chat.hello()
+    for n in range(2):
+        _, done = await chat.turn(f"question {n}", max_tokens=4, temperature=0)
+        assert done["type"] == "done"
+    text, refused = await chat.turn("one too many", max_tokens=4, temperature=0)
+    assert refused["type"] == "error" and refused["code"] == "rate_limited" and text == ""
+    stored = await client.app[keys.repository].messages(session["session_id"])
+    assert [m.content for m in stored if m.role == "user"] == ["question 0", "question 1"]
+
+    # reconnecting does not reset the window
+    again = Chat(await client.ws_connect("/ws"))
+    await again.hello(session_id=session["session_id"], resume_token=session["resume_token"])
+    _, refused = await again.turn("after reconnecting", max_tokens=4, temperature=0)
+    assert refused["code"] == "rate_limited"
+
+
+def test_turn_rate_window_slides():
+    now = [0.0]
+    rate = TurnRate(2, clock=lambda: now[0])
+    rate.check("s"), rate.check("s")
+    with pytest.raises(Exception, match="2 turns per minute"):
+        rate.check("s")
+    rate.check("other")  # per session
+    now[0] = 60.0
+    rate.check("s")  # the first two have left the window
+
+
+async def test_an_idle_connection_is_closed_with_1000(make_client):
+    client = await make_client(ws_idle_timeout_s=0.4)
+    chat = Chat(await client.ws_connect("/ws"))
+    await chat.hello()
+    _, done = await chat.turn("hello", max_tokens=4, temperature=0)
+    assert done["type"] == "done"
+    closed = await chat.ws.receive(timeout=5)
+    assert closed.type == WSMsgType.CLOSE and closed.data == 1000 and closed.extra == "idle timeout"
+
+
+async def test_a_client_that_stops_answering_pings_is_disconnected(make_client):
+    client = await make_client(ws_heartbeat_s=0.3)
+    ws = await client.ws_connect("/ws", autoping=False)  # pings arrive but are never answered
+    deadline = asyncio.get_running_loop().time() + 5
+    while asyncio.get_running_loop().time() < deadline:
+        msg = await ws.receive(timeout=5)
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING):
+            break
+        assert msg.type == WSMsgType.PING
+    else:
+        pytest.fail("the server kept a client that never answered its pings")
+    for _ in range(100):
+        if client.app[keys.connection_gate].total == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert client.app[keys.connection_gate].total == 0, "the dead connection's place was not freed"
