@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from datetime import datetime
 
 from aiohttp import web
@@ -24,6 +25,7 @@ from chatserver.openapi import openapi_document
 from storage.sessions import SessionRecord
 
 MAX_PAGE = 100
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # chatserver/auth.new_session_id
 
 
 class ApiError(web.HTTPException):
@@ -103,6 +105,8 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 
 async def _record_or_404(request: web.Request) -> SessionRecord:
     session_id = request.match_info["session_id"]
+    if not _SESSION_ID.fullmatch(session_id):  # ours are 32 hex digits: anything else cannot exist
+        raise ApiError(404, "session_not_found", "no such session (session ids are 32 hexadecimal digits)")
     record = await request.app[keys.repository].get(session_id)
     if record is None:
         raise ApiError(404, "session_not_found", f"no session {session_id!r}")

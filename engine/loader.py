@@ -68,7 +68,8 @@ def load_model(model: str | None, cache_dir: Path, dtype: torch.dtype = torch.fl
     tokenizer = AutoTokenizer.from_pretrained(directory)
     if tokenizer.chat_template is None:
         raise ModelNotFound(f"{directory}: the tokenizer has no chat template")
-    lm = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation="sdpa")
+    # safetensors only: a pickle checkpoint (pytorch_model.bin) could run code when loaded
+    lm = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation="sdpa", use_safetensors=True)
     lm.eval().requires_grad_(False)
     return LoadedModel(lm, tokenizer, name, directory, _fingerprint(directory, tokenizer))
 
