@@ -165,3 +165,41 @@ async def test_concurrent_sessions_batched_answer_as_if_alone(server, real_model
     for results in outcomes:
         for history, text in results:
             assert text == _generate_from_scratch(real_model, history, max_tokens=32)
+
+
+async def test_sigterm_mid_answer_closes_with_1001_stores_the_partial_answer_and_exits_0(tmp_path):
+    import json
+
+    import websockets
+
+    srv = RealServer(tmp_path, MODEL_CACHE).start()
+    chat, session = await WsChat.open(srv.ws_url)
+    await chat.ws.send(json.dumps({"type": "user", "content": "Write a long story about a ship.", "max_tokens": 400,
+                                   "temperature": 0}))
+    streamed = ""
+    while len(streamed) < 40:
+        frame = json.loads(await chat.ws.recv())
+        assert frame["type"] == "token", frame
+        streamed += frame["text"]
+    started = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            frame = json.loads(await chat.ws.recv())
+            if frame["type"] == "token":
+                streamed += frame["text"]
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert srv.proc.wait(60) == 0 and time.monotonic() - started < 30  # a bounded drain
+    srv.proc.stdout.close()
+
+    srv = RealServer(tmp_path, MODEL_CACHE).start()
+    try:
+        chat, resumed = await WsChat.open(srv.ws_url, session_id=session["session_id"],
+                                          resume_token=session["resume_token"])
+        user, answer = resumed["messages"]
+        assert user["content"] == "Write a long story about a ship."
+        assert answer["role"] == "assistant" and answer["content"].startswith(streamed.strip()[:40])
+        assert answer["finish_reason"] in ("cancelled", "error"), answer
+        await chat.close()
+    finally:
+        srv.stop()
