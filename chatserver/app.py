@@ -58,6 +58,7 @@ def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Ap
         chat_format = ChatFormat(loaded.tokenizer, loaded.model.generation_config)
         layout = KVLayout(runner.num_layers, runner.num_kv_heads, runner.head_dim, runner.dtype, _kv_fingerprint(loaded.fingerprint, config.dtype))
         kv_files = await asyncio.to_thread(KVFileStore, config.kv_dir, layout, config.engine.kv.max_disk_bytes)
+        app[keys.kv_files] = kv_files
         engine = Engine(runner, chat_format, config.engine, disk=kv_files)
         engine.start()
         app[keys.engine] = engine

@@ -12,12 +12,14 @@ from chatserver.metrics import Metrics
 from chatserver.sessions import SessionManager
 from engine.engine import Engine
 from engine.loader import LoadedModel
+from storage.kv_files import KVFileStore
 from storage.sessions import SessionRepository
 
 config = web.AppKey("config", ServerConfig)
 model = web.AppKey("model", LoadedModel)
 engine = web.AppKey("engine", Engine)
 repository = web.AppKey("repository", SessionRepository)
+kv_files = web.AppKey("kv_files", KVFileStore)
 sessions = web.AppKey("sessions", SessionManager)
 websockets = web.AppKey("websockets", weakref.WeakSet)
 connection_gate = web.AppKey("connection_gate", ConnectionGate)

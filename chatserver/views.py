@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -27,7 +28,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready: model loaded, database reachable, engine loop making progress."""
+    """Ready: model loaded, database reachable, engine loop making progress (else 503). "degraded" (still
+    200: turns are served, KV that cannot be spilled is recomputed later): the KV directory refuses writes."""
     checks = {}
     engine = request.app.get(keys.engine)
     checks["model"] = engine is not None
@@ -38,7 +40,14 @@ async def readyz(request: web.Request) -> web.Response:
         checks["database"] = False
     checks["engine"] = engine is not None and engine.is_alive and time.monotonic() - engine.heartbeat < STALL_SECONDS
     ready = all(checks.values())
-    return web.json_response({"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503)
+    body: dict = {"checks": checks}
+    disk = request.app.get(keys.kv_files)
+    if disk is not None:
+        checks["kv_disk"] = await asyncio.to_thread(disk.check_writable)
+        if not checks["kv_disk"]:
+            body["kv_disk_error"] = disk.write_error
+    body["status"] = ("ready" if checks.get("kv_disk", True) else "degraded") if ready else "not_ready"
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -67,6 +67,7 @@ class KVFileStats:
     num_invalid: int = 0  # rejected on read, by reason in `invalid`
     invalid: dict[str, int] = field(default_factory=dict)
     num_stray_removed: int = 0  # temporary files of interrupted writes, removed at start-up
+    num_write_failures: int = 0  # writes that raised (disk full, unwritable directory...)
 
 
 class KVFileStore:
@@ -75,6 +76,7 @@ class KVFileStore:
         self.layout = layout
         self.max_bytes = max_bytes
         self.stats = KVFileStats()
+        self.write_error: str | None = None  # why the last write failed; None once one succeeds again
         self._lock = threading.Lock()
         self._index: OrderedDict[str, tuple[int, float]] = OrderedDict()  # file name -> (bytes, last used); LRU first
         directory.mkdir(parents=True, exist_ok=True)
@@ -192,9 +194,13 @@ class KVFileStore:
                 os.fsync(f.fileno())
             os.replace(tmp, final)
             _fsync_dir(self.directory)
-        except BaseException:
+        except BaseException as exc:
             tmp.unlink(missing_ok=True)
+            with self._lock:
+                self.stats.num_write_failures += 1
+                self.write_error = f"{type(exc).__name__}: {exc}"
             raise
+        self.write_error = None
         size = 8 + len(header_bytes) + payload
         with self._lock:
             self._index[name] = (size, time.time())
@@ -204,6 +210,24 @@ class KVFileStore:
             self.stats.write_seconds += time.perf_counter() - start
             self._enforce_limit()
         return size
+
+    def check_writable(self) -> bool:
+        """False while writes fail. After a failure, tries a small probe file (written, synced, removed)
+        so that recovery (space freed, permissions fixed) shows without waiting for the next spill."""
+        if self.write_error is None:
+            return True
+        probe = self.directory / f"probe.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}"
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+            self.write_error = None
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.unlink(missing_ok=True)
 
     # ---- read ----
 
