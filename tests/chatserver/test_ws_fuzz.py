@@ -1,0 +1,78 @@
+"""Hostile WebSocket frames against the real server: hypothesis-generated JSON of every shape (wrong
+types, huge numbers, NaN, long strings), non-JSON text, binary frames, oversized frames. Each gets a
+typed error frame, or a turn when the frame happens to be valid, or a close with 1009 when too large;
+never an internal error. Meanwhile another session's answer is unaffected and the engine keeps going."""
+
+import asyncio
+import json
+
+import pytest
+import websockets
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from websockets.sync.client import connect
+
+from tests.real_server import WsChat, serving
+
+TYPED = {"bad_request", "busy", "unauthorized", "session_not_found", "context_length_exceeded", "overloaded",
+         "rate_limited", "storage_unavailable"}
+MAX_FRAME = 4096
+
+scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=300))
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                                             max_size=4), max_leaves=12)
+fields = st.sampled_from(["content", "max_tokens", "temperature", "top_p", "top_k", "seed", "session_id",
+                          "resume_token", "type"])
+frames = st.fixed_dictionaries({"type": st.sampled_from(["hello", "user", "system", "cancel", "token", "", "USER"])},
+                               optional={"content": st.text(max_size=200) | values,
+                                         "max_tokens": st.integers(min_value=-5, max_value=2**64) | values}
+                               ).flatmap(lambda d: st.dictionaries(fields, values, max_size=3).map(lambda x: {**x, **d}))
+messages = (frames.map(lambda f: ("text", json.dumps(f, allow_nan=True)))
+            | values.map(lambda v: ("text", json.dumps(v, allow_nan=True)))
+            | st.text(max_size=200).map(lambda t: ("text", t))
+            | st.binary(max_size=200).map(lambda b: ("binary", b))
+            | st.integers(min_value=MAX_FRAME + 1, max_value=3 * MAX_FRAME).map(lambda n: ("text", "x" * n)))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from serving(tmp_path_factory.mktemp("wsfuzz"), "--max-frame-bytes", str(MAX_FRAME), "--max-new-tokens", "4",
+                       "--turns-per-minute", "0")
+
+
+def _answer(url: str) -> str:
+    async def run():
+        chat, _ = await WsChat.open(url)
+        text, done = await chat.turn("Name three colors.", max_tokens=4, temperature=0)
+        await chat.close()
+        assert done["type"] == "done", done
+        return text
+    return asyncio.run(run())
+
+
+def test_hostile_frames_get_typed_answers_and_disturb_no_one(server):
+    before = _answer(server.ws_url)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(messages)
+    def one(message):
+        kind, payload = message
+        with connect(server.ws_url, max_size=None) as ws:
+            ws.send(json.dumps({"type": "hello"}))
+            assert json.loads(ws.recv(timeout=30))["type"] == "session"
+            ws.send(payload)  # str: a text frame, bytes: a binary one
+            try:
+                while True:
+                    frame = json.loads(ws.recv(timeout=60))
+                    assert frame["type"] in ("error", "session", "token", "done"), frame
+                    if frame["type"] == "error":
+                        assert frame["code"] in TYPED, (payload[:200], frame)
+                        break
+                    if frame["type"] in ("session", "done"):
+                        break
+            except websockets.ConnectionClosed as closed:
+                assert len(payload) > MAX_FRAME and closed.rcvd.code == 1009, (len(payload), closed)
+
+    one()
+    assert _answer(server.ws_url) == before  # the engine still runs, and answers exactly as before
