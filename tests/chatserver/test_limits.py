@@ -97,3 +97,12 @@ async def test_a_client_that_stops_answering_pings_is_disconnected(make_client):
             break
         await asyncio.sleep(0.02)
     assert client.app[keys.connection_gate].total == 0, "the dead connection's place was not freed"
+
+
+async def test_allowed_origins_extend_the_same_host_rule(make_client):
+    client = await make_client(allowed_origins=("https://chat.example",))
+    ok = await client.ws_connect("/ws", headers={"Origin": "https://chat.example"})
+    await ok.close()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect("/ws", headers={"Origin": "https://evil.example"})
+    assert refused.value.status == 403

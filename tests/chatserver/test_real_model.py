@@ -199,7 +199,7 @@ async def test_sigterm_mid_answer_closes_with_1001_stores_the_partial_answer_and
         user, answer = resumed["messages"]
         assert user["content"] == "Write a long story about a ship."
         assert answer["role"] == "assistant" and answer["content"].startswith(streamed.strip()[:40])
-        assert answer["finish_reason"] in ("cancelled", "error"), answer
+        assert answer["finish_reason"] == "cancelled", answer
         await chat.close()
     finally:
         srv.stop()
