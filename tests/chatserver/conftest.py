@@ -15,6 +15,18 @@ def server_config(tmp_path) -> ServerConfig:
     return ServerConfig(data_dir=tmp_path, engine=EngineConfig(max_context=1024, max_new_tokens=64, max_queue=8))
 
 
+ADMIN_TOKEN = "operator-secret"
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+async def admin(aiohttp_client, tiny_model, tmp_path):
+    """The app with the admin API enabled (bearer ADMIN_TOKEN)."""
+    config = ServerConfig(data_dir=tmp_path, admin_token=ADMIN_TOKEN,
+                          engine=EngineConfig(max_context=1024, max_new_tokens=64))
+    return await aiohttp_client(create_app(config, model=tiny_model))
+
+
 @pytest.fixture
 async def client(aiohttp_client, tiny_model, server_config):
     return await aiohttp_client(create_app(server_config, model=tiny_model))

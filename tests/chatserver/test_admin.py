@@ -6,19 +6,9 @@ import re
 
 import pytest
 
-from chatserver.app import create_app
-from chatserver.config import ServerConfig
-from engine.config import EngineConfig
-from tests.chatserver.conftest import Chat
+from tests.chatserver.conftest import ADMIN_AUTH, ADMIN_TOKEN, Chat
 
-TOKEN = "operator-secret"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-async def admin(aiohttp_client, tiny_model, tmp_path):
-    config = ServerConfig(data_dir=tmp_path, admin_token=TOKEN, engine=EngineConfig(max_context=1024, max_new_tokens=64))
-    return await aiohttp_client(create_app(config, model=tiny_model))
+TOKEN, AUTH = ADMIN_TOKEN, ADMIN_AUTH
 
 
 async def _session(client, text="hello there", **kw):
@@ -155,7 +145,9 @@ async def test_stats_health_and_readiness(admin):
     assert stats["server"]["websockets"] == 1
     assert (await admin.get("/healthz")).status == 200
     ready = await admin.get("/readyz")
-    assert ready.status == 200 and (await ready.json())["checks"] == {"model": True, "database": True, "engine": True}
+    body = await ready.json()
+    assert ready.status == 200 and body["status"] == "ready"
+    assert body["checks"] == {"model": True, "database": True, "engine": True, "kv_disk": True}
 
 
 async def test_openapi_document_is_served(admin):

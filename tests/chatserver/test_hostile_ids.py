@@ -6,13 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from chatserver.app import create_app
-from chatserver.config import ServerConfig
-from engine.config import EngineConfig
-from tests.chatserver.conftest import Chat
+from tests.chatserver.conftest import ADMIN_AUTH, Chat
 
-TOKEN = "operator-secret"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AUTH = ADMIN_AUTH
 HOSTILE = ["../x", "..%2f..%2fetc%2fpasswd", "%2e%2e", "%2e%2e%2f%2e%2e%2fchat.db", "a\x00b", "/etc/passwd",
            "x" * 10_000, "..\\..\\win.ini", "\u202e\u0000", "kv/../../secret"]
 
@@ -26,11 +22,6 @@ def _audit(event: str, args: tuple) -> None:
 
 sys.addaudithook(_audit)  # process-wide and permanent; records only while a test sets _opened
 
-
-@pytest.fixture
-async def app_client(aiohttp_client, tiny_model, tmp_path):
-    config = ServerConfig(data_dir=tmp_path, admin_token=TOKEN, engine=EngineConfig(max_context=1024, max_new_tokens=64))
-    return await aiohttp_client(create_app(config, model=tiny_model))
 
 
 @pytest.fixture
@@ -49,8 +40,8 @@ def _outside(paths: list[str], data_dir: Path) -> list[str]:
             and not (p.endswith(".py") and any(p.startswith(a) for a in allowed[1:]))]
 
 
-async def test_hostile_ids_in_a_websocket_hello_get_typed_errors(app_client, opened, tmp_path):
-    chat = Chat(await app_client.ws_connect("/ws"))
+async def test_hostile_ids_in_a_websocket_hello_get_typed_errors(admin, opened, tmp_path):
+    chat = Chat(await admin.ws_connect("/ws"))
     for bad in HOSTILE:
         frame = await chat.hello(session_id=bad, resume_token="t")
         assert frame["type"] == "error" and frame["code"] in ("bad_request", "session_not_found"), (bad, frame)
@@ -58,11 +49,11 @@ async def test_hostile_ids_in_a_websocket_hello_get_typed_errors(app_client, ope
     assert _outside(opened, tmp_path) == []
 
 
-async def test_hostile_ids_in_admin_urls_get_400_or_404(app_client, opened, tmp_path):
+async def test_hostile_ids_in_admin_urls_get_400_or_404(admin, opened, tmp_path):
     for bad in HOSTILE:
         quoted = bad.replace("\x00", "%00").replace("/", "%2F")
         for method, suffix in (("GET", ""), ("GET", "/messages"), ("DELETE", ""), ("POST", "/evict")):
-            resp = await app_client.request(method, f"/api/sessions/{quoted}{suffix}", headers=AUTH)
+            resp = await admin.request(method, f"/api/sessions/{quoted}{suffix}", headers=AUTH)
             assert resp.status in (400, 404, 405), (bad, method, suffix, resp.status)
             if resp.content_type == "application/json":  # (aiohttp's parser answers an 8 KB+ URL in plain text)
                 assert (await resp.json())["error"]["code"] in ("bad_request", "session_not_found", "not_found",
@@ -70,14 +61,14 @@ async def test_hostile_ids_in_admin_urls_get_400_or_404(app_client, opened, tmp_
     assert _outside(opened, tmp_path) == []
 
 
-async def test_hostile_session_ids_in_openai_requests_get_400(app_client, opened, tmp_path):
-    model = (await (await app_client.get("/v1/models")).json())["data"][0]["id"]
+async def test_hostile_session_ids_in_openai_requests_get_400(admin, opened, tmp_path):
+    model = (await (await admin.get("/v1/models")).json())["data"][0]["id"]
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     for bad in HOSTILE:
-        resp = await app_client.post("/v1/chat/completions", json={**body, "session_id": bad})
+        resp = await admin.post("/v1/chat/completions", json={**body, "session_id": bad})
         assert resp.status == 400 and (await resp.json())["error"]["param"] == "session_id", bad
         if "\x00" not in bad and "\u202e" not in bad:  # header values cannot carry these at all
-            resp = await app_client.post("/v1/chat/completions", json=body, headers={"X-Session-Id": bad})
+            resp = await admin.post("/v1/chat/completions", json=body, headers={"X-Session-Id": bad})
             assert resp.status == 400, bad
     assert _outside(opened, tmp_path) == []
 
