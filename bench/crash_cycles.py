@@ -1,8 +1,8 @@
 """Crash safety: kill -9 the server at random moments, many times in a row, restarting it each time.
 
 Each cycle starts the server on the same data directory, runs a few clients (turns, disconnects that
-spill KV to disk, resumes), and kills it after a random delay: during generation, a spill write or a
-commit. After each restart it checks: the SQLite file passes `PRAGMA integrity_check`; no temporary
+spill KV to disk, resumes) and an operator spilling a random session every 0.1 s through the admin
+API, and kills it after a random delay: during generation, a spill write or a commit. After each restart it checks: the SQLite file passes `PRAGMA integrity_check`; no temporary
 KV file is left in the data directory; every user message whose answer had started streaming (the
 server stores it before the first token) is in the transcript; and one resumed session answers
 greedily exactly as transformers' generate() does on its stored transcript (so no wrong KV is used).
@@ -71,6 +71,24 @@ def strays_removed(http_url: str) -> int:
     request = urllib.request.Request(http_url + "/api/stats", headers={"Authorization": f"Bearer {ADMIN}"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)["kv"]["files"]["num_stray_removed"]
+
+
+async def spiller(http_url: str, sessions: dict, stop: float) -> None:
+    """Keeps KV writes going: asks the server to spill a random known session every 0.1 s."""
+    rng = random.Random(len(sessions))
+
+    def evict(sid: str) -> None:
+        request = urllib.request.Request(f"{http_url}/api/sessions/{sid}/evict", method="POST",
+                                         headers={"Authorization": f"Bearer {ADMIN}"})
+        urllib.request.urlopen(request, timeout=10).close()
+
+    while time.monotonic() < stop:
+        if sessions:
+            try:
+                await asyncio.to_thread(evict, rng.choice(list(sessions)))
+            except OSError:
+                pass  # not stored yet, or the server is gone
+        await asyncio.sleep(0.1)
 
 
 def check(data: Path, sessions: dict, url: str, model) -> list[str]:
@@ -142,6 +160,7 @@ def main() -> None:
                 stop = time.monotonic() + 60
                 tasks = [asyncio.create_task(client(server.ws_url, sessions, cycle * 100 + i, stop))
                          for i in range(args.clients)]
+                tasks.append(asyncio.create_task(spiller(server.url, sessions, stop)))
                 await asyncio.sleep(delay)
                 server.proc.send_signal(signal.SIGKILL)
                 server.proc.wait()

@@ -56,6 +56,11 @@ class RaggedAttention:
             self._pcaps = (_I64 * b)(*[kv.prefix.data.shape[3] if kv.prefix else 0 for kv in kvs])
             self._plens = (_I64 * b)(*[kv.prefix_len for kv in kvs])
 
+    def kernel_args(self) -> tuple:
+        """(B, bases, caps, starts, rows, offsets, pbases, pcaps, plens) as the C kernels take them."""
+        return (len(self.seqs), self._bases, self._caps, self._starts, self._rows, self._offsets, self._pbases,
+                self._pcaps, self._plens)
+
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> None:
         if not self.seqs:
             return

@@ -33,7 +33,7 @@ class LayerOps:
         self.eps = eps
         self.act = act
         self.kernels = _kernels() if use_native else None
-        self._silu = act_name == "silu"
+        self.is_silu = act_name == "silu"
 
     def add_rms_norm(self, hidden: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
         """hidden += delta (in place, if given); returns weight * rms_normalised(hidden)."""
@@ -65,7 +65,7 @@ class LayerOps:
 
     def gated(self, gate_up: torch.Tensor) -> torch.Tensor:
         """gate_up [T, 2 I] -> act(gate) * up [T, I]."""
-        if self.kernels is None or not self._silu:
+        if self.kernels is None or not self.is_silu:
             gate, up = gate_up.chunk(2, dim=-1)
             return self.act(gate) * up
         t, two_i = gate_up.shape

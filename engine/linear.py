@@ -46,7 +46,7 @@ class Linear:
         self.out_features, self.in_features = weight.shape
         kernel = native_kernel() if native and weight.dtype == torch.float32 else None
         self._kernel = kernel
-        self._packed = pack(self.weight) if kernel is not None else None
+        self.packed = pack(self.weight) if kernel is not None else None  # [panels, K, 64], or None: torch
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernel is None:
@@ -55,5 +55,5 @@ class Linear:
             return F.linear(x, self.weight, self.bias)
         x = x.contiguous()
         y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
-        self._kernel(x.shape[0], self.out_features, self.in_features, x.data_ptr(), self._packed.data_ptr(), y.data_ptr())
+        self._kernel(x.shape[0], self.out_features, self.in_features, x.data_ptr(), self.packed.data_ptr(), y.data_ptr())
         return y if self.bias is None else y + self.bias

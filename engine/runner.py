@@ -18,6 +18,7 @@ import torch
 from transformers import PreTrainedModel
 
 from engine.attention import SHORT_CHUNK, RaggedAttention, prefill_attention, prefix_causal_mask
+from engine.fused_layers import FusedLayers
 from engine.kv_cache import SessionKV
 from engine.layer_ops import LayerOps
 from engine.weights import fuse_layers
@@ -52,6 +53,8 @@ class ModelRunner:
         self._scale = inner.layers[0].self_attn.scaling
         self._layers, self._lm_head = fuse_layers(model, matmul_dtype, native)
         self.vocab_size = self._lm_head.out_features
+        dims = (cfg.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, cfg.intermediate_size)
+        self._fused = FusedLayers.build(self._layers, self._ops, cfg.rms_norm_eps, self._scale, dims) if native else None
 
     def new_kv(self, capacity: int = 0) -> SessionKV:
         return SessionKV(self.num_layers, self.num_kv_heads, self.head_dim, self.dtype, capacity)
@@ -92,8 +95,13 @@ class ModelRunner:
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         ops = self._ops
 
-        x = ops.add_rms_norm(hidden, None, self._layers[0].ln1)
-        for layer_idx, w in enumerate(self._layers):
+        if not chunks and self._fused is not None and ragged.kernel is not None:
+            self._fused(hidden, cos, sin, ragged)  # every layer in one C call, bit-identical to the loop below
+            layers = []
+        else:
+            layers = self._layers
+        x = ops.add_rms_norm(hidden, None, self._layers[0].ln1) if layers else None
+        for layer_idx, w in enumerate(layers):
             q, k, v = ops.rotary_qkv(w.qkv(x).view(-1, hq + 2 * hkv, d), cos, sin, hq, hkv)  # [T, H, D] each
             out = torch.empty(q.shape[0], hq, d)
             ragged(layer_idx, q, k, v, out)

@@ -172,3 +172,20 @@ def test_ragged_attention_of_short_chunks_matches_causal_sdpa(head_dim):
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
     for kv, twin, (cached, n) in zip(kvs, twins, cases):
         torch.testing.assert_close(kv.positions(cached, cached + n)[1], twin.positions(cached, cached + n)[1])
+
+
+def test_one_call_for_all_layers_is_bit_identical_to_the_per_operation_loop(tiny_model):
+    """engine/csrc/layers.c chains the same kernels as ModelRunner's loop: same logits, same caches."""
+    fused, looped = ModelRunner(tiny_model.model), ModelRunner(tiny_model.model)
+    assert fused._fused is not None
+    looped._fused = None
+    results = []
+    for runner in (fused, looped):
+        kvs = [runner.new_kv() for _ in range(3)]
+        runner.forward([ForwardItem(kv, list(range(10 + i, 90 + i)), False) for i, kv in enumerate(kvs)])  # long: loop
+        steps = [runner.forward([ForwardItem(kvs[0], [5], True), ForwardItem(kvs[1], list(range(7, 30)), True),
+                                 ForwardItem(kvs[2], [9], True)]) for _ in range(3)]
+        results.append((steps, [kv.positions(0, kv.length) for kv in kvs]))
+    (steps_a, kv_a), (steps_b, kv_b) = results
+    assert all(torch.equal(a, b) for a, b in zip(steps_a, steps_b))
+    assert all(torch.equal(a, b) for a, b in zip(kv_a, kv_b))

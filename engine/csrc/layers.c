@@ -1,0 +1,56 @@
+// Every decoder layer of a step in one call, when all of the step's attention goes to the ragged
+// kernel (decode rows and short prefill chunks; engine/runner.py decides). The same kernels, in the
+// same order, as the per-operation path of engine/runner.py, so the results are bit-identical; what
+// goes away is ~10 Python calls per layer and, with them, ~300 GIL hand-offs per step with the
+// event loop.
+//
+//   hidden   [T, H]  residual stream after the embeddings; on return, after the last layer (before
+//                    the final norm)
+//   cos, sin [T, D]  rotary tables of each row's position
+//   scratch  floats: T * (2 H + (Hq + 2 Hkv) D + (Hq + 2 Hkv) D + Hq D + 3 I)  (see below)
+// Weights per layer: RMSNorm vectors [H] and packed panels (engine/linear.py) of
+//   qkv [(Hq + 2 Hkv) D, H], o [H, Hq D], gate_up [2 I, H], down [H, I]  (no biases).
+#include <stdint.h>
+
+#include "kernels.h"
+
+struct layer_weights {
+    const float *ln1, *ln2, *qkv, *o, *gate_up, *down;
+};
+
+int forward_layers_f32(int T, int L, int H, int Hq, int Hkv, int D, int I, float eps, float scale,
+                       const struct layer_weights *w, float *hidden, const float *cos, const float *sin,
+                       float *scratch, int B, float *const *bases, const int64_t *caps, const int64_t *starts,
+                       const int64_t *rows, const int64_t *offsets, const float *const *pbases,
+                       const int64_t *pcaps, const int64_t *plens) {
+    const int64_t nqkv = (int64_t)(Hq + 2 * Hkv) * D;
+    float *x = scratch;                      // [T, H] normalised input of a block
+    float *delta = x + (int64_t)T * H;       // [T, H] a block's output, added to hidden
+    float *qkv = delta + (int64_t)T * H;     // [T, Hq + 2 Hkv, D]
+    float *q = qkv + T * nqkv;               // [T, Hq, D]
+    float *k = q + (int64_t)T * Hq * D;      // [T, Hkv, D]
+    float *v = k + (int64_t)T * Hkv * D;     // [T, Hkv, D]
+    float *attn = v + (int64_t)T * Hkv * D;  // [T, Hq, D]
+    float *gate_up = attn + (int64_t)T * Hq * D;  // [T, 2 I]
+    float *act = gate_up + (int64_t)T * 2 * I;    // [T, I]
+    int status = add_rms_norm_f32(T, H, eps, hidden, 0, w[0].ln1, x);
+    for (int l = 0; l < L && !status; l++) {
+        linear_packed_f32(T, (int)nqkv, H, x, w[l].qkv, qkv);
+        status = rotary_qkv_f32(T, Hq, Hkv, D, qkv, cos, sin, q, k, v);
+        if (status) break;
+        status = ragged_attention_f32(B, Hq, Hkv, D, l, scale, q, k, v, attn, bases, caps, starts, rows, offsets,
+                                      pbases, pcaps, plens);
+        if (status) break;
+        linear_packed_f32(T, H, Hq * D, attn, w[l].o, delta);
+        add_rms_norm_f32(T, H, eps, hidden, delta, w[l].ln2, x);
+        linear_packed_f32(T, 2 * I, H, x, w[l].gate_up, gate_up);
+        silu_mul_f32(T, I, gate_up, act);
+        linear_packed_f32(T, H, I, act, w[l].down, delta);
+        if (l + 1 < L) {
+            add_rms_norm_f32(T, H, eps, hidden, delta, w[l + 1].ln1, x);
+        } else {
+            for (int64_t i = 0; i < (int64_t)T * H; i++) hidden[i] += delta[i];
+        }
+    }
+    return status;
+}

@@ -1,0 +1,59 @@
+"""All decoder layers of a step in one C call (engine/csrc/layers.c), for steps whose attention all
+goes to the ragged kernel (decode rows and short prefill chunks: nearly every step while people chat).
+
+Bit-identical to ModelRunner's per-operation loop (same kernels, same order; tested); it saves ~10
+Python calls per layer and the GIL hand-off each ctypes call makes, which under load waits on the
+event loop. Unavailable (None) without the C kernels, with bf16 weights, biases or a non-SiLU MLP.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from engine import native
+from engine.attention import RaggedAttention
+from engine.layer_ops import LayerOps
+from engine.weights import LayerWeights
+
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+
+
+class _Weights(ctypes.Structure):
+    _fields_ = [(name, _P) for name in ("ln1", "ln2", "qkv", "o", "gate_up", "down")]
+
+
+class FusedLayers:
+    def __init__(self, fn, layers: list[LayerWeights], eps: float, scale: float, dims: tuple[int, int, int, int, int]):
+        self._fn = fn
+        self._layers = layers  # keeps the weights the pointers below refer to alive
+        self._weights = (_Weights * len(layers))(*[
+            _Weights(w.ln1.data_ptr(), w.ln2.data_ptr(), w.qkv.packed.data_ptr(), w.o.packed.data_ptr(),
+                     w.gate_up.packed.data_ptr(), w.down.packed.data_ptr()) for w in layers])
+        self.eps, self.scale = eps, scale
+        self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.intermediate = dims
+
+    @classmethod
+    def build(cls, layers: list[LayerWeights], ops: LayerOps, eps: float, scale: float,
+              dims: tuple[int, int, int, int, int]) -> FusedLayers | None:
+        linears = [lin for w in layers for lin in (w.qkv, w.o, w.gate_up, w.down)]
+        if ops.kernels is None or not ops.is_silu or any(lin.packed is None or lin.bias is not None for lin in linears):
+            return None
+        norms = [n for w in layers for n in (w.ln1, w.ln2)]
+        if any(not n.is_contiguous() or n.dtype != torch.float32 for n in norms):
+            return None
+        fn = native.function("forward_layers_f32", [_I] * 7 + [_F, _F] + [_P] * 5 + [_I] + [_P] * 8)
+        return cls(fn, layers, eps, scale, dims) if fn is not None else None
+
+    def __call__(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ragged: RaggedAttention) -> None:
+        """hidden [T, H] (contiguous float32) goes through every layer in place; cos/sin [T, D]."""
+        assert ragged.kernel is not None and hidden.is_contiguous()
+        t = hidden.shape[0]
+        h, hq, hkv, d, i = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.intermediate
+        scratch = torch.empty(t * (2 * h + 2 * (hq + 2 * hkv) * d + hq * d + 3 * i))
+        args = ragged.kernel_args()
+        status = self._fn(t, len(self._layers), h, hq, hkv, d, i, self.eps, self.scale, self._weights,
+                          hidden.data_ptr(), cos.data_ptr(), sin.data_ptr(), scratch.data_ptr(), *args)
+        if status != 0:
+            raise RuntimeError(f"forward_layers kernel failed with status {status}")
