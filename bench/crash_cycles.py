@@ -1,8 +1,9 @@
 """Crash safety: kill -9 the server at random moments, many times in a row, restarting it each time.
 
 Each cycle starts the server on the same data directory, runs a few clients (turns, disconnects that
-spill KV to disk, resumes) and an operator spilling a random session every 0.1 s through the admin
-API, and kills it after a random delay: during generation, a spill write or a commit. After each restart it checks: the SQLite file passes `PRAGMA integrity_check`; no temporary
+spill KV to disk, resumes) and kills it: in odd cycles after a random delay while an operator spills a
+session every 0.1 s through the admin API (during generation, a spill write or a commit), in even ones
+a few milliseconds after asking for the spill of a long conversation (during its file's write). After each restart it checks: the SQLite file passes `PRAGMA integrity_check`; no temporary
 KV file is left in the data directory; every user message whose answer had started streaming (the
 server stores it before the first token) is in the transcript; and one resumed session answers
 greedily exactly as transformers' generate() does on its stored transcript (so no wrong KV is used).
@@ -68,27 +69,48 @@ async def client(url: str, sessions: dict, n: int, stop: float) -> None:
 
 def strays_removed(http_url: str) -> int:
     """Temporary files of interrupted KV writes the server removed at start-up (= kills during a spill)."""
-    request = urllib.request.Request(http_url + "/api/stats", headers={"Authorization": f"Bearer {ADMIN}"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)["kv"]["files"]["num_stray_removed"]
+    return admin(http_url, "/api/stats")["kv"]["files"]["num_stray_removed"]
 
 
-async def spiller(http_url: str, sessions: dict, stop: float) -> None:
-    """Keeps KV writes going: asks the server to spill a random known session every 0.1 s."""
-    rng = random.Random(len(sessions))
+def admin(http_url: str, path: str, method: str = "GET") -> dict:
+    request = urllib.request.Request(http_url + path, method=method, headers={"Authorization": f"Bearer {ADMIN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
 
-    def evict(sid: str) -> None:
-        request = urllib.request.Request(f"{http_url}/api/sessions/{sid}/evict", method="POST",
-                                         headers={"Authorization": f"Bearer {ADMIN}"})
-        urllib.request.urlopen(request, timeout=10).close()
 
+async def spiller(http_url: str, stop: float) -> None:
+    """Keeps KV writes going: asks the server to spill a session held in RAM every 0.1 s."""
     while time.monotonic() < stop:
-        if sessions:
-            try:
-                await asyncio.to_thread(evict, rng.choice(list(sessions)))
-            except OSError:
-                pass  # not stored yet, or the server is gone
+        try:
+            in_ram = (await asyncio.to_thread(admin, http_url, "/api/sessions?tier=ram&limit=100"))["sessions"]
+            if in_ram:
+                await asyncio.to_thread(admin, http_url, f"/api/sessions/{in_ram[0]['id']}/evict", "POST")
+        except OSError:
+            pass  # the server is gone
         await asyncio.sleep(0.1)
+
+
+async def kill_during_a_write(server: RealServer, rng: random.Random, give_up: float) -> None:
+    """SIGKILL a few milliseconds after asking for a spill of a session in RAM (so, most likely, while
+    its file is being written)."""
+    while time.monotonic() < give_up:
+        try:
+            in_ram = (await asyncio.to_thread(admin, server.url, "/api/sessions?tier=ram&limit=100"))["sessions"]
+        except OSError:
+            in_ram = []
+        big = [s for s in in_ram if s["num_tokens"] > 300]
+        if big:
+            def evict(sid: str = big[0]["id"]) -> None:
+                try:
+                    admin(server.url, f"/api/sessions/{sid}/evict", "POST")
+                except OSError:
+                    pass  # killed before it answered: expected
+
+            asyncio.get_running_loop().run_in_executor(None, evict)
+            await asyncio.sleep(rng.uniform(0.005, 0.05))
+            break
+        await asyncio.sleep(0.05)
+    server.proc.send_signal(signal.SIGKILL)
 
 
 def check(data: Path, sessions: dict, url: str, model) -> list[str]:
@@ -160,9 +182,13 @@ def main() -> None:
                 stop = time.monotonic() + 60
                 tasks = [asyncio.create_task(client(server.ws_url, sessions, cycle * 100 + i, stop))
                          for i in range(args.clients)]
-                tasks.append(asyncio.create_task(spiller(server.url, sessions, stop)))
-                await asyncio.sleep(delay)
-                server.proc.send_signal(signal.SIGKILL)
+                if cycle % 2:  # odd cycles: kill at a random moment while clients chat and KV is spilled
+                    tasks.append(asyncio.create_task(spiller(server.url, stop)))
+                    await asyncio.sleep(delay)
+                    server.proc.send_signal(signal.SIGKILL)
+                else:  # even cycles: kill right after a spill of a long conversation was asked for
+                    await asyncio.sleep(delay)
+                    await kill_during_a_write(server, rng, time.monotonic() + 20)
                 server.proc.wait()
                 await asyncio.wait(tasks, timeout=10)
                 for task in tasks:
