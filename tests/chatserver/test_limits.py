@@ -106,3 +106,19 @@ async def test_allowed_origins_extend_the_same_host_rule(make_client):
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await client.ws_connect("/ws", headers={"Origin": "https://evil.example"})
     assert refused.value.status == 403
+
+
+async def test_a_running_turn_is_not_cut_by_the_idle_timeout(make_client):
+    client = await make_client(ws_idle_timeout_s=0.02)
+    chat = Chat(await client.ws_connect("/ws"))
+    await chat.send(type="hello")  # both frames at once: the connection is never idle before the turn
+    await chat.send(type="user", content="tell me everything", max_tokens=64, temperature=0)
+    assert (await chat.recv())["type"] == "session"
+    frames = []
+    while not frames or frames[-1]["type"] == "token":
+        frames.append(await chat.recv())
+    done = frames[-1]
+    assert done["type"] == "done" and len(frames) > 1
+    assert done["timings"]["decode_ms"] > 20 * 2, "the turn must outlast the idle timeout for this test to mean anything"
+    closed = await chat.ws.receive(timeout=5)
+    assert closed.type == WSMsgType.CLOSE and closed.extra == "idle timeout"
