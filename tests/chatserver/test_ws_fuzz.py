@@ -8,7 +8,7 @@ import json
 
 import pytest
 import websockets
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import connect
 
@@ -17,6 +17,8 @@ from tests.real_server import WsChat, serving
 TYPED = {"bad_request", "busy", "unauthorized", "session_not_found", "context_length_exceeded", "overloaded",
          "rate_limited", "storage_unavailable"}
 MAX_FRAME = 4096
+# resumes a session that does not exist: session_not_found, or busy while a turn the fuzz frame started runs
+SENTINEL = json.dumps({"type": "hello", "session_id": "0" * 32, "resume_token": "x"})
 
 scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=300))
@@ -56,21 +58,23 @@ def test_hostile_frames_get_typed_answers_and_disturb_no_one(server):
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
     @given(messages)
+    @example(("text", json.dumps({"type": "system", "content": "Be brief."})))  # valid, and never answered
+    @example(("text", json.dumps({"type": "user", "content": "hi", "temperature": float("nan")})))
     def one(message):
         kind, payload = message
         with connect(server.ws_url, max_size=None) as ws:
             ws.send(json.dumps({"type": "hello"}))
             assert json.loads(ws.recv(timeout=30))["type"] == "session"
             ws.send(payload)  # str: a text frame, bytes: a binary one
+            ws.send(SENTINEL)  # always answered (a valid `system` frame, for one, is not)
             try:
                 while True:
                     frame = json.loads(ws.recv(timeout=60))
                     assert frame["type"] in ("error", "session", "token", "done"), frame
                     if frame["type"] == "error":
                         assert frame["code"] in TYPED, (payload[:200], frame)
-                        break
-                    if frame["type"] in ("session", "done"):
-                        break
+                        if frame["code"] in ("session_not_found", "busy"):  # the sentinel's answer
+                            break
             except websockets.ConnectionClosed as closed:
                 assert len(payload) > MAX_FRAME and closed.rcvd.code == 1009, (len(payload), closed)
 
