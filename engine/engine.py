@@ -211,7 +211,6 @@ class Engine:
     def step(self) -> None:
         for turn in [t for t in list(self.scheduler.waiting) + self.scheduler.running if t.is_cancelled]:
             self._finish(turn, reason="cancelled")
-        self._finished_since_schedule = False
         plan = self.scheduler.schedule(self._start)
         if not plan:
             return

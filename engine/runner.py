@@ -92,16 +92,28 @@ class ModelRunner:
                 chunks.append((it, s, slice(offset, offset + n), prefix_causal_mask(s, n)))
             offset += n
         ragged = RaggedAttention(short, self.num_heads, self._scale, self.native)
+        if not chunks and self._fused is not None and ragged.kernel is not None:
+            self._fused(hidden, cos, sin, ragged)  # every layer in one C call, bit-identical to _layer_loop
+        else:
+            self._layer_loop(hidden, cos, sin, ragged, chunks)
+
+        for it in packed:
+            it.kv.token_ids.extend(it.token_ids)
+        ends = torch.tensor(lengths).cumsum(0) - 1
+        row_of = {i: int(ends[j]) for j, i in enumerate(order)}
+        rows = [row_of[i] for i, it in enumerate(items) if it.needs_logits]
+        if not rows:
+            return torch.empty(0, self.vocab_size)
+        return self._lm_head(self._norm(hidden[rows])).float()
+
+    def _layer_loop(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ragged: RaggedAttention,
+                    chunks: list) -> None:
+        """Every decoder layer, one operation at a time (updates hidden [T, H] in place); long prefill
+        chunks (item, start, row slice, mask) attend through SDPA, all other rows through `ragged`."""
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         ops = self._ops
-
-        if not chunks and self._fused is not None and ragged.kernel is not None:
-            self._fused(hidden, cos, sin, ragged)  # every layer in one C call, bit-identical to the loop below
-            layers = []
-        else:
-            layers = self._layers
-        x = ops.add_rms_norm(hidden, None, self._layers[0].ln1) if layers else None
-        for layer_idx, w in enumerate(layers):
+        x = ops.add_rms_norm(hidden, None, self._layers[0].ln1)
+        for layer_idx, w in enumerate(self._layers):
             q, k, v = ops.rotary_qkv(w.qkv(x).view(-1, hq + 2 * hkv, d), cos, sin, hq, hkv)  # [T, H, D] each
             out = torch.empty(q.shape[0], hq, d)
             ragged(layer_idx, q, k, v, out)
@@ -113,13 +125,3 @@ class ModelRunner:
                 x = ops.add_rms_norm(hidden, mlp, self._layers[layer_idx + 1].ln1)
             else:
                 hidden += mlp
-
-        for it in packed:
-            it.kv.token_ids.extend(it.token_ids)
-        ends = torch.tensor(lengths).cumsum(0) - 1
-        row_of = {i: int(ends[j]) for j, i in enumerate(order)}
-        rows = [row_of[i] for i, it in enumerate(items) if it.needs_logits]
-        if not rows:
-            return torch.empty(0, self.vocab_size)
-        return self._lm_head(self._norm(hidden[rows])).float()
-
