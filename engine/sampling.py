@@ -3,10 +3,14 @@ draws the same tokens whatever else shares its batch."""
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import secrets
 from dataclasses import dataclass
 
 import torch
+
+from engine import native
 
 
 @dataclass(frozen=True)
@@ -27,61 +31,84 @@ class SamplingParams:
         return gen
 
 
-_CANDIDATES = (256, 4096)  # top-p looks at this many most likely tokens first; a full sort only if they fall short
+_CANDIDATES = 256  # the nucleus is looked for among this many most likely tokens first
 
 
-def sample_rows(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]) -> list[int]:
+@functools.cache
+def _kernel():
+    """engine/csrc/sampling.c's sample_rows_f32, or None (no compiler)."""
+    p, i = ctypes.c_void_p, ctypes.c_int
+    return native.function("sample_rows_f32", [i, i] + [p] * 7)
+
+
+def sample_rows(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator],
+                use_native: bool = True) -> list[int]:
     """logits: float32 [rows, vocab], one row per turn -> one token id per row.
 
-    The vocabulary-wide work (softmax, top-256) runs once for all sampled rows; each row gets
-    exactly what sample() gives it alone (row-wise kernels; the draw uses the row's own generator),
-    so a seeded turn's tokens do not depend on what else is sampled in the same step."""
+    Greedy rows take the argmax. Each sampled row draws one uniform number from its own generator and
+    is then sampled by `reference_sample`'s definition, all rows in one C call (~0.3 ms for 16 rows of a
+    49k vocabulary, against ~5 ms row by row in torch). A row's token depends only on its logits, its
+    parameters and its generator, never on what else is sampled in the same step."""
     out = [0] * len(params)
     greedy = [i for i, p in enumerate(params) if p.is_greedy]
     if greedy:
         for i, token in zip(greedy, logits[greedy].argmax(-1).tolist()):
             out[i] = token
-    fast = [i for i, p in enumerate(params) if not p.is_greedy and p.top_k == 0 and p.top_p < 1.0]
-    if fast:
-        temperature = torch.tensor([params[i].temperature for i in fast], dtype=logits.dtype)[:, None]
-        probs = torch.softmax(logits[fast] / temperature, dim=-1)
-        values, ids = torch.topk(probs, min(_CANDIDATES[0], probs.shape[-1]))  # descending
-        for row, i in enumerate(fast):
-            top_p = params[i].top_p
-            if values[row].sum() >= top_p:  # the nucleus lies within the candidates
-                out[i] = _draw(values[row], ids[row], top_p, generators[i])
-            else:
-                out[i] = sample(logits[i], params[i], generators[i])
-    for i, p in enumerate(params):
-        if not p.is_greedy and (p.top_k != 0 or p.top_p >= 1.0):
-            out[i] = sample(logits[i], p, generators[i])
+    rows = [i for i, p in enumerate(params) if not p.is_greedy]
+    if not rows:
+        return out
+    u = [float(torch.rand((), generator=generators[i])) for i in rows]  # in [0, 1)
+    kernel = _kernel() if use_native else None
+    if kernel is None:
+        for i, ui in zip(rows, u):
+            out[i] = reference_sample(logits[i], params[i], ui)
+        return out
+    x = logits[rows].contiguous() if len(rows) < len(params) else logits.contiguous()
+    work = torch.empty_like(x)
+    temperature = torch.tensor([params[i].temperature for i in rows], dtype=torch.float32)
+    top_p = torch.tensor([params[i].top_p for i in rows], dtype=torch.float32)
+    top_k = torch.tensor([params[i].top_k for i in rows], dtype=torch.int32)
+    uu = torch.tensor(u, dtype=torch.float32)
+    tokens = torch.empty(len(rows), dtype=torch.int64)
+    if kernel(len(rows), x.shape[-1], x.data_ptr(), work.data_ptr(), temperature.data_ptr(), top_p.data_ptr(),
+              top_k.data_ptr(), uu.data_ptr(), tokens.data_ptr()):
+        raise MemoryError("sampling: out of memory")
+    for i, token in zip(rows, tokens.tolist()):
+        out[i] = token
     return out
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """logits: float32 [vocab] -> one token id. Temperature, then top-k, then top-p (nucleus) over
-    what top-k kept, then a draw from the turn's own generator.
-
-    Sorting the whole vocabulary per row costs milliseconds; the nucleus almost always lies within
-    the few hundred most likely tokens, so only those are sorted (exactly the same result)."""
-    if params.is_greedy:
-        return int(logits.argmax())
-    logits = logits / params.temperature
-    k = params.top_k if 0 < params.top_k < logits.numel() else logits.numel()
-    probs = torch.softmax(logits, dim=-1)
-    for limit in (*_CANDIDATES, k):
-        values, ids = torch.topk(probs, min(k, limit))  # descending
-        if limit >= k or (params.top_p < 1.0 and values.sum() >= params.top_p):
-            break  # the nucleus lies within these candidates (or they are all top-k keeps)
-    if k < logits.numel():
-        values = values / values.sum()  # top-k renormalizes before top-p
-    return _draw(values, ids, params.top_p, generator)
+    """logits: float32 [vocab] -> one token id (sample_rows of one row)."""
+    return sample_rows(logits[None], [params], [generator])[0]
 
 
-def _draw(values: torch.Tensor, ids: torch.Tensor, top_p: float, generator: torch.Generator) -> int:
-    """values: probabilities of candidates `ids`, descending; keep the smallest prefix whose mass
-    reaches top_p (always at least the top token) and draw from it."""
-    if top_p < 1.0:
-        drop = values.cumsum(0) - values > top_p
-        values = values.masked_fill(drop, 0.0)
-    return int(ids[torch.multinomial(values, 1, generator=generator)])
+def reference_sample(logits: torch.Tensor, params: SamplingParams, u: float) -> int:
+    """The definition, in torch. logits: float32 [vocab]; u: a uniform number in [0, 1).
+
+    probabilities = softmax(logits / temperature); candidates = the top_k most likely tokens (all if
+    top_k is 0), most likely first, renormalised; nucleus = the longest prefix of the candidates whose
+    mass before each token is <= top_p (so at least the top token); token = the first nucleus token
+    whose running mass exceeds u * (nucleus mass). With top_p = 1 and no top_k: all tokens, in id order."""
+    probs = torch.softmax(logits / params.temperature, dim=-1).double()
+    vocab = probs.numel()
+    k = params.top_k if 0 < params.top_k < vocab else vocab
+    if params.top_p >= 1.0 and k == vocab:
+        return _first_above(probs, u)
+    values, ids = torch.topk(probs, min(k, _CANDIDATES))  # descending
+    mass = values.sum() if k <= _CANDIDATES else None
+    if mass is None:
+        if k == vocab and values.sum() > params.top_p:
+            mass = 1.0
+        else:
+            values, ids = torch.topk(probs, k)
+            mass = values.sum()
+    kept = values[values.cumsum(0) - values <= params.top_p * mass]
+    return int(ids[_first_above(kept, u)])
+
+
+def _first_above(weights: torch.Tensor, u: float) -> int:
+    """Index of the first weight whose running sum exceeds u * sum (the last one if rounding says none)."""
+    running = weights.cumsum(0)
+    index = int(torch.searchsorted(running, u * running[-1], right=True))
+    return min(index, weights.numel() - 1)

@@ -1,6 +1,6 @@
 import torch
 
-from engine.sampling import SamplingParams, sample, sample_rows
+from engine.sampling import SamplingParams, reference_sample, sample, sample_rows
 
 
 def test_greedy_takes_argmax():
@@ -57,3 +57,72 @@ def test_rows_sampled_together_get_what_each_gets_alone():
         assert sample_rows(logits, params, gens_batch) == alone
         assert sample_rows(logits[2:3], params[2:3], [params[2].new_generator()]) == [alone[2]]
         logits = logits.roll(1000, dims=1)
+
+
+def _nucleus(logits: torch.Tensor, params: SamplingParams) -> set[int]:
+    probs = torch.softmax(logits / params.temperature, -1).double()
+    ordered, order = torch.sort(probs, descending=True)
+    if params.top_k:
+        ordered, order = ordered[: params.top_k], order[: params.top_k]
+        ordered = ordered / ordered.sum()
+    kept = int((ordered.cumsum(0) - ordered <= params.top_p + 1e-6).sum())
+    return set(order[:kept].tolist())
+
+
+CASES = [SamplingParams(temperature=0.7, top_p=0.95), SamplingParams(temperature=1.0, top_p=1.0),
+         SamplingParams(temperature=1.3, top_p=0.9, top_k=40), SamplingParams(temperature=2.0, top_p=0.99),
+         SamplingParams(temperature=0.5, top_p=0.5, top_k=1000), SamplingParams(temperature=1.0, top_p=1.0, top_k=300),
+         SamplingParams(temperature=1.0, top_p=0.3)]
+
+
+def test_the_c_kernel_draws_what_the_reference_definition_draws():
+    """Same uniform number -> same token, except where float rounding of exp() reorders near-ties."""
+    same = total = 0
+    for scale in (1.0, 3.0, 8.0):  # realistic spreads of logits
+        logits = torch.randn(len(CASES), 49152, generator=torch.Generator().manual_seed(int(scale))) * scale
+        for trial in range(30):
+            gens = [torch.Generator().manual_seed(trial * 10 + j) for j in range(len(CASES))]
+            got = sample_rows(logits, CASES, gens)
+            u = [float(torch.rand((), generator=torch.Generator().manual_seed(trial * 10 + j))) for j in range(len(CASES))]
+            for j, token in enumerate(got):
+                assert token in _nucleus(logits[j], CASES[j])
+                same += token == reference_sample(logits[j], CASES[j], u[j])
+                total += 1
+    assert same >= 0.99 * total, (same, total)
+
+
+def test_the_torch_fallback_is_seeded_and_stays_in_the_nucleus():
+    logits = torch.randn(len(CASES), 49152, generator=torch.Generator().manual_seed(9)) * 3
+    a = sample_rows(logits, CASES, [p.new_generator() for p in CASES], use_native=False)
+    params = [SamplingParams(p.temperature, p.top_p, p.top_k, seed=1) for p in CASES]
+    b = sample_rows(logits, params, [p.new_generator() for p in params], use_native=False)
+    c = sample_rows(logits, params, [p.new_generator() for p in params], use_native=False)
+    assert b == c
+    for j, token in enumerate(a + b):
+        assert token in _nucleus(logits[j % len(CASES)], CASES[j % len(CASES)])
+
+
+def test_draws_follow_the_truncated_distribution():
+    """20,000 draws from a 12-token distribution: frequencies within 1.5% of the renormalised nucleus."""
+    logits = torch.tensor([2.0, 1.5, 1.4, 1.0, 0.5, 0.2, 0.0, -0.5, -1.0, -2.0, -3.0, -4.0])
+    for params in (SamplingParams(temperature=1.0, top_p=1.0), SamplingParams(temperature=0.8, top_p=0.8),
+                   SamplingParams(temperature=1.2, top_p=1.0, top_k=3)):
+        probs = torch.softmax(logits / params.temperature, -1)
+        keep = sorted(_nucleus(logits, params))
+        expected = torch.zeros_like(probs)
+        expected[keep] = probs[keep] / probs[keep].sum()
+        rows = 400
+        gen = torch.Generator().manual_seed(5)
+        counts = torch.zeros_like(probs)
+        for _ in range(50):
+            for token in sample_rows(logits.expand(rows, -1).contiguous(), [params] * rows, [gen] * rows):
+                counts[token] += 1
+        assert torch.allclose(counts / counts.sum(), expected, atol=0.015), (params, counts / counts.sum(), expected)
+
+
+def test_a_flat_distribution_takes_the_threshold_path_and_stays_in_the_nucleus():
+    logits = torch.randn(4, 49152, generator=torch.Generator().manual_seed(2)) * 0.05  # nucleus of ~46,000 tokens
+    params = [SamplingParams(temperature=1.0, top_p=0.9, seed=s) for s in range(4)]
+    tokens = sample_rows(logits, params, [p.new_generator() for p in params])
+    assert all(t in _nucleus(logits[i], params[i]) for i, t in enumerate(tokens))
+    assert len(set(tokens)) == 4
