@@ -1,10 +1,11 @@
-"""Greedy answer agreement of the bf16-matmul engine with the float32 engine (and with transformers).
+"""Greedy answer agreement of the lower-precision modes with the float32 engine (and with transformers).
 
 A fixed set of 60 conversations (single questions, system prompts, multi-turn histories) is rendered
 with the model's chat template; each is answered greedily for --tokens tokens by ModelRunner with
-float32 weights and with bfloat16 linear layers. Prints how many answers are identical, the mean
-fraction of tokens that agree before the first difference, a few side by side, and, as a check of
-the reference itself, how many float32 answers equal transformers' generate() (all 60).
+float32 weights and KV (the reference), with float16 KV (the server's default), and with bfloat16
+linear layers. Prints how many answers are identical, the mean fraction of tokens that agree before
+the first difference, a few side by side, and, as a check of the reference itself, how many float32
+answers equal transformers' generate() (all 60).
 
 Run: .venv/bin/python bench/agreement.py [--tokens 32] [--show 4]
 """
@@ -76,24 +77,32 @@ def main() -> None:
     convs = conversations()
     prompts = [fmt.render(c) for c in convs]
     ref = greedy(ModelRunner(loaded.model, torch.float32), prompts, args.tokens, fmt.stop_token_ids)
-    low = greedy(ModelRunner(loaded.model, torch.bfloat16), prompts, args.tokens, fmt.stop_token_ids)
+    modes = {
+        "float16 KV (default) vs float32": greedy(ModelRunner(loaded.model, torch.float32, kv_dtype=torch.float16),
+                                                  prompts, args.tokens, fmt.stop_token_ids),
+        "bfloat16 linear layers vs float32": greedy(ModelRunner(loaded.model, torch.bfloat16), prompts, args.tokens,
+                                                    fmt.stop_token_ids),
+    }
     with torch.inference_mode():
         hf = [loaded.model.generate(torch.tensor([p]), max_new_tokens=args.tokens, do_sample=False)[0, len(p):].tolist()
               for p in prompts]
     hf_same = sum(h[:len(r)] == r for h, r in zip(hf, ref))
 
-    same = sum(a == b for a, b in zip(ref, low))
-    prefix = sum(agreeing_prefix(a, b) for a, b in zip(ref, low)) / len(ref)
     print(f"\n{len(convs)} conversations, greedy, {args.tokens} tokens\n")
-    print("| weights | identical answers | mean agreeing prefix |")
+    print("| mode | identical answers | mean agreeing prefix |")
     print("|---|---:|---:|")
-    print(f"| bfloat16 linear layers vs float32 | {same}/{len(convs)} ({100 * same / len(convs):.0f}%) | {100 * prefix:.1f}% |")
+    for name, low in modes.items():
+        same = sum(a == b for a, b in zip(ref, low))
+        prefix = sum(agreeing_prefix(a, b) for a, b in zip(ref, low)) / len(ref)
+        print(f"| {name} | {same}/{len(convs)} ({100 * same / len(convs):.0f}%) | {100 * prefix:.1f}% |")
     print(f"\nfloat32 engine vs transformers generate() (float32, MKL): {hf_same}/{len(hf)} identical\n")
-    shown = 0
-    for conv, a, b in zip(convs, ref, low):
-        if a != b and shown < args.show:
-            shown += 1
-            print(f"- {conv[-1].content!r}\n  float32 : {loaded.tokenizer.decode(a)!r}\n  bfloat16: {loaded.tokenizer.decode(b)!r}")
+    for name, low in modes.items():
+        shown = 0
+        for conv, a, b in zip(convs, ref, low):
+            if a != b and shown < args.show:
+                shown += 1
+                print(f"- [{name}] {conv[-1].content!r}\n  float32: {loaded.tokenizer.decode(a)!r}\n"
+                      f"  other  : {loaded.tokenizer.decode(b)!r}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 import logging
+import time
 import weakref
 from typing import AsyncIterator
 
@@ -20,6 +20,7 @@ from chatserver.turns import TurnService
 from chatserver.ws import close_all, turn_service_key
 from engine.chat_format import ChatFormat
 from engine.engine import Engine
+from engine.kv_cache import KV_DTYPES
 from engine.loader import LoadedModel, load_model
 from engine.runner import ModelRunner
 from engine.weights import MATMUL_DTYPES
@@ -53,10 +54,11 @@ def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Ap
     async def model_and_engine(app: web.Application) -> AsyncIterator[None]:
         loaded = model or await asyncio.to_thread(load_model, config.model, config.model_cache_dir)
         app[keys.model] = loaded
-        runner = ModelRunner(loaded.model, MATMUL_DTYPES[config.dtype])
+        runner = ModelRunner(loaded.model, MATMUL_DTYPES[config.dtype], kv_dtype=KV_DTYPES[config.kv_dtype])
         await asyncio.to_thread(runner.warmup)
         chat_format = ChatFormat(loaded.tokenizer, loaded.model.generation_config)
-        layout = KVLayout(runner.num_layers, runner.num_kv_heads, runner.head_dim, runner.dtype, _kv_fingerprint(loaded.fingerprint, config.dtype))
+        layout = KVLayout(runner.num_layers, runner.num_kv_heads, runner.head_dim, runner.kv_dtype,
+                          _kv_fingerprint(loaded.fingerprint, config.dtype))
         kv_files = await asyncio.to_thread(KVFileStore, config.kv_dir, layout, config.engine.kv.max_disk_bytes)
         app[keys.kv_files] = kv_files
         engine = Engine(runner, chat_format, config.engine, disk=kv_files)

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine.config import EngineConfig
+from engine.kv_cache import KV_DTYPES
 from engine.kv_store import KVStoreConfig
 from engine.weights import MATMUL_DTYPES
 
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dtype", choices=sorted(MATMUL_DTYPES), default=_env("DTYPE", "float32"),
                        help="weights of the linear layers: float32 (answers equal transformers') or bfloat16 "
                             "(about 2x faster decoding; greedy answers drift from float32 ones)")
+    serve.add_argument("--kv-dtype", choices=sorted(KV_DTYPES), default=_env("KV_DTYPE", "float16"),
+                       help="KV caches in RAM and on disk: float16 (half the memory, 59/60 greedy answers equal "
+                            "float32's, docs/BENCHMARKS.md) or float32 (answers equal transformers')")
     serve.add_argument("--database-url", default=_env("DATABASE_URL"), help="SQLAlchemy async URL (default: SQLite in DATA_DIR)")
     serve.add_argument("--no-migrate", action="store_true", default=_env("NO_MIGRATE") == "1",
                        help="do not apply database migrations at start-up")
@@ -139,6 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     config = ServerConfig(
         host=args.host, port=args.port, data_dir=args.data_dir, model=args.model, model_cache=args.model_cache, dtype=args.dtype,
+        kv_dtype=args.kv_dtype,
         database_url=args.database_url, migrate=not args.no_migrate, system_prompt=args.system_prompt, engine=engine,
         admin_token=args.admin_token, api_key=args.api_key, max_connections=args.max_connections,
         max_connections_per_client=args.max_connections_per_client, turns_per_minute=args.turns_per_minute,

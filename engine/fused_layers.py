@@ -43,7 +43,7 @@ class FusedLayers:
         norms = [n for w in layers for n in (w.ln1, w.ln2)]
         if any(not n.is_contiguous() or n.dtype != torch.float32 for n in norms):
             return None
-        fn = native.function("forward_layers_f32", [_I] * 7 + [_F, _F] + [_P] * 5 + [_I] + [_P] * 8)
+        fn = native.function("forward_layers_f32", [_I] * 7 + [_F, _F] + [_P] * 5 + [_I, _I] + [_P] * 8)
         return cls(fn, layers, eps, scale, dims) if fn is not None else None
 
     def __call__(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ragged: RaggedAttention) -> None:

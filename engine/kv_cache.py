@@ -1,6 +1,7 @@
 """Per-session KV cache: an optional shared prefix plus one contiguous buffer of the session's own.
 
-Layout of every buffer: data[layer, 0=key|1=value, kv_head, position, head_dim].
+Layout of every buffer: data[layer, 0=key|1=value, kv_head, position, head_dim], float32 or float16
+(KV_DTYPES; float16 halves RAM, disk and the attention's memory traffic).
 
 A session whose conversation starts like another's (the same long system prompt, or a stateless
 request branching from an earlier one) reads the first `prefix_len` positions from a SharedPrefix:
@@ -12,6 +13,8 @@ attention as a strided view (no copy), extended by writing new positions, trunca
 from __future__ import annotations
 
 import torch
+
+KV_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 # Capacity granularity in tokens: little slack (46 KB per token for SmolLM2 fp32), few reallocations
 # because a turn reserves prompt + max_tokens before it starts.

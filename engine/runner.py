@@ -17,9 +17,14 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from engine.attention import SHORT_CHUNK, RaggedAttention, prefill_attention, prefix_causal_mask
+from engine.attention import (
+    SHORT_CHUNK,
+    RaggedAttention,
+    prefill_attention,
+    prefix_causal_mask,
+)
 from engine.fused_layers import FusedLayers
-from engine.kv_cache import SessionKV
+from engine.kv_cache import KV_DTYPES, SessionKV
 from engine.layer_ops import LayerOps
 from engine.weights import fuse_layers
 
@@ -32,16 +37,21 @@ class ForwardItem:
 
 
 class ModelRunner:
-    def __init__(self, model: PreTrainedModel, matmul_dtype: torch.dtype = torch.float32, native: bool = True):
-        """matmul_dtype: dtype of the linear layers' weights (engine/weights.py); KV is float32.
-        native: use the C decode-attention kernel when it can be built."""
+    def __init__(self, model: PreTrainedModel, matmul_dtype: torch.dtype = torch.float32, native: bool = True,
+                 kv_dtype: torch.dtype = torch.float32):
+        """matmul_dtype: dtype of the linear layers' weights (engine/weights.py); kv_dtype: what the KV
+        caches store, float32 or float16 (half the bytes; attention still computes in float32).
+        native: use the C kernels when they can be built."""
         self.model = model
         cfg = model.config
         self.num_layers = cfg.num_hidden_layers
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.dtype = next(model.parameters()).dtype  # KV and activations
+        self.dtype = next(model.parameters()).dtype  # activations
+        if kv_dtype not in KV_DTYPES.values():
+            raise ValueError(f"KV dtype must be one of {sorted(KV_DTYPES)}, not {kv_dtype}")
+        self.kv_dtype = kv_dtype
         self.matmul_dtype = matmul_dtype
         self.native = native
         self.max_context = cfg.max_position_embeddings
@@ -57,7 +67,7 @@ class ModelRunner:
         self._fused = FusedLayers.build(self._layers, self._ops, cfg.rms_norm_eps, self._scale, dims) if native else None
 
     def new_kv(self, capacity: int = 0) -> SessionKV:
-        return SessionKV(self.num_layers, self.num_kv_heads, self.head_dim, self.dtype, capacity)
+        return SessionKV(self.num_layers, self.num_kv_heads, self.head_dim, self.kv_dtype, capacity)
 
     def warmup(self) -> None:
         """Throwaway passes so that the first real turn does not pay for lazy kernel set-up (and the build

@@ -8,11 +8,14 @@
 // rows[b] new keys/values are written at own indices starts[b].. (= position - plens[b]); its new row
 // r attends to every position up to and including its own (plens[b] + starts[b] + r).
 //
-// Shapes (float32, contiguous; T = all rows of the step, sequence b's rows at offsets[b]..):
+// The KV buffers hold float32 or float16 (kv_half = 1: IEEE half, round-to-nearest-even on write,
+// widened to float32 on read; all arithmetic is float32 either way).
+//
+// Shapes (float32 unless said, contiguous; T = all rows of the step, sequence b's rows at offsets[b]..):
 //   q      [T, Hq, D]      queries after rotary embedding
 //   k_new  [T, Hkv, D]     new keys after rotary embedding; v_new likewise
 //   out    [T, Hq, D]      rows of the sequences given are written, others untouched
-//   buffers [L, 2, Hkv, capacity, D] (engine/kv_cache.py layout)
+//   buffers [L, 2, Hkv, capacity, D] of float32 or float16 (engine/kv_cache.py layout)
 // Query head i reads KV head i / (Hq / Hkv) (grouped-query attention, as transformers' repeat_kv).
 #include <math.h>
 #include <stdatomic.h>
@@ -25,50 +28,72 @@
 
 #define MAX_GROUP 16
 
+typedef _Float16 half;
+
+// 16 keys/values elements as float32 lanes
+static inline v16 load_kv(const float *p) { return load16(p); }
+static inline float kv_float(float x) { return x; }
+#ifdef __AVX512F__
+#include <immintrin.h>
+static inline v16 load_kv_h(const half *p) { return (v16)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+#else
+static inline v16 load_kv_h(const half *p) {
+    v16 v;
+    for (int i = 0; i < 16; i++) v[i] = (float)p[i];
+    return v;
+}
+#endif
+static inline float kv_float_h(half x) { return (float)x; }
+
 // keys/values of position t: the prefix segment (t < np) or the own one
 #define ROW(P, O, t) ((t) < np ? (P) + (t) * D : (O) + ((t) - np) * D)
 
-static void one_head_scalar(const float *q, const float *PK, const float *PV, int64_t np, const float *K, const float *V,
-                     float *out, int64_t n, int G, int D, float scale, float *scores) {
-    // scores [G, n]
-    float maxes[MAX_GROUP];
-    for (int g = 0; g < G; g++) maxes[g] = -INFINITY;
-    for (int64_t t = 0; t < n; t++) {
-        const float *k = ROW(PK, K, t);
-        for (int g = 0; g < G; g++) {
-            const float *qg = q + g * D;
-            float acc = 0.f;
-            for (int d = 0; d < D; d++) acc += qg[d] * k[d];
-            acc *= scale;
-            scores[g * n + t] = acc;
-            if (acc > maxes[g]) maxes[g] = acc;
-        }
-    }
-    float sums[MAX_GROUP];
-    for (int g = 0; g < G; g++) {
-        float s = 0.f, m = maxes[g];
-        float *row = scores + g * n;
-        for (int64_t t = 0; t < n; t++) {
-            float e = expf(row[t] - m);
-            row[t] = e;
-            s += e;
-        }
-        sums[g] = s;
-        memset(out + g * D, 0, sizeof(float) * D);
-    }
-    for (int64_t t = 0; t < n; t++) {
-        const float *v = ROW(PV, V, t);
-        for (int g = 0; g < G; g++) {
-            float p = scores[g * n + t];
-            float *o = out + g * D;
-            for (int d = 0; d < D; d++) o[d] += p * v[d];
-        }
-    }
-    for (int g = 0; g < G; g++) {
-        float inv = 1.f / sums[g];
-        for (int d = 0; d < D; d++) out[g * D + d] *= inv;
-    }
+// any head_dim; scores: [G, n] scratch
+#define ONE_HEAD_SCALAR(T, SUFFIX, TO_FLOAT)                                                                 \
+    static void one_head_scalar##SUFFIX(const float *q, const T *PK, const T *PV, int64_t np, const T *K,       \
+                                        const T *V, float *out, int64_t n, int G, int D, float scale,           \
+                                        float *scores) {                                                      \
+    float maxes[MAX_GROUP];                                                                                   \
+    for (int g = 0; g < G; g++) maxes[g] = -INFINITY;                                                         \
+    for (int64_t t = 0; t < n; t++) {                                                                         \
+        const T *k = ROW(PK, K, t);                                                                           \
+        for (int g = 0; g < G; g++) {                                                                         \
+            const float *qg = q + g * D;                                                                      \
+            float acc = 0.f;                                                                                  \
+            for (int d = 0; d < D; d++) acc += qg[d] * TO_FLOAT(k[d]);                                        \
+            acc *= scale;                                                                                     \
+            scores[g * n + t] = acc;                                                                          \
+            if (acc > maxes[g]) maxes[g] = acc;                                                               \
+        }                                                                                                     \
+    }                                                                                                         \
+    float sums[MAX_GROUP];                                                                                    \
+    for (int g = 0; g < G; g++) {                                                                             \
+        float s = 0.f, m = maxes[g];                                                                          \
+        float *row = scores + g * n;                                                                          \
+        for (int64_t t = 0; t < n; t++) {                                                                     \
+            float e = expf(row[t] - m);                                                                       \
+            row[t] = e;                                                                                       \
+            s += e;                                                                                           \
+        }                                                                                                     \
+        sums[g] = s;                                                                                          \
+        memset(out + g * D, 0, sizeof(float) * D);                                                            \
+    }                                                                                                         \
+    for (int64_t t = 0; t < n; t++) {                                                                         \
+        const T *v = ROW(PV, V, t);                                                                           \
+        for (int g = 0; g < G; g++) {                                                                         \
+            float p = scores[g * n + t];                                                                      \
+            float *o = out + g * D;                                                                           \
+            for (int d = 0; d < D; d++) o[d] += p * TO_FLOAT(v[d]);                                           \
+        }                                                                                                     \
+    }                                                                                                         \
+    for (int g = 0; g < G; g++) {                                                                             \
+        float inv = 1.f / sums[g];                                                                            \
+        for (int d = 0; d < D; d++) out[g * D + d] *= inv;                                                    \
+    }                                                                                                         \
 }
+
+ONE_HEAD_SCALAR(float, , kv_float)
+ONE_HEAD_SCALAR(half, _h, kv_float_h)
 
 // 16 vectors of partial sums (vector i: position i) -> one vector of their 16 totals, in order.
 // Each level adds the two halves of every position's lanes: 16 -> 8 -> 4 -> 2 -> 1 lanes.
@@ -93,9 +118,9 @@ static inline v16 totals16(const v16 *p) {
 // One KV head and its G query heads, D = 16 C (C a compile-time constant: registers, no loops over
 // lanes). Scores of 16 positions at a time; positions past n in the last block repeat position n - 1
 // and get weight 0. scores: [G, n rounded up to 16] scratch.
-#define ONE_HEAD(C)                                                                                        \
-    static void one_head_##C(const float *q, const float *PK, const float *PV, int64_t np, const float *K,  \
-                             const float *V, float *out, int64_t n, int G, float scale, float *scores) {    \
+#define ONE_HEAD(C, T, SUFFIX, LOAD)                                                                       \
+    static void one_head_##C##SUFFIX(const float *q, const T *PK, const T *PV, int64_t np, const T *K,      \
+                                     const T *V, float *out, int64_t n, int G, float scale, float *scores) {\
         const int D = 16 * C;                                                                              \
         const int64_t blocks = (n + 15) / 16, padded = blocks * 16;                                        \
         for (int g = 0; g < G; g++) {                                                                      \
@@ -106,9 +131,9 @@ static inline v16 totals16(const v16 *p) {
                 v16 p[16];                                                                                 \
                 for (int i = 0; i < 16; i++) {                                                             \
                     int64_t t = blk * 16 + i < n ? blk * 16 + i : n - 1;                                   \
-                    const float *k = ROW(PK, K, t);                                                        \
-                    v16 acc = qv[0] * load16(k);                                                           \
-                    for (int c = 1; c < C; c++) acc += qv[c] * load16(k + 16 * c);                        \
+                    const T *k = ROW(PK, K, t);                                                            \
+                    v16 acc = qv[0] * LOAD(k);                                                             \
+                    for (int c = 1; c < C; c++) acc += qv[c] * LOAD(k + 16 * c);                          \
                     p[i] = acc;                                                                            \
                 }                                                                                          \
                 v16 s = totals16(p) * scale;                                                               \
@@ -125,44 +150,54 @@ static inline v16 totals16(const v16 *p) {
             v16 o[C];                                                                                      \
             for (int c = 0; c < C; c++) o[c] = (v16){0};                                                   \
             for (int64_t t = 0; t < n; t++) {                                                              \
-                const float *v = ROW(PV, V, t);                                                            \
+                const T *v = ROW(PV, V, t);                                                                \
                 float w = row[t];                                                                          \
-                for (int c = 0; c < C; c++) o[c] += w * load16(v + 16 * c);                                \
+                for (int c = 0; c < C; c++) o[c] += w * LOAD(v + 16 * c);                                 \
             }                                                                                              \
             float inv = 1.f / sum16(sum);                                                                  \
             for (int c = 0; c < C; c++) store16(out + g * D + 16 * c, o[c] * inv);                         \
         }                                                                                                  \
     }
 
-ONE_HEAD(4)
-ONE_HEAD(8)
+ONE_HEAD(4, float, , load_kv)
+ONE_HEAD(8, float, , load_kv)
+ONE_HEAD(4, half, _h, load_kv_h)
+ONE_HEAD(8, half, _h, load_kv_h)
 
 struct attention_job {
-    int B, Hq, Hkv, D, layer, G;
+    int B, Hq, Hkv, D, layer, G, kv_half;
     float scale;
     const float *q, *k_new, *v_new;
     float *out;
-    float *const *bases;
+    void *const *bases;
     const int64_t *caps, *starts, *rows, *offsets;
-    const float *const *pbases;
+    const void *const *pbases;
     const int64_t *pcaps, *plens;
     int64_t *first_item;  // [B + 1]: items (kv head x row) of sequences before b
     atomic_int failed;
 };
 
-static float *kv_head(const struct attention_job *j, int b, int kind, int h) {
-    return j->bases[b] + ((int64_t)(j->layer * 2 + kind) * j->Hkv + h) * j->caps[b] * j->D;
+// element offset of (kind, head h) in a buffer of capacity cap: [L, 2, Hkv, cap, D]
+static inline int64_t head_offset(const struct attention_job *j, int kind, int h, int64_t cap) {
+    return ((int64_t)(j->layer * 2 + kind) * j->Hkv + h) * cap * j->D;
 }
 
 // item (b, h): write sequence b's new keys/values of KV head h
 static void write_job(void *ctx, int item) {
     const struct attention_job *j = ctx;
     int Hkv = j->Hkv, D = j->D, b = item / Hkv, h = item % Hkv;
-    float *K = kv_head(j, b, 0, h) + j->starts[b] * D, *V = kv_head(j, b, 1, h) + j->starts[b] * D;
+    int64_t k_at = head_offset(j, 0, h, j->caps[b]) + j->starts[b] * D;
+    int64_t v_at = head_offset(j, 1, h, j->caps[b]) + j->starts[b] * D;
     for (int64_t r = 0; r < j->rows[b]; r++) {
-        int64_t src = ((j->offsets[b] + r) * Hkv + h) * D;
-        memcpy(K + r * D, j->k_new + src, sizeof(float) * D);
-        memcpy(V + r * D, j->v_new + src, sizeof(float) * D);
+        const float *k = j->k_new + ((j->offsets[b] + r) * Hkv + h) * D;
+        const float *v = j->v_new + ((j->offsets[b] + r) * Hkv + h) * D;
+        if (j->kv_half) {
+            half *K = (half *)j->bases[b] + k_at + r * D, *V = (half *)j->bases[b] + v_at + r * D;
+            for (int d = 0; d < D; d++) K[d] = (half)k[d], V[d] = (half)v[d];
+        } else {
+            memcpy((float *)j->bases[b] + k_at + r * D, k, sizeof(float) * D);
+            memcpy((float *)j->bases[b] + v_at + r * D, v, sizeof(float) * D);
+        }
     }
 }
 
@@ -173,10 +208,9 @@ static void attend_job(void *ctx, int item) {
     while (j->first_item[b + 1] <= item) b++;
     int64_t local = item - j->first_item[b], r = local / Hkv;
     int h = (int)(local % Hkv);
-    int64_t np = j->plens[b], pcap = j->pcaps[b], n = np + j->starts[b] + r + 1;
-    const float *PK = np ? j->pbases[b] + ((int64_t)(j->layer * 2 + 0) * Hkv + h) * pcap * D : 0;
-    const float *PV = np ? j->pbases[b] + ((int64_t)(j->layer * 2 + 1) * Hkv + h) * pcap * D : 0;
-    const float *K = kv_head(j, b, 0, h), *V = kv_head(j, b, 1, h);
+    int64_t np = j->plens[b], n = np + j->starts[b] + r + 1;
+    int64_t pk = np ? head_offset(j, 0, h, j->pcaps[b]) : 0, pv = np ? head_offset(j, 1, h, j->pcaps[b]) : 0;
+    int64_t k_at = head_offset(j, 0, h, j->caps[b]), v_at = head_offset(j, 1, h, j->caps[b]);
     float *scores = malloc(sizeof(float) * G * ((n + 15) / 16 * 16));
     if (!scores) {
         atomic_store(&j->failed, 1);
@@ -185,27 +219,41 @@ static void attend_job(void *ctx, int item) {
     int64_t row = j->offsets[b] + r;
     const float *q = j->q + (row * Hq + h * G) * D;
     float *out = j->out + (row * Hq + h * G) * D;
-    if (D == 64)
-        one_head_4(q, PK, PV, np, K, V, out, n, G, j->scale, scores);
-    else if (D == 128)
-        one_head_8(q, PK, PV, np, K, V, out, n, G, j->scale, scores);
-    else
-        one_head_scalar(q, PK, PV, np, K, V, out, n, G, D, j->scale, scores);
+    if (j->kv_half) {
+        const half *P = j->pbases[b], *O = j->bases[b];
+        const half *PK = np ? P + pk : 0, *PV = np ? P + pv : 0, *K = O + k_at, *V = O + v_at;
+        if (D == 64)
+            one_head_4_h(q, PK, PV, np, K, V, out, n, G, j->scale, scores);
+        else if (D == 128)
+            one_head_8_h(q, PK, PV, np, K, V, out, n, G, j->scale, scores);
+        else
+            one_head_scalar_h(q, PK, PV, np, K, V, out, n, G, D, j->scale, scores);
+    } else {
+        const float *P = j->pbases[b], *O = j->bases[b];
+        const float *PK = np ? P + pk : 0, *PV = np ? P + pv : 0, *K = O + k_at, *V = O + v_at;
+        if (D == 64)
+            one_head_4(q, PK, PV, np, K, V, out, n, G, j->scale, scores);
+        else if (D == 128)
+            one_head_8(q, PK, PV, np, K, V, out, n, G, j->scale, scores);
+        else
+            one_head_scalar(q, PK, PV, np, K, V, out, n, G, D, j->scale, scores);
+    }
     free(scores);
 }
 
+// kv_half: 0 = the buffers hold float32, 1 = float16
 int ragged_attention_f32(int B, int Hq, int Hkv, int D, int layer, float scale, const float *q, const float *k_new,
-                         const float *v_new, float *out, float *const *bases, const int64_t *caps,
+                         const float *v_new, float *out, int kv_half, void *const *bases, const int64_t *caps,
                          const int64_t *starts, const int64_t *rows, const int64_t *offsets,
-                         const float *const *pbases, const int64_t *pcaps, const int64_t *plens) {
+                         const void *const *pbases, const int64_t *pcaps, const int64_t *plens) {
     int G = Hq / Hkv;
     if (G > MAX_GROUP || G * Hkv != Hq) return 1;
     int64_t first_item[B + 1];
     first_item[0] = 0;
     for (int b = 0; b < B; b++) first_item[b + 1] = first_item[b] + rows[b] * Hkv;
     if (first_item[B] > 0xffff) return 3;  // more items than one pool job takes
-    struct attention_job job = {B, Hq, Hkv, D, layer, G, scale, q, k_new, v_new, out, bases, caps, starts, rows,
-                                offsets, pbases, pcaps, plens, first_item, 0};
+    struct attention_job job = {B, Hq, Hkv, D, layer, G, kv_half, scale, q, k_new, v_new, out, bases, caps, starts,
+                                rows, offsets, pbases, pcaps, plens, first_item, 0};
     pool_run(B * Hkv, write_job, &job);  // every new key is in place before any row attends
     pool_run((int)first_item[B], attend_job, &job);
     return atomic_load(&job.failed) ? 2 : 0;

@@ -8,6 +8,6 @@ int rotary_qkv_f32(int T, int Hq, int Hkv, int D, const float *qkv, const float 
                    float *k, float *v);
 int silu_mul_f32(int T, int I, const float *gate_up, float *out);
 int ragged_attention_f32(int B, int Hq, int Hkv, int D, int layer, float scale, const float *q, const float *k_new,
-                         const float *v_new, float *out, float *const *bases, const int64_t *caps,
+                         const float *v_new, float *out, int kv_half, void *const *bases, const int64_t *caps,
                          const int64_t *starts, const int64_t *rows, const int64_t *offsets,
-                         const float *const *pbases, const int64_t *pcaps, const int64_t *plens);
+                         const void *const *pbases, const int64_t *pcaps, const int64_t *plens);

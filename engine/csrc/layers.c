@@ -7,6 +7,7 @@
 //   hidden   [T, H]  residual stream after the embeddings; on return, after the last layer (before
 //                    the final norm)
 //   cos, sin [T, D]  rotary tables of each row's position
+//   kv_half, bases.. the KV buffers as engine/csrc/attention.c takes them (float32 or float16)
 //   scratch  floats: T * (2 H + (Hq + 2 Hkv) D + (Hq + 2 Hkv) D + Hq D + 3 I)  (see below)
 // Weights per layer: RMSNorm vectors [H] and packed panels (engine/linear.py) of
 //   qkv [(Hq + 2 Hkv) D, H], o [H, Hq D], gate_up [2 I, H], down [H, I]  (no biases).
@@ -20,8 +21,8 @@ struct layer_weights {
 
 int forward_layers_f32(int T, int L, int H, int Hq, int Hkv, int D, int I, float eps, float scale,
                        const struct layer_weights *w, float *hidden, const float *cos, const float *sin,
-                       float *scratch, int B, float *const *bases, const int64_t *caps, const int64_t *starts,
-                       const int64_t *rows, const int64_t *offsets, const float *const *pbases,
+                       float *scratch, int B, int kv_half, void *const *bases, const int64_t *caps,
+                       const int64_t *starts, const int64_t *rows, const int64_t *offsets, const void *const *pbases,
                        const int64_t *pcaps, const int64_t *plens) {
     const int64_t nqkv = (int64_t)(Hq + 2 * Hkv) * D;
     float *x = scratch;                      // [T, H] normalised input of a block
@@ -38,8 +39,8 @@ int forward_layers_f32(int T, int L, int H, int Hq, int Hkv, int D, int I, float
         linear_packed_f32(T, (int)nqkv, H, x, w[l].qkv, qkv);
         status = rotary_qkv_f32(T, Hq, Hkv, D, qkv, cos, sin, q, k, v);
         if (status) break;
-        status = ragged_attention_f32(B, Hq, Hkv, D, l, scale, q, k, v, attn, bases, caps, starts, rows, offsets,
-                                      pbases, pcaps, plens);
+        status = ragged_attention_f32(B, Hq, Hkv, D, l, scale, q, k, v, attn, kv_half, bases, caps, starts, rows,
+                                      offsets, pbases, pcaps, plens);
         if (status) break;
         linear_packed_f32(T, H, Hq * D, attn, w[l].o, delta);
         add_rms_norm_f32(T, H, eps, hidden, delta, w[l].ln2, x);

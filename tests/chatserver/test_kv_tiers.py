@@ -77,16 +77,17 @@ async def test_spill_on_disconnect_and_prefetch_on_resume(aiohttp_client, tiny_m
 
 
 async def test_ram_limit_spills_other_sessions_and_all_answers_complete(aiohttp_client, tiny_model, tmp_path):
-    # the tiny model's KV is 512 bytes per token, reserved in 256-token steps (128 KB):
-    # 300 KB of RAM holds two of these sessions
-    config = _config(tmp_path, max_ram_bytes=300_000)
+    # the tiny model's KV is 256 bytes per token in float16, reserved in 256-token steps (64 KB):
+    # 150 KB of RAM holds two of these sessions
+    limit = 150_000
+    config = _config(tmp_path, max_ram_bytes=limit)
     client = await aiohttp_client(create_app(config, model=tiny_model))
     store = client.app[keys.engine].store
     chats = [await _open(client) for _ in range(4)]
     for chat, _ in chats:
         _, done = await chat.turn("a message " * 20, max_tokens=8, temperature=0)
         assert done["type"] == "done"
-        assert store.ram_bytes <= 300_000
+        assert store.ram_bytes <= limit
     tiers = [store.tier_of(s["session_id"]) for _, s in chats]
     assert "disk" in tiers
     for chat, _ in chats:

@@ -61,8 +61,9 @@ def test_decode_attention_kernel_matches_sdpa_and_writes_the_cache(tiny_model):
         assert torch.equal(kv.data[1, :, :, pos], twin.data[1, :, :, pos])
 
 
-def test_engine_logits_are_bit_identical_batched_or_alone(tiny_model):
-    runner = ModelRunner(tiny_model.model)
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+def test_engine_logits_are_bit_identical_batched_or_alone(tiny_model, kv_dtype):
+    runner = ModelRunner(tiny_model.model, kv_dtype=kv_dtype)
     prompts = [list(range(10 + i, 30 + 3 * i)) for i in range(6)]
     alone = []
     for p in prompts:
@@ -88,14 +89,15 @@ def test_fallback_runner_agrees_with_native(tiny_model):
     assert F.cosine_similarity(out[0], out[1], dim=0) > 0.9999
 
 
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("head_dim", [16, 64, 128])  # 64 and 128 take the vector paths, others the plain one
-def test_decode_attention_kernel_matches_sdpa_for_any_length_and_a_shared_prefix(head_dim):
+def test_decode_attention_kernel_matches_sdpa_for_any_length_and_a_shared_prefix(head_dim, kv_dtype):
     torch.manual_seed(head_dim)
     layers, hq, hkv = 2, 6, 2
     lengths = (0, 1, 15, 16, 17, 100, 333)  # cached positions before the new token
     kvs = []
     for n in lengths:
-        kv = SessionKV(layers, hkv, head_dim, torch.float32, n + 1)
+        kv = SessionKV(layers, hkv, head_dim, kv_dtype, n + 1)
         kv.data.normal_()
         kv.token_ids = list(range(n))
         if n > 40:
@@ -103,7 +105,7 @@ def test_decode_attention_kernel_matches_sdpa_for_any_length_and_a_shared_prefix
         kvs.append(kv)
     twins = []
     for kv in kvs:
-        twin = SessionKV(layers, hkv, head_dim, torch.float32, kv.length + 1)
+        twin = SessionKV(layers, hkv, head_dim, kv_dtype, kv.length + 1)
         twin.data[:, :, :, :kv.length] = kv.positions(0, kv.length)
         twin.token_ids = list(kv.token_ids)
         twins.append(twin)
@@ -143,20 +145,21 @@ def test_layer_ops_match_the_torch_formulas(rows):
     assert torch.equal(native.gated(gate_up[-1:]), native.gated(gate_up)[-1:]), "rows must not depend on the batch"
 
 
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("head_dim", [16, 64])
-def test_ragged_attention_of_short_chunks_matches_causal_sdpa(head_dim):
+def test_ragged_attention_of_short_chunks_matches_causal_sdpa(head_dim, kv_dtype):
     """Several new rows per sequence (a next message): row r sees its cache and new rows 0..r only."""
     torch.manual_seed(head_dim + 1)
     layers, hq, hkv = 2, 6, 2
     cases = [(0, 7), (3, 1), (30, 22), (90, 64), (150, 17)]  # (cached positions, new rows)
     kvs, twins, seqs, first = [], [], [], 0
     for cached, rows in cases:
-        kv = SessionKV(layers, hkv, head_dim, torch.float32, cached + rows)
+        kv = SessionKV(layers, hkv, head_dim, kv_dtype, cached + rows)
         kv.data.normal_()
         kv.token_ids = list(range(cached))
         if cached > 80:
             kv.share(41)
-        twin = SessionKV(layers, hkv, head_dim, torch.float32, cached + rows)
+        twin = SessionKV(layers, hkv, head_dim, kv_dtype, cached + rows)
         twin.data[:, :, :, :cached] = kv.positions(0, cached)
         twin.token_ids = list(kv.token_ids)
         kvs.append(kv)
@@ -174,9 +177,10 @@ def test_ragged_attention_of_short_chunks_matches_causal_sdpa(head_dim):
         torch.testing.assert_close(kv.positions(cached, cached + n)[1], twin.positions(cached, cached + n)[1])
 
 
-def test_one_call_for_all_layers_is_bit_identical_to_the_per_operation_loop(tiny_model):
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+def test_one_call_for_all_layers_is_bit_identical_to_the_per_operation_loop(tiny_model, kv_dtype):
     """engine/csrc/layers.c chains the same kernels as ModelRunner's loop: same logits, same caches."""
-    fused, looped = ModelRunner(tiny_model.model), ModelRunner(tiny_model.model)
+    fused, looped = ModelRunner(tiny_model.model, kv_dtype=kv_dtype), ModelRunner(tiny_model.model, kv_dtype=kv_dtype)
     assert fused._fused is not None
     looped._fused = None
     results = []
@@ -189,3 +193,18 @@ def test_one_call_for_all_layers_is_bit_identical_to_the_per_operation_loop(tiny
     (steps_a, kv_a), (steps_b, kv_b) = results
     assert all(torch.equal(a, b) for a, b in zip(steps_a, steps_b))
     assert all(torch.equal(a, b) for a, b in zip(kv_a, kv_b))
+
+
+def test_float16_kv_takes_half_the_bytes_and_stays_close_to_float32(tiny_model):
+    """What the float16 cache changes: bytes halve, logits move by float16 rounding of keys/values only."""
+    out = {}
+    for dtype in (torch.float32, torch.float16):
+        runner = ModelRunner(tiny_model.model, kv_dtype=dtype)
+        kv = runner.new_kv()
+        runner.forward([ForwardItem(kv, list(range(20, 120)), False)])
+        out[dtype] = (runner.forward([ForwardItem(kv, [5], True)])[0], kv.token_bytes, kv.data.dtype)
+    (a, bytes32, d32), (b, bytes16, d16) = out[torch.float32], out[torch.float16]
+    assert (d32, d16) == (torch.float32, torch.float16) and bytes16 * 2 == bytes32
+    assert not torch.equal(a, b)  # the rounding is real...
+    torch.testing.assert_close(a, b, atol=2e-2, rtol=1e-2)  # ...and small
+    assert int(a.argmax()) == int(b.argmax())

@@ -147,3 +147,22 @@ def test_scan_finds_the_conversations_on_disk_by_key(tmp_path):
     other_model = KVFileStore(tmp_path, KVLayout(LAYOUT.num_layers, LAYOUT.num_kv_heads, LAYOUT.head_dim,
                                                  LAYOUT.dtype, "another-model"), 1 << 30)
     assert other_model.scan_prefixes() == []
+
+
+def test_a_float16_store_round_trips_at_half_the_size_and_refuses_float32_files(tmp_path):
+    half = KVLayout(LAYOUT.num_layers, LAYOUT.num_kv_heads, LAYOUT.head_dim, torch.float16, LAYOUT.fingerprint)
+    wide = KVFileStore(tmp_path / "wide", LAYOUT, max_bytes=1 << 30)
+    narrow = KVFileStore(tmp_path / "narrow", half, max_bytes=1 << 30)
+    data, ids = _kv(40).half(), list(range(40))
+    narrow.write("s", data, ids)
+    wide.write("s", _kv(40), ids)
+    loaded, _ = narrow.read_into("s", lambda n: torch.full((3, 2, 2, n + 5, 8), float("nan"), dtype=torch.float16))
+    assert loaded.dtype == torch.float16 and torch.equal(loaded[:, :, :, :40], data[:, :, :, :40])
+    [small], [big] = (tmp_path / "narrow").iterdir(), (tmp_path / "wide").iterdir()
+    assert small.stat().st_size < 0.6 * big.stat().st_size
+    # a float32 file found by a float16 server (the setting changed) is refused, not misread
+    small.unlink()
+    big.rename(small)
+    with pytest.raises(KVFileInvalid) as exc:
+        KVFileStore(tmp_path / "narrow", half, max_bytes=1 << 30).read_into("s", _alloc)
+    assert exc.value.reason == "layout_mismatch"
