@@ -5,7 +5,8 @@ tokens/s), and the prefill of a 2,000-token prompt (seconds, tokens/s). Ours is 
 batch, C kernels, float32 by default); the baseline is transformers' model(...) with its KV cache,
 float32, greedy, the way `generate` steps. Medians of --repeats; ratios are baseline time / ours.
 
-Run: .venv/bin/python bench/engine_speed.py [--dtype float32|bfloat16] [--steps 32] [--repeats 3]
+Run: .venv/bin/python bench/engine_speed.py [--dtype float32|bfloat16] [--kv-dtype float16|float32] [--steps 32]
+     [--repeats 3]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from transformers import DynamicCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from engine.kv_cache import KV_DTYPES  # noqa: E402
 from engine.loader import load_model  # noqa: E402
 from engine.runner import ForwardItem, ModelRunner  # noqa: E402
 from engine.weights import MATMUL_DTYPES  # noqa: E402
@@ -71,6 +73,7 @@ def hf_prefill(model, tokens: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", choices=sorted(MATMUL_DTYPES), default="float32")
+    parser.add_argument("--kv-dtype", choices=sorted(KV_DTYPES), default="float16", help="the server's default")
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prefill-tokens", type=int, default=2000)
@@ -78,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     loaded = load_model(None, args.model_cache)
-    runner = ModelRunner(loaded.model, MATMUL_DTYPES[args.dtype])
+    runner = ModelRunner(loaded.model, MATMUL_DTYPES[args.dtype], kv_dtype=KV_DTYPES[args.kv_dtype])
     runner.warmup()
     hf_decode(loaded.model, 1, 2)  # warm-up
 
@@ -94,7 +97,7 @@ def main() -> None:
     ours_p, hf_p = median(ours_prefill, runner, n), median(hf_prefill, loaded.model, n)
     rows.append((f"{n}-token prefill, s", ours_p, hf_p, f"{n / ours_p:.0f} vs {n / hf_p:.0f} tok/s"))
 
-    print(f"\nours: ModelRunner, {args.dtype} linear layers; baseline: transformers eager loop, float32; "
+    print(f"\nours: ModelRunner, {args.dtype} linear layers, {args.kv_dtype} KV; baseline: transformers eager loop, float32; "
           f"median of {args.repeats}, {torch.get_num_threads()} torch threads\n")
     print("| measure | ours | transformers | ratio (transformers / ours) | rates |")
     print("|---|---:|---:|---:|---|")

@@ -287,7 +287,8 @@ def test_no_sharing_for_short_or_own_prefixes(tmp_path):
     kv, _ = store.acquire("a", 100)
     _run(kv, list(range(100)))
     store.release("a")
-    assert store.share_prefix("b", list(range(30)) + [999]) == 0  # below min_tokens
+    assert store.share_prefix("b", list(range(15)) + [999]) == 0  # below MIN_SHARED_TOKENS
+    assert store.share_prefix("c", list(range(16)) + [999]) == 16
     assert store.share_prefix("a", list(range(100)) + [5]) == 0  # its own KV already covers it
 
 
