@@ -72,7 +72,7 @@ async def test_session_detail_has_the_transcript(admin):
     assert (await admin.get("/api/sessions/nope", headers=AUTH)).status == 404
 
 
-async def test_evict_then_resume_reports_disk_and_drop_then_resume_recomputes(admin):
+async def test_evict_then_resume_reports_disk_and_drop_then_resume_recomputes_its_own_part(admin):
     chat, session, first = await _session(admin, "same opening")
     twin, twin_session, _ = await _session(admin, "same opening")
     sid = session["session_id"]
@@ -86,7 +86,10 @@ async def test_evict_then_resume_reports_disk_and_drop_then_resume_recomputes(ad
     resp = await admin.post(f"/api/sessions/{sid}/evict?drop=true", headers=AUTH)
     assert (await resp.json()) == {"id": sid, "action": "dropped", "kv": {"tier": "none", "bytes": 0}}
     text_miss, done = await chat.turn("and more", max_tokens=6, temperature=0)
-    assert done["cache"] == "miss" and done["usage"]["cached_tokens"] == 0
+    # its own KV is gone: only the beginning it has in common with the twin (its first turn) is reused,
+    # shared from the twin's KV; the rest of its history is recomputed
+    twin_tokens = first["usage"]["prompt_tokens"] + first["usage"]["completion_tokens"]
+    assert done["cache"] != "disk" and 0 < done["usage"]["cached_tokens"] <= twin_tokens
     # the twin session, same conversation, its KV never dropped: same answers
     assert (await twin.turn("next", max_tokens=6, temperature=0))[0] == text_disk
     assert (await twin.turn("and more", max_tokens=6, temperature=0))[0] == text_miss

@@ -47,16 +47,17 @@ async def test_restart_resumes_warm_from_disk_and_a_corrupt_file_recomputes(aioh
     damaged.write_bytes(damaged.read_bytes()[:-64])
 
     answers = []
-    for (session, first), expected_cache in zip(sessions, ["disk", "miss"]):
+    for (session, first), file_ok in zip(sessions, [True, False]):
         chat, resumed = await _open(client, session_id=session["session_id"], resume_token=session["resume_token"])
         text, done = await chat.turn("and a question", max_tokens=8, temperature=0)
-        assert done["type"] == "done" and done["cache"] == expected_cache
-        if expected_cache == "disk":
-            assert done["usage"]["cached_tokens"] >= first["usage"]["prompt_tokens"] - 1
+        assert done["type"] == "done"
+        if file_ok:
+            assert done["cache"] == "disk" and done["usage"]["cached_tokens"] >= first["usage"]["prompt_tokens"] - 1
         else:
-            assert done["usage"]["cached_tokens"] == 0
+            # its own file is refused; the same conversation's KV, held by the first session, is shared
+            assert done["cache"] == "ram" and done["usage"]["cached_tokens"] > 0
         answers.append(text)
-    assert answers[0] == answers[1]  # same conversation: reused and recomputed KV answer alike
+    assert answers[0] == answers[1]  # same conversation: restored and shared KV answer alike
     stats = client.app[keys.engine].store.stats
     assert stats.recomputes == 1 and stats.restore_failures == {"truncated": 1}
 
