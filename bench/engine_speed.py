@@ -12,15 +12,26 @@ Run: .venv/bin/python bench/engine_speed.py [--dtype float32|bfloat16] [--kv-dty
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-from transformers import DynamicCache
+# Each side under its best OpenMP setting: ours as `python -m chatserver` runs it (workers sleep between
+# torch operations, leaving the cores to engine/csrc/pool.c); the transformers baseline in a child
+# process with OpenMP's default (spinning workers suit its long chains of torch operations).
+if "--baseline-only" not in sys.argv:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+import torch  # noqa: E402
+from transformers import DynamicCache  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from step_profile import print_profile, profile  # noqa: E402
+
 from engine.kv_cache import KV_DTYPES  # noqa: E402
 from engine.loader import load_model  # noqa: E402
 from engine.runner import ForwardItem, ModelRunner  # noqa: E402
@@ -78,31 +89,43 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prefill-tokens", type=int, default=2000)
     parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parents[1] / ".cache" / "models")
+    parser.add_argument("--baseline-only", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     torch.set_num_threads(2)
     loaded = load_model(None, args.model_cache)
-    runner = ModelRunner(loaded.model, MATMUL_DTYPES[args.dtype], kv_dtype=KV_DTYPES[args.kv_dtype])
-    runner.warmup()
-    hf_decode(loaded.model, 1, 2)  # warm-up
 
     def median(fn, *a) -> float:
         return statistics.median(fn(*a) for _ in range(args.repeats))
 
-    rows = []
-    ours1, hf1 = median(ours_decode, runner, 1, args.steps), median(hf_decode, loaded.model, 1, args.steps)
-    rows.append(("one session decode, ms/step", ours1, hf1, f"{1000 / ours1:.1f} vs {1000 / hf1:.1f} tok/s"))
-    ours16, hf16 = median(ours_decode, runner, 16, args.steps), median(hf_decode, loaded.model, 16, args.steps)
-    rows.append(("16 sessions decode, ms/step", ours16, hf16, f"{16000 / ours16:.0f} vs {16000 / hf16:.0f} tok/s aggregate"))
     n = args.prefill_tokens
-    ours_p, hf_p = median(ours_prefill, runner, n), median(hf_prefill, loaded.model, n)
+    if args.baseline_only:
+        hf_decode(loaded.model, 1, 2)  # warm-up
+        print(json.dumps([median(hf_decode, loaded.model, 1, args.steps), median(hf_decode, loaded.model, 16, args.steps),
+                          median(hf_prefill, loaded.model, n)]))
+        return
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    child = subprocess.run([sys.executable, __file__, "--baseline-only", *sys.argv[1:]], env=env, check=True,
+                           capture_output=True, text=True)
+    hf1, hf16, hf_p = json.loads(child.stdout.strip().splitlines()[-1])
+
+    runner = ModelRunner(loaded.model, MATMUL_DTYPES[args.dtype], kv_dtype=KV_DTYPES[args.kv_dtype])
+    runner.warmup()
+    rows = []
+    ours1 = median(ours_decode, runner, 1, args.steps)
+    rows.append(("one session decode, ms/step", ours1, hf1, f"{1000 / ours1:.1f} vs {1000 / hf1:.1f} tok/s"))
+    ours16 = median(ours_decode, runner, 16, args.steps)
+    rows.append(("16 sessions decode, ms/step", ours16, hf16, f"{16000 / ours16:.0f} vs {16000 / hf16:.0f} tok/s aggregate"))
+    ours_p = median(ours_prefill, runner, n)
     rows.append((f"{n}-token prefill, s", ours_p, hf_p, f"{n / ours_p:.0f} vs {n / hf_p:.0f} tok/s"))
 
-    print(f"\nours: ModelRunner, {args.dtype} linear layers, {args.kv_dtype} KV; baseline: transformers eager loop, float32; "
+    print(f"\nours: ModelRunner, {args.dtype} linear layers, {args.kv_dtype} KV; baseline: transformers eager loop, float32 "
+          f"(own process, OpenMP default); "
           f"median of {args.repeats}, {torch.get_num_threads()} torch threads\n")
     print("| measure | ours | transformers | ratio (transformers / ours) | rates |")
     print("|---|---:|---:|---:|---|")
     for name, ours, base, rates in rows:
         print(f"| {name} | {ours:.2f} | {base:.2f} | {base / ours:.2f}x | {rates} |")
+    print_profile(profile(runner, args.repeats))
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ Measures, client-side on loopback, for N = 1, 4, 16, 32 (one server, one run):
   * aggregate generated tokens/s (all sessions' tokens / wall time of the phase),
   * TTFT p50/p99 (user frame sent -> first token frame, ms),
   * inter-token latency p50/p99 (gap between consecutive token frames of a turn, ms),
-and the aggregate's ratio to the N = 1 figure of the same run.
+and the aggregate's ratio to the N = 1 figure of the same run. With --repeats R the whole sequence of
+phases runs R times (interleaved, so that a slow or fast moment of this noisy machine touches every N
+alike); the aggregate is the median over repeats, latencies are pooled.
 
-Run: .venv/bin/python bench/load.py [--clients 1 4 16 32] [--turns 3] [--max-tokens 64]
+Run: .venv/bin/python bench/load.py [--clients 1 4 16 32] [--turns 3] [--max-tokens 64] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -94,6 +97,15 @@ def phase_stats(before: dict, after: dict) -> dict:
             "prefill_tokens": delta("step_tokens", "sum") - delta("decode_batch", "sum")}
 
 
+def merge(runs: list[dict]) -> dict:
+    """One row from repeated phases: the median-rate run's totals, everyone's latencies, median engine figures."""
+    ordered = sorted(runs, key=lambda r: r["tokens"] / r["seconds"])
+    mid = ordered[len(ordered) // 2]
+    engine = {k: statistics.median(r["engine"][k] for r in runs) for k in mid["engine"]}
+    return {"tokens": mid["tokens"], "seconds": mid["seconds"], "rates": [r["tokens"] / r["seconds"] for r in runs],
+            "ttft": [x for r in runs for x in r["ttft"]], "itl": [x for r in runs for x in r["itl"]], "engine": engine}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
@@ -101,29 +113,36 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parents[1] / ".cache" / "models")
     parser.add_argument("--server-arg", action="append", default=[], help="extra argument for `serve` (repeatable)")
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as data:
         server = RealServer(Path(data), args.model_cache, "--admin-token", ADMIN, *args.server_arg).start()
         try:
             asyncio.run(phase(server.ws_url, 2, 1, 8))  # warm-up
-            rows = []
-            for n in args.clients:
-                before = engine_stats(server.url)
-                rows.append((n, asyncio.run(phase(server.ws_url, n, args.turns, args.max_tokens))))
-                rows[-1][1]["engine"] = phase_stats(before, engine_stats(server.url))
+            runs: dict[int, list[dict]] = {n: [] for n in args.clients}
+            for _ in range(args.repeats):
+                for n in args.clients:
+                    before = engine_stats(server.url)
+                    run = asyncio.run(phase(server.ws_url, n, args.turns, args.max_tokens))
+                    run["engine"] = phase_stats(before, engine_stats(server.url))
+                    runs[n].append(run)
+            rows = [(n, merge(runs[n])) for n in args.clients]
         finally:
             server.stop()
 
     base = rows[0][1]["tokens"] / rows[0][1]["seconds"]
-    print(f"\n{args.turns} turns per session, max_tokens {args.max_tokens}, temperature 0.7 (seeded)\n")
-    print("| sessions | generated tokens | wall s | aggregate tok/s | × N=1 | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"\n{args.turns} turns per session, max_tokens {args.max_tokens}, temperature 0.7 (seeded), "
+          f"{args.repeats} repeat(s): median aggregate\n")
+    print("| sessions | generated tokens | wall s | aggregate tok/s | × N=1 | TTFT p50 ms | TTFT p99 ms | ITL p50 ms "
+          "| ITL p99 ms | every repeat, tok/s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for n, r in rows:
         rate = r["tokens"] / r["seconds"]
         print(f"| {n} | {r['tokens']} | {r['seconds']:.1f} | {rate:.1f} | {rate / base:.2f} | "
               f"{percentile(r['ttft'], 50):.0f} | {percentile(r['ttft'], 99):.0f} | "
-              f"{percentile(r['itl'], 50):.0f} | {percentile(r['itl'], 99):.0f} |")
+              f"{percentile(r['itl'], 50):.0f} | {percentile(r['itl'], 99):.0f} | "
+              f"{' '.join(f'{x:.0f}' for x in r['rates'])} |")
     print("\nServer side (engine statistics over each phase): forward passes, engine busy time, mean batch\n")
     print("| sessions | steps | engine busy % | step ms mean | decode batch mean | tokens/step mean | prefill tokens |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
@@ -131,6 +150,7 @@ def main() -> None:
         e = r["engine"]
         print(f"| {n} | {e['steps']:.0f} | {100 * e['busy_ms'] / 1000 / r['seconds']:.0f} | {e['step_ms']:.1f} | "
               f"{e['decode_batch']:.1f} | {e['step_tokens']:.1f} | {e['prefill_tokens']:.0f} |")
+
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,140 @@
+"""Where the time of one forward pass goes, against this machine's floors (issue 8's "profile of one step").
+
+Runs ModelRunner's per-operation layer loop (the same kernels the one-call path chains, plus a Python
+call per operation) with a timer around each kind of operation: the linear layers (q/k/v, o, gate/up,
+down: 30 x 4 weight matrices), the LM head, attention, the small per-token ops (RMSNorm, rotary, SiLU)
+and the rest (embedding, rotary tables, packing the batch, Python). Next to them, the two floors no
+float32 implementation can beat: reading every weight once per pass at the measured ~35 GB/s, and
+the matmul arithmetic (2 x parameters x rows; the LM head only for rows whose logits are wanted)
+at the measured fp32 peak of ~183 GFLOP/s
+(../shared/PERF-NOTES.md). Steps: one session decoding, 16 sessions decoding, one 512-token prefill
+chunk (the unit of a long prompt).
+
+Run: .venv/bin/python bench/step_profile.py [--kv-dtype float16] [--repeats 5]
+(bench/engine_speed.py prints the same table after its own.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as python -m chatserver does
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import engine.runner as runner_module  # noqa: E402
+from engine.attention import RaggedAttention  # noqa: E402
+from engine.kv_cache import KV_DTYPES  # noqa: E402
+from engine.layer_ops import LayerOps  # noqa: E402
+from engine.linear import Linear  # noqa: E402
+from engine.loader import load_model  # noqa: E402
+from engine.runner import ForwardItem, ModelRunner  # noqa: E402
+
+BANDWIDTH = 35e9  # bytes/s, measured (PERF-NOTES)
+PEAK_FP32 = 183e9  # FLOP/s, measured 2048^3 sgemm (PERF-NOTES)
+CONTEXT = 40  # cached tokens of each decoding session
+
+
+class _Timers:
+    """Patches the operation classes so that each call adds its wall time to a category."""
+
+    def __init__(self, vocab: int):
+        self.ms: dict[str, float] = defaultdict(float)
+        self.vocab = vocab
+        self._saved = []
+
+    def _wrap(self, owner, name: str, category) -> None:
+        original = getattr(owner, name)
+        self._saved.append((owner, name, original))
+        timers = self
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            out = original(*args, **kwargs)
+            what = category(args) if callable(category) else category
+            timers.ms[what] += (time.perf_counter() - start) * 1000
+            return out
+
+        setattr(owner, name, timed)
+
+    def __enter__(self):
+        self._wrap(Linear, "__call__", lambda a: "LM head" if a[0].out_features == self.vocab else "linear layers")
+        self._wrap(RaggedAttention, "__call__", "attention")
+        self._wrap(runner_module, "prefill_attention", "attention")
+        for op in ("add_rms_norm", "rotary_qkv", "gated"):
+            self._wrap(LayerOps, op, "norm, rotary, SiLU")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for owner, name, original in reversed(self._saved):
+            setattr(owner, name, original)
+
+
+def _weights(runner: ModelRunner) -> tuple[int, int, int]:
+    """(parameters of the decoder layers' matmuls, of the LM head, bytes of both as stored)."""
+    layers = [lin for w in runner._layers for lin in (w.qkv, w.o, w.gate_up, w.down)]
+    head = runner._lm_head
+    nbytes = sum(lin.weight.numel() * lin.weight.element_size() for lin in [*layers, head])
+    return sum(lin.weight.numel() for lin in layers), head.weight.numel(), nbytes
+
+
+def profile(runner: ModelRunner, repeats: int = 5) -> list[tuple[str, dict[str, float], float, float]]:
+    """Per step kind: (name, median ms per category incl. "total", weight-read floor ms, FLOP floor ms)."""
+    layer_params, head_params, nbytes = _weights(runner)
+    fused, runner._fused = runner._fused, None  # time the per-operation loop
+    try:
+        rows = []
+        for name, batch, new in (("1 session decoding", 1, 1), ("16 sessions decoding", 16, 1),
+                                 ("512-token prefill chunk", 1, 512)):
+            runs = []
+            for _ in range(repeats):
+                kvs = [runner.new_kv(CONTEXT + new) for _ in range(batch)]
+                runner.forward([ForwardItem(kv, list(range(100 + i, 100 + i + CONTEXT)), False)
+                                for i, kv in enumerate(kvs)])
+                with _Timers(runner.vocab_size) as timers:
+                    start = time.perf_counter()
+                    runner.forward([ForwardItem(kv, list(range(7, 7 + new)), True) for kv in kvs])
+                    total = (time.perf_counter() - start) * 1000
+                timers.ms["other"] = total - sum(timers.ms.values())
+                timers.ms["total"] = total
+                runs.append(dict(timers.ms))
+            med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
+            flops = 2 * (layer_params * batch * new + head_params * batch)  # logits of each sequence's last row
+            rows.append((name, med, nbytes / BANDWIDTH * 1000, flops / PEAK_FP32 * 1000))
+        return rows
+    finally:
+        runner._fused = fused
+
+
+def print_profile(rows) -> None:
+    cats = ["linear layers", "LM head", "attention", "norm, rotary, SiLU", "other"]
+    print("\nWhere one forward pass goes (per-operation loop, ms, median): float32 floors are reading the "
+          "weights once at 35 GB/s and the matmul FLOPs at 183 GFLOP/s\n")
+    print("| step | total | " + " | ".join(cats) + " | floor: weight read | floor: matmul FLOPs |")
+    print("|---|---:|" + "---:|" * len(cats) + "---:|---:|")
+    for name, med, read_floor, flop_floor in rows:
+        print(f"| {name} | {med['total']:.1f} | " + " | ".join(f"{med.get(c, 0.0):.1f}" for c in cats)
+              + f" | {read_floor:.1f} | {flop_floor:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kv-dtype", choices=sorted(KV_DTYPES), default="float16")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parents[1] / ".cache" / "models")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    runner = ModelRunner(load_model(None, args.model_cache).model, kv_dtype=KV_DTYPES[args.kv_dtype])
+    runner.warmup()
+    print_profile(profile(runner, args.repeats))
+
+
+if __name__ == "__main__":
+    main()
