@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import statistics
 import sys
@@ -40,7 +41,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-async def play(url: str, client: int, turns: int, max_tokens: int, out: dict) -> None:
+async def play(url: str, client: int, turns: int, max_tokens: int, out: dict, phase_id: int) -> None:
+    """One session. Its seeds are unique to (phase, client, turn): answers, and so the conversations
+    after their opening message, differ from every earlier phase's (no phase reuses another's KV beyond
+    the system prompt and the opening message, which many users share in real life too)."""
     async with websockets.connect(url, max_size=None) as ws:
         await ws.send(json.dumps({"type": "hello"}))
         json.loads(await ws.recv())
@@ -48,7 +52,7 @@ async def play(url: str, client: int, turns: int, max_tokens: int, out: dict) ->
         for turn in range(turns):
             sent = time.perf_counter()
             await ws.send(json.dumps({"type": "user", "content": messages[turn % len(messages)],
-                                      "max_tokens": max_tokens, "temperature": 0.7, "seed": client * 100 + turn}))
+                                      "max_tokens": max_tokens, "temperature": 0.7, "seed": phase_id * 100_000 + client * 100 + turn}))
             last = None
             while True:
                 frame = json.loads(await ws.recv())
@@ -66,10 +70,14 @@ async def play(url: str, client: int, turns: int, max_tokens: int, out: dict) ->
                     raise RuntimeError(frame)
 
 
+_phase_ids = itertools.count(1)
+
+
 async def phase(url: str, n: int, turns: int, max_tokens: int) -> dict:
     out = {"ttft": [], "itl": [], "tokens": 0}
+    phase_id = next(_phase_ids)
     start = time.perf_counter()
-    await asyncio.gather(*[play(url, i, turns, max_tokens, out) for i in range(n)])
+    await asyncio.gather(*[play(url, i, turns, max_tokens, out, phase_id) for i in range(n)])
     out["seconds"] = time.perf_counter() - start
     return out
 
