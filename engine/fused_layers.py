@@ -3,7 +3,8 @@ goes to the ragged kernel (decode rows and short prefill chunks: nearly every st
 
 Bit-identical to ModelRunner's per-operation loop (same kernels, same order; tested); it saves ~10
 Python calls per layer and the GIL hand-off each ctypes call makes, which under load waits on the
-event loop. Unavailable (None) without the C kernels, with bf16 weights, biases or a non-SiLU MLP.
+event loop. Weights in float32 or bfloat16 (all alike). Unavailable (None) without the C kernels, with
+biases or a non-SiLU MLP.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class FusedLayers:
             _Weights(w.ln1.data_ptr(), w.ln2.data_ptr(), w.qkv.packed.data_ptr(), w.o.packed.data_ptr(),
                      w.gate_up.packed.data_ptr(), w.down.packed.data_ptr()) for w in layers])
         self.eps, self.scale = eps, scale
+        self.wbf16 = int(layers[0].qkv.weight.dtype == torch.bfloat16)
         self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.intermediate = dims
 
     @classmethod
@@ -40,10 +42,12 @@ class FusedLayers:
         linears = [lin for w in layers for lin in (w.qkv, w.o, w.gate_up, w.down)]
         if ops.kernels is None or not ops.is_silu or any(lin.packed is None or lin.bias is not None for lin in linears):
             return None
+        if len({lin.weight.dtype for lin in linears}) != 1:
+            return None
         norms = [n for w in layers for n in (w.ln1, w.ln2)]
         if any(not n.is_contiguous() or n.dtype != torch.float32 for n in norms):
             return None
-        fn = native.function("forward_layers_f32", [_I] * 7 + [_F, _F] + [_P] * 5 + [_I, _I] + [_P] * 8)
+        fn = native.function("forward_layers_f32", [_I] * 7 + [_F, _F, _P, _I] + [_P] * 4 + [_I, _I] + [_P] * 8)
         return cls(fn, layers, eps, scale, dims) if fn is not None else None
 
     def __call__(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ragged: RaggedAttention) -> None:
@@ -53,7 +57,7 @@ class FusedLayers:
         h, hq, hkv, d, i = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.intermediate
         scratch = torch.empty(t * (2 * h + 2 * (hq + 2 * hkv) * d + hq * d + 3 * i))
         args = ragged.kernel_args()
-        status = self._fn(t, len(self._layers), h, hq, hkv, d, i, self.eps, self.scale, self._weights,
+        status = self._fn(t, len(self._layers), h, hq, hkv, d, i, self.eps, self.scale, self._weights, self.wbf16,
                           hidden.data_ptr(), cos.data_ptr(), sin.data_ptr(), scratch.data_ptr(), *args)
         if status != 0:
             raise RuntimeError(f"forward_layers kernel failed with status {status}")

@@ -3,8 +3,9 @@
 engine/csrc/linear.c reads W pre-packed into 64-column panels and computes every output as the plain
 k-ordered sum whatever the batch, so a sequence's logits do not depend on what shares its step
 (batch-invariant). Measured against MKL's sgemm on this machine, whole model (bench/engine_speed.py):
-2.8x faster at 1 row, 2.6x at 16, 1.2-1.4x at 128-512 rows. bfloat16 weights, or no C compiler,
-go to torch's F.linear.
+2.8x faster at 1 row, 2.6x at 16, 1.2-1.4x at 128-512 rows. bfloat16 weights go to
+engine/csrc/linear_bf16.c (pair-packed panels, AVX-512 BF16); without it, or without a C compiler,
+to torch's F.linear.
 """
 
 from __future__ import annotations
@@ -23,15 +24,27 @@ _P = ctypes.c_void_p
 
 
 @functools.cache
-def native_kernel():
-    """The linear_packed_f32 C function, or None (no compiler); built on first use."""
-    return native.function("linear_packed_f32", [ctypes.c_int] * 3 + [_P] * 3)
+def native_kernel(dtype: torch.dtype = torch.float32):
+    """The C function for weights of this dtype (float32, or bfloat16 on CPUs with AVX-512 BF16), or
+    None (no compiler, no such instructions); built on first use."""
+    if dtype == torch.float32:
+        return native.function("linear_packed_f32", [ctypes.c_int] * 3 + [_P] * 3)
+    supported = native.function("linear_bf16_supported", [])
+    if dtype != torch.bfloat16 or supported is None or not supported():
+        return None
+    return native.function("linear_packed_bf16", [ctypes.c_int] * 3 + [_P] * 3)
 
 
 def pack(w: torch.Tensor) -> torch.Tensor:
-    """W [N, K] -> panels [ceil(N / 64), K, 64] with panels[p, k, c] = W[64 p + c, k] (zero padded)."""
+    """float32 W [N, K] -> panels [ceil(N / 64), K, 64] with panels[p, k, c] = W[64 p + c, k] (zero padded);
+    bfloat16 W -> pair panels [ceil(N / 64), ceil(K / 2), 64, 2] with [p, k // 2, c, k % 2] = W[64 p + c, k]."""
     n, k = w.shape
     panels = -(-n // PANEL)
+    if w.dtype == torch.bfloat16:
+        k2 = -(-k // 2)
+        padded = torch.zeros(panels * PANEL, 2 * k2, dtype=w.dtype)
+        padded[:n, :k] = w
+        return padded.view(panels, PANEL, k2, 2).transpose(1, 2).contiguous()
     padded = torch.zeros(panels * PANEL, k, dtype=w.dtype)
     padded[:n] = w
     return padded.view(panels, PANEL, k).transpose(1, 2).contiguous()
@@ -44,9 +57,9 @@ class Linear:
         self.weight = weight.detach()
         self.bias = bias
         self.out_features, self.in_features = weight.shape
-        kernel = native_kernel() if native and weight.dtype == torch.float32 else None
+        kernel = native_kernel(weight.dtype) if native else None
         self._kernel = kernel
-        self.packed = pack(self.weight) if kernel is not None else None  # [panels, K, 64], or None: torch
+        self.packed = pack(self.weight) if kernel is not None else None  # see pack(); None: torch
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernel is None:
@@ -55,5 +68,8 @@ class Linear:
             return F.linear(x, self.weight, self.bias)
         x = x.contiguous()
         y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
-        self._kernel(x.shape[0], self.out_features, self.in_features, x.data_ptr(), self.packed.data_ptr(), y.data_ptr())
-        return y if self.bias is None else y + self.bias
+        status = self._kernel(x.shape[0], self.out_features, self.in_features, x.data_ptr(), self.packed.data_ptr(),
+                              y.data_ptr())
+        if status:
+            raise MemoryError("linear kernel: out of memory")
+        return y if self.bias is None else y + self.bias.float()

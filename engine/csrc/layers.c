@@ -10,17 +10,26 @@
 //   kv_half, bases.. the KV buffers as engine/csrc/attention.c takes them (float32 or float16)
 //   scratch  floats: T * (2 H + (Hq + 2 Hkv) D + (Hq + 2 Hkv) D + Hq D + 3 I)  (see below)
 // Weights per layer: RMSNorm vectors [H] and packed panels (engine/linear.py) of
-//   qkv [(Hq + 2 Hkv) D, H], o [H, Hq D], gate_up [2 I, H], down [H, I]  (no biases).
+//   qkv [(Hq + 2 Hkv) D, H], o [H, Hq D], gate_up [2 I, H], down [H, I]  (no biases),
+// float32 panels (linear.c), or bfloat16 pair panels (linear_bf16.c) when wbf16 is 1.
 #include <stdint.h>
 
 #include "kernels.h"
 
 struct layer_weights {
-    const float *ln1, *ln2, *qkv, *o, *gate_up, *down;
+    const float *ln1, *ln2;
+    const void *qkv, *o, *gate_up, *down;
 };
 
+static inline void linear(int wbf16, int M, int N, int K, const float *x, const void *W, float *y) {
+    if (wbf16)
+        linear_packed_bf16(M, N, K, x, W, y);  // the caller checked linear_bf16_supported()
+    else
+        linear_packed_f32(M, N, K, x, W, y);
+}
+
 int forward_layers_f32(int T, int L, int H, int Hq, int Hkv, int D, int I, float eps, float scale,
-                       const struct layer_weights *w, float *hidden, const float *cos, const float *sin,
+                       const struct layer_weights *w, int wbf16, float *hidden, const float *cos, const float *sin,
                        float *scratch, int B, int kv_half, void *const *bases, const int64_t *caps,
                        const int64_t *starts, const int64_t *rows, const int64_t *offsets, const void *const *pbases,
                        const int64_t *pcaps, const int64_t *plens) {
@@ -36,17 +45,17 @@ int forward_layers_f32(int T, int L, int H, int Hq, int Hkv, int D, int I, float
     float *act = gate_up + (int64_t)T * 2 * I;    // [T, I]
     int status = add_rms_norm_f32(T, H, eps, hidden, 0, w[0].ln1, x);
     for (int l = 0; l < L && !status; l++) {
-        linear_packed_f32(T, (int)nqkv, H, x, w[l].qkv, qkv);
+        linear(wbf16, T, (int)nqkv, H, x, w[l].qkv, qkv);
         status = rotary_qkv_f32(T, Hq, Hkv, D, qkv, cos, sin, q, k, v);
         if (status) break;
         status = ragged_attention_f32(B, Hq, Hkv, D, l, scale, q, k, v, attn, kv_half, bases, caps, starts, rows,
                                       offsets, pbases, pcaps, plens);
         if (status) break;
-        linear_packed_f32(T, H, Hq * D, attn, w[l].o, delta);
+        linear(wbf16, T, H, Hq * D, attn, w[l].o, delta);
         add_rms_norm_f32(T, H, eps, hidden, delta, w[l].ln2, x);
-        linear_packed_f32(T, 2 * I, H, x, w[l].gate_up, gate_up);
+        linear(wbf16, T, 2 * I, H, x, w[l].gate_up, gate_up);
         silu_mul_f32(T, I, gate_up, act);
-        linear_packed_f32(T, H, I, act, w[l].down, delta);
+        linear(wbf16, T, H, I, act, w[l].down, delta);
         if (l + 1 < L) {
             add_rms_norm_f32(T, H, eps, hidden, delta, w[l + 1].ln1, x);
         } else {

@@ -211,3 +211,28 @@ async def test_sigterm_mid_answer_closes_with_1001_stores_the_partial_answer_and
         await chat.close()
     finally:
         srv.stop()
+
+
+async def test_bfloat16_mode_serves_what_its_engine_computes(tmp_path, real_model):
+    """--dtype bfloat16 (AVX-512 BF16 kernels): the server's greedy answer is the bf16 engine's own."""
+    from engine.runner import ForwardItem, ModelRunner
+
+    question = "Name three colours of the rainbow."
+    fmt = ChatFormat(real_model.tokenizer, real_model.model.generation_config)
+    runner = ModelRunner(real_model.model, torch.bfloat16, kv_dtype=torch.float16)
+    kv, ids = runner.new_kv(), fmt.render([ChatMessage("user", question)])
+    logits, out = runner.forward([ForwardItem(kv, ids, True)]), []
+    while len(out) < 24:
+        token = int(logits[0].argmax())
+        if token in fmt.stop_token_ids:
+            break
+        out.append(token)
+        logits = runner.forward([ForwardItem(kv, [token], True)])
+    srv = RealServer(tmp_path, MODEL_CACHE, "--dtype", "bfloat16").start()
+    try:
+        chat, _ = await WsChat.open(srv.ws_url)
+        text, done = await chat.turn(question, max_tokens=24, temperature=0)
+        assert done["type"] == "done" and text == real_model.tokenizer.decode(out, skip_special_tokens=True)
+        await chat.close()
+    finally:
+        srv.stop()

@@ -27,8 +27,25 @@ def test_linear_matches_torch_for_any_batch_and_shape():
             torch.testing.assert_close(native(x), plain(x), atol=1e-4, rtol=1e-4)
 
 
-def test_linear_rows_do_not_depend_on_the_rest_of_the_batch():
-    w = torch.randn(300, 576)
+def test_bfloat16_linear_matches_torch_on_the_same_rounded_operands():
+    """--dtype bfloat16: weights and activations rounded to bfloat16, products summed in float32."""
+    from engine.linear import native_kernel
+
+    assert native_kernel(torch.bfloat16) is not None, "this machine has AVX-512 BF16: the kernel must build"
+    torch.manual_seed(1)
+    for out_features, in_features in [(100, 48), (576, 576), (65, 7), (1536, 576)]:
+        w, b = torch.randn(out_features, in_features).bfloat16(), torch.randn(out_features).bfloat16()
+        native = Linear(w, b)
+        assert native.packed is not None
+        for rows in (1, 2, 5, 6, 7, 17):
+            x = torch.randn(rows, in_features)
+            want = x.bfloat16().float() @ w.float().T + b.float()
+            torch.testing.assert_close(native(x), want, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_rows_do_not_depend_on_the_rest_of_the_batch(dtype):
+    w = torch.randn(300, 576).to(dtype)
     x = torch.randn(37, 576)
     lin = Linear(w)
     together = lin(x)
@@ -177,10 +194,12 @@ def test_ragged_attention_of_short_chunks_matches_causal_sdpa(head_dim, kv_dtype
         torch.testing.assert_close(kv.positions(cached, cached + n)[1], twin.positions(cached, cached + n)[1])
 
 
-@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
-def test_one_call_for_all_layers_is_bit_identical_to_the_per_operation_loop(tiny_model, kv_dtype):
+@pytest.mark.parametrize("weights,kv_dtype", [(torch.float32, torch.float32), (torch.float32, torch.float16),
+                                              (torch.bfloat16, torch.float16)])
+def test_one_call_for_all_layers_is_bit_identical_to_the_per_operation_loop(tiny_model, weights, kv_dtype):
     """engine/csrc/layers.c chains the same kernels as ModelRunner's loop: same logits, same caches."""
-    fused, looped = ModelRunner(tiny_model.model, kv_dtype=kv_dtype), ModelRunner(tiny_model.model, kv_dtype=kv_dtype)
+    fused = ModelRunner(tiny_model.model, weights, kv_dtype=kv_dtype)
+    looped = ModelRunner(tiny_model.model, weights, kv_dtype=kv_dtype)
     assert fused._fused is not None
     looped._fused = None
     results = []
