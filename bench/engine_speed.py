@@ -125,7 +125,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---|")
     for name, ours, base, rates in rows:
         print(f"| {name} | {ours:.2f} | {base:.2f} | {base / ours:.2f}x | {rates} |")
-    print_profile(profile(runner, args.repeats))
+    print_profile(profile(runner, args.repeats), runner.matmul_dtype)
 
 
 if __name__ == "__main__":

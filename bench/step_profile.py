@@ -6,11 +6,11 @@ down: 30 x 4 weight matrices), the LM head, attention, the small per-token ops (
 and the rest (embedding, rotary tables, packing the batch, Python). Next to them, the two floors no
 float32 implementation can beat: reading every weight once per pass at the measured ~35 GB/s, and
 the matmul arithmetic (2 x parameters x rows; the LM head only for rows whose logits are wanted)
-at the measured fp32 peak of ~183 GFLOP/s
+at the measured peak of ~183 GFLOP/s in float32 (~411 in bfloat16)
 (../shared/PERF-NOTES.md). Steps: one session decoding, 16 sessions decoding, one 512-token prefill
 chunk (the unit of a long prompt).
 
-Run: .venv/bin/python bench/step_profile.py [--kv-dtype float16] [--repeats 5]
+Run: .venv/bin/python bench/step_profile.py [--dtype float32|bfloat16] [--kv-dtype float16] [--repeats 5]
 (bench/engine_speed.py prints the same table after its own.)
 """
 
@@ -36,9 +36,10 @@ from engine.layer_ops import LayerOps  # noqa: E402
 from engine.linear import Linear  # noqa: E402
 from engine.loader import load_model  # noqa: E402
 from engine.runner import ForwardItem, ModelRunner  # noqa: E402
+from engine.weights import MATMUL_DTYPES  # noqa: E402
 
 BANDWIDTH = 35e9  # bytes/s, measured (PERF-NOTES)
-PEAK_FP32 = 183e9  # FLOP/s, measured 2048^3 sgemm (PERF-NOTES)
+PEAK = {torch.float32: 183e9, torch.bfloat16: 411e9}  # FLOP/s, measured 2048^3 matmuls (PERF-NOTES)
 CONTEXT = 40  # cached tokens of each decoding session
 
 
@@ -107,16 +108,16 @@ def profile(runner: ModelRunner, repeats: int = 5) -> list[tuple[str, dict[str, 
                 runs.append(dict(timers.ms))
             med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
             flops = 2 * (layer_params * batch * new + head_params * batch)  # logits of each sequence's last row
-            rows.append((name, med, nbytes / BANDWIDTH * 1000, flops / PEAK_FP32 * 1000))
+            rows.append((name, med, nbytes / BANDWIDTH * 1000, flops / PEAK[runner.matmul_dtype] * 1000))
         return rows
     finally:
         runner._fused = fused
 
 
-def print_profile(rows) -> None:
+def print_profile(rows, dtype: torch.dtype = torch.float32) -> None:
     cats = ["linear layers", "LM head", "attention", "norm, rotary, SiLU", "other"]
-    print("\nWhere one forward pass goes (per-operation loop, ms, median): float32 floors are reading the "
-          "weights once at 35 GB/s and the matmul FLOPs at 183 GFLOP/s\n")
+    print(f"\nWhere one forward pass goes (per-operation loop, ms, median). Floors for {dtype} weights: reading "
+          f"them once at 35 GB/s, and the matmul FLOPs at {PEAK[dtype] / 1e9:.0f} GFLOP/s\n")
     print("| step | total | " + " | ".join(cats) + " | floor: weight read | floor: matmul FLOPs |")
     print("|---|---:|" + "---:|" * len(cats) + "---:|---:|")
     for name, med, read_floor, flop_floor in rows:
@@ -126,14 +127,16 @@ def print_profile(rows) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", choices=sorted(MATMUL_DTYPES), default="float32")
     parser.add_argument("--kv-dtype", choices=sorted(KV_DTYPES), default="float16")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parents[1] / ".cache" / "models")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    runner = ModelRunner(load_model(None, args.model_cache).model, kv_dtype=KV_DTYPES[args.kv_dtype])
+    runner = ModelRunner(load_model(None, args.model_cache).model, MATMUL_DTYPES[args.dtype],
+                         kv_dtype=KV_DTYPES[args.kv_dtype])
     runner.warmup()
-    print_profile(profile(runner, args.repeats))
+    print_profile(profile(runner, args.repeats), runner.matmul_dtype)
 
 
 if __name__ == "__main__":
