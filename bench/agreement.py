@@ -2,8 +2,9 @@
 
 A fixed set of 60 conversations (single questions, system prompts, multi-turn histories) is rendered
 with the model's chat template; each is answered greedily for --tokens tokens by ModelRunner with
-float32 weights and KV (the reference), with float16 KV (the server's default), and with bfloat16
-linear layers. Prints how many answers are identical, the mean fraction of tokens that agree before
+float32 weights and KV (the reference), with float16 KV (the server's default), with bfloat16
+linear layers (--dtype bfloat16: weights and activations in bf16, float32 sums), and, as an experiment
+for a weight-only mode, with float32 activations on bf16-rounded weights. Prints how many answers are identical, the mean fraction of tokens that agree before
 the first difference, a few side by side, and, as a check of the reference itself, how many float32
 answers equal transformers' generate() (all 60).
 
@@ -13,6 +14,7 @@ Run: .venv/bin/python bench/agreement.py [--tokens 32] [--show 4]
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -58,6 +60,19 @@ def greedy(runner: ModelRunner, prompts: list[list[int]], tokens: int, stop: fro
     return answers
 
 
+def _weights_rounded_to_bf16(model):
+    """A copy whose matmul weights (decoder layers and LM head) hold bfloat16-representable values: what
+    a weight-only bf16 kernel with float32 activations would compute."""
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, param in rounded.named_parameters():
+            if param.dim() == 2 and "embed" not in name:
+                param.copy_(param.bfloat16().float())
+        if rounded.lm_head.weight is rounded.model.embed_tokens.weight:  # tied: the embedding stays exact
+            rounded.lm_head.weight = torch.nn.Parameter(rounded.lm_head.weight.bfloat16().float(), requires_grad=False)
+    return rounded
+
+
 def agreeing_prefix(a: list[int], b: list[int]) -> float:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
@@ -80,8 +95,11 @@ def main() -> None:
     modes = {
         "float16 KV (default) vs float32": greedy(ModelRunner(loaded.model, torch.float32, kv_dtype=torch.float16),
                                                   prompts, args.tokens, fmt.stop_token_ids),
-        "bfloat16 linear layers vs float32": greedy(ModelRunner(loaded.model, torch.bfloat16), prompts, args.tokens,
-                                                    fmt.stop_token_ids),
+        "bfloat16 linear layers (--dtype bfloat16) vs float32": greedy(ModelRunner(loaded.model, torch.bfloat16),
+                                                                       prompts, args.tokens, fmt.stop_token_ids),
+        "bfloat16-rounded weights, float32 activations (experiment) vs float32": greedy(
+            ModelRunner(_weights_rounded_to_bf16(loaded.model), torch.float32), prompts, args.tokens,
+            fmt.stop_token_ids),
     }
     with torch.inference_mode():
         hf = [loaded.model.generate(torch.tensor([p]), max_new_tokens=args.tokens, do_sample=False)[0, len(p):].tolist()
