@@ -219,25 +219,23 @@ static void attend_job(void *ctx, int item) {
     int64_t row = j->offsets[b] + r;
     const float *q = j->q + (row * Hq + h * G) * D;
     float *out = j->out + (row * Hq + h * G) * D;
-    if (j->kv_half) {
-        const half *P = j->pbases[b], *O = j->bases[b];
-        const half *PK = np ? P + pk : 0, *PV = np ? P + pv : 0, *K = O + k_at, *V = O + v_at;
-        if (D == 64)
-            one_head_4_h(q, PK, PV, np, K, V, out, n, G, j->scale, scores);
-        else if (D == 128)
-            one_head_8_h(q, PK, PV, np, K, V, out, n, G, j->scale, scores);
-        else
-            one_head_scalar_h(q, PK, PV, np, K, V, out, n, G, D, j->scale, scores);
-    } else {
-        const float *P = j->pbases[b], *O = j->bases[b];
-        const float *PK = np ? P + pk : 0, *PV = np ? P + pv : 0, *K = O + k_at, *V = O + v_at;
-        if (D == 64)
-            one_head_4(q, PK, PV, np, K, V, out, n, G, j->scale, scores);
-        else if (D == 128)
-            one_head_8(q, PK, PV, np, K, V, out, n, G, j->scale, scores);
-        else
-            one_head_scalar(q, PK, PV, np, K, V, out, n, G, D, j->scale, scores);
+    // the same call for either KV element type T (suffix SFX names the kernels of that type)
+#define ATTEND(T, SFX)                                                                                  \
+    {                                                                                                   \
+        const T *P = j->pbases[b], *O = j->bases[b];                                                    \
+        const T *PK = np ? P + pk : 0, *PV = np ? P + pv : 0, *K = O + k_at, *V = O + v_at;             \
+        if (D == 64)                                                                                    \
+            one_head_4##SFX(q, PK, PV, np, K, V, out, n, G, j->scale, scores);                          \
+        else if (D == 128)                                                                              \
+            one_head_8##SFX(q, PK, PV, np, K, V, out, n, G, j->scale, scores);                          \
+        else                                                                                            \
+            one_head_scalar##SFX(q, PK, PV, np, K, V, out, n, G, D, j->scale, scores);                  \
     }
+    if (j->kv_half)
+        ATTEND(half, _h)
+    else
+        ATTEND(float, )
+#undef ATTEND
     free(scores);
 }
 
