@@ -164,6 +164,77 @@ ONE_HEAD(8, float, , load_kv)
 ONE_HEAD(4, half, _h, load_kv_h)
 ONE_HEAD(8, half, _h, load_kv_h)
 
+// The same computation for a compile-time group of GG query heads sharing one KV head: each key and
+// value is loaded (and widened) once for all GG heads instead of once per head. Per head, every
+// operation and its order are those of ONE_HEAD, so the results are bit-identical.
+#define ONE_HEAD_G(C, GG, T, SUFFIX, LOAD)                                                                 \
+    static void one_head_##C##_g##GG##SUFFIX(const float *q, const T *PK, const T *PV, int64_t np,         \
+                                             const T *K, const T *V, float *out, int64_t n, float scale,    \
+                                             float *scores) {                                               \
+        const int D = 16 * C;                                                                              \
+        const int64_t blocks = (n + 15) / 16, padded = blocks * 16;                                        \
+        v16 qv[GG][C], m[GG], sum[GG];                                                                     \
+        for (int g = 0; g < GG; g++) {                                                                     \
+            for (int c = 0; c < C; c++) qv[g][c] = load16(q + g * D + 16 * c);                             \
+            m[g] = sum[g] = (v16){0};                                                                      \
+        }                                                                                                  \
+        for (int64_t blk = 0; blk < blocks; blk++) {                                                       \
+            v16 p[GG][16];                                                                                 \
+            for (int i = 0; i < 16; i++) {                                                                 \
+                int64_t t = blk * 16 + i < n ? blk * 16 + i : n - 1;                                       \
+                const T *k = ROW(PK, K, t);                                                                \
+                v16 kv[C];                                                                                 \
+                for (int c = 0; c < C; c++) kv[c] = LOAD(k + 16 * c);                                      \
+                for (int g = 0; g < GG; g++) {                                                             \
+                    v16 acc = qv[g][0] * kv[0];                                                            \
+                    for (int c = 1; c < C; c++) acc += qv[g][c] * kv[c];                                   \
+                    p[g][i] = acc;                                                                         \
+                }                                                                                          \
+            }                                                                                              \
+            for (int g = 0; g < GG; g++) {                                                                 \
+                v16 s = totals16(p[g]) * scale;                                                            \
+                store16(scores + g * padded + blk * 16, s);                                                \
+                m[g] = blk ? vmax16(m[g], s) : s;                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+        for (int g = 0; g < GG; g++) {                                                                     \
+            float *row = scores + g * padded, mx = max16(m[g]);                                            \
+            for (int64_t blk = 0; blk < blocks; blk++) {                                                   \
+                v16 e = exp16(load16(row + blk * 16) - mx);                                                \
+                e = select16(IOTA < (float)(n - blk * 16), e, (v16){0});                                   \
+                store16(row + blk * 16, e);                                                                \
+                sum[g] += e;                                                                               \
+            }                                                                                              \
+        }                                                                                                  \
+        v16 o[GG][C];                                                                                      \
+        for (int g = 0; g < GG; g++)                                                                       \
+            for (int c = 0; c < C; c++) o[g][c] = (v16){0};                                                \
+        for (int64_t t = 0; t < n; t++) {                                                                  \
+            const T *v = ROW(PV, V, t);                                                                    \
+            v16 vv[C];                                                                                     \
+            for (int c = 0; c < C; c++) vv[c] = LOAD(v + 16 * c);                                          \
+            for (int g = 0; g < GG; g++) {                                                                 \
+                float w = scores[g * padded + t];                                                          \
+                for (int c = 0; c < C; c++) o[g][c] += w * vv[c];                                          \
+            }                                                                                              \
+        }                                                                                                  \
+        for (int g = 0; g < GG; g++) {                                                                     \
+            float inv = 1.f / sum16(sum[g]);                                                               \
+            for (int c = 0; c < C; c++) store16(out + g * D + 16 * c, o[g][c] * inv);                      \
+        }                                                                                                  \
+    }
+
+#define ONE_HEAD_GROUPS(C, T, SUFFIX, LOAD) \
+    ONE_HEAD_G(C, 1, T, SUFFIX, LOAD)       \
+    ONE_HEAD_G(C, 2, T, SUFFIX, LOAD)       \
+    ONE_HEAD_G(C, 3, T, SUFFIX, LOAD)       \
+    ONE_HEAD_G(C, 4, T, SUFFIX, LOAD)
+
+ONE_HEAD_GROUPS(4, float, , load_kv)
+ONE_HEAD_GROUPS(8, float, , load_kv)
+ONE_HEAD_GROUPS(4, half, _h, load_kv_h)
+ONE_HEAD_GROUPS(8, half, _h, load_kv_h)
+
 struct attention_job {
     int B, Hq, Hkv, D, layer, G, kv_half;
     float scale;
@@ -220,22 +291,32 @@ static void attend_job(void *ctx, int item) {
     const float *q = j->q + (row * Hq + h * G) * D;
     float *out = j->out + (row * Hq + h * G) * D;
     // the same call for either KV element type T (suffix SFX names the kernels of that type)
+#define GROUPED(C, SFX)                                                                                 \
+    switch (G) {                                                                                        \
+        case 1: one_head_##C##_g1##SFX(q, PK, PV, np, K, V, out, n, j->scale, scores); break;           \
+        case 2: one_head_##C##_g2##SFX(q, PK, PV, np, K, V, out, n, j->scale, scores); break;           \
+        case 3: one_head_##C##_g3##SFX(q, PK, PV, np, K, V, out, n, j->scale, scores); break;           \
+        case 4: one_head_##C##_g4##SFX(q, PK, PV, np, K, V, out, n, j->scale, scores); break;           \
+        default: one_head_##C##SFX(q, PK, PV, np, K, V, out, n, G, j->scale, scores);                   \
+    }
 #define ATTEND(T, SFX)                                                                                  \
     {                                                                                                   \
         const T *P = j->pbases[b], *O = j->bases[b];                                                    \
         const T *PK = np ? P + pk : 0, *PV = np ? P + pv : 0, *K = O + k_at, *V = O + v_at;             \
-        if (D == 64)                                                                                    \
-            one_head_4##SFX(q, PK, PV, np, K, V, out, n, G, j->scale, scores);                          \
-        else if (D == 128)                                                                              \
-            one_head_8##SFX(q, PK, PV, np, K, V, out, n, G, j->scale, scores);                          \
-        else                                                                                            \
+        if (D == 64) {                                                                                  \
+            GROUPED(4, SFX)                                                                             \
+        } else if (D == 128) {                                                                          \
+            GROUPED(8, SFX)                                                                             \
+        } else {                                                                                        \
             one_head_scalar##SFX(q, PK, PV, np, K, V, out, n, G, D, j->scale, scores);                  \
+        }                                                                                               \
     }
     if (j->kv_half)
         ATTEND(half, _h)
     else
         ATTEND(float, )
 #undef ATTEND
+#undef GROUPED
     free(scores);
 }
 
