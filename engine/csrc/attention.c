@@ -115,58 +115,10 @@ static inline v16 totals16(const v16 *p) {
     return fold(l3[0], l3[1], FOLD4, 1);
 }
 
-// One KV head and its G query heads, D = 16 C (C a compile-time constant: registers, no loops over
-// lanes). Scores of 16 positions at a time; positions past n in the last block repeat position n - 1
-// and get weight 0. scores: [G, n rounded up to 16] scratch.
-#define ONE_HEAD(C, T, SUFFIX, LOAD)                                                                       \
-    static void one_head_##C##SUFFIX(const float *q, const T *PK, const T *PV, int64_t np, const T *K,      \
-                                     const T *V, float *out, int64_t n, int G, float scale, float *scores) {\
-        const int D = 16 * C;                                                                              \
-        const int64_t blocks = (n + 15) / 16, padded = blocks * 16;                                        \
-        for (int g = 0; g < G; g++) {                                                                      \
-            v16 qv[C], m = {0}, sum = {0};                                                                 \
-            for (int c = 0; c < C; c++) qv[c] = load16(q + g * D + 16 * c);                                \
-            float *row = scores + g * padded;                                                              \
-            for (int64_t blk = 0; blk < blocks; blk++) {                                                   \
-                v16 p[16];                                                                                 \
-                for (int i = 0; i < 16; i++) {                                                             \
-                    int64_t t = blk * 16 + i < n ? blk * 16 + i : n - 1;                                   \
-                    const T *k = ROW(PK, K, t);                                                            \
-                    v16 acc = qv[0] * LOAD(k);                                                             \
-                    for (int c = 1; c < C; c++) acc += qv[c] * LOAD(k + 16 * c);                          \
-                    p[i] = acc;                                                                            \
-                }                                                                                          \
-                v16 s = totals16(p) * scale;                                                               \
-                store16(row + blk * 16, s);                                                                \
-                m = blk ? vmax16(m, s) : s;                                                                \
-            }                                                                                              \
-            float mx = max16(m);                                                                           \
-            for (int64_t blk = 0; blk < blocks; blk++) {                                                   \
-                v16 e = exp16(load16(row + blk * 16) - mx);                                                \
-                e = select16(IOTA < (float)(n - blk * 16), e, (v16){0});                                   \
-                store16(row + blk * 16, e);                                                                \
-                sum += e;                                                                                  \
-            }                                                                                              \
-            v16 o[C];                                                                                      \
-            for (int c = 0; c < C; c++) o[c] = (v16){0};                                                   \
-            for (int64_t t = 0; t < n; t++) {                                                              \
-                const T *v = ROW(PV, V, t);                                                                \
-                float w = row[t];                                                                          \
-                for (int c = 0; c < C; c++) o[c] += w * LOAD(v + 16 * c);                                 \
-            }                                                                                              \
-            float inv = 1.f / sum16(sum);                                                                  \
-            for (int c = 0; c < C; c++) store16(out + g * D + 16 * c, o[c] * inv);                         \
-        }                                                                                                  \
-    }
-
-ONE_HEAD(4, float, , load_kv)
-ONE_HEAD(8, float, , load_kv)
-ONE_HEAD(4, half, _h, load_kv_h)
-ONE_HEAD(8, half, _h, load_kv_h)
-
-// The same computation for a compile-time group of GG query heads sharing one KV head: each key and
-// value is loaded (and widened) once for all GG heads instead of once per head. Per head, every
-// operation and its order are those of ONE_HEAD, so the results are bit-identical.
+// One KV head and GG (1-4, a compile-time constant) of its query heads, D = 16 C: each key and value
+// is loaded (and widened from float16) once for the GG heads. Scores of 16 positions at a time;
+// positions past n in the last block repeat position n - 1 and get weight 0. scores: [GG, n rounded
+// up to 16] scratch. Every head's arithmetic, and its order, is the same whatever GG is.
 #define ONE_HEAD_G(C, GG, T, SUFFIX, LOAD)                                                                 \
     static void one_head_##C##_g##GG##SUFFIX(const float *q, const T *PK, const T *PV, int64_t np,         \
                                              const T *K, const T *V, float *out, int64_t n, float scale,    \
@@ -291,13 +243,17 @@ static void attend_job(void *ctx, int item) {
     const float *q = j->q + (row * Hq + h * G) * D;
     float *out = j->out + (row * Hq + h * G) * D;
     // the same call for either KV element type T (suffix SFX names the kernels of that type)
+// the G query heads of a KV head, up to 4 at a time (one pass over the keys and values per 4 heads)
 #define GROUPED(C, SFX)                                                                                 \
-    switch (G) {                                                                                        \
-        case 1: one_head_##C##_g1##SFX(q, PK, PV, np, K, V, out, n, j->scale, scores); break;           \
-        case 2: one_head_##C##_g2##SFX(q, PK, PV, np, K, V, out, n, j->scale, scores); break;           \
-        case 3: one_head_##C##_g3##SFX(q, PK, PV, np, K, V, out, n, j->scale, scores); break;           \
-        case 4: one_head_##C##_g4##SFX(q, PK, PV, np, K, V, out, n, j->scale, scores); break;           \
-        default: one_head_##C##SFX(q, PK, PV, np, K, V, out, n, G, j->scale, scores);                   \
+    for (int g0 = 0; g0 < G; g0 += 4) {                                                                 \
+        const float *qg = q + g0 * D;                                                                   \
+        float *og = out + g0 * D;                                                                       \
+        switch (G - g0 < 4 ? G - g0 : 4) {                                                              \
+            case 1: one_head_##C##_g1##SFX(qg, PK, PV, np, K, V, og, n, j->scale, scores); break;       \
+            case 2: one_head_##C##_g2##SFX(qg, PK, PV, np, K, V, og, n, j->scale, scores); break;       \
+            case 3: one_head_##C##_g3##SFX(qg, PK, PV, np, K, V, og, n, j->scale, scores); break;       \
+            default: one_head_##C##_g4##SFX(qg, PK, PV, np, K, V, og, n, j->scale, scores);             \
+        }                                                                                               \
     }
 #define ATTEND(T, SFX)                                                                                  \
     {                                                                                                   \
