@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(1.6x faster one-session decoding, 1.7x at 16 sessions; 53/60 greedy answers equal "
                             "float32's, docs/BENCHMARKS.md)")
     serve.add_argument("--kv-dtype", choices=sorted(KV_DTYPES), default=_env("KV_DTYPE", "float16"),
-                       help="KV caches in RAM and on disk: float16 (half the memory, 59/60 greedy answers equal "
+                       help="KV caches in RAM and on disk: float16 (half the memory, 60/60 greedy answers equal "
                             "float32's, docs/BENCHMARKS.md) or float32 (answers equal transformers')")
     serve.add_argument("--database-url", default=_env("DATABASE_URL"), help="SQLAlchemy async URL (default: SQLite in DATA_DIR)")
     serve.add_argument("--no-migrate", action="store_true", default=_env("NO_MIGRATE") == "1",

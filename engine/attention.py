@@ -62,8 +62,8 @@ class RaggedAttention:
 
     def kernel_args(self) -> tuple:
         """(B, kv_half, bases, caps, starts, rows, offsets, pbases, pcaps, plens) as the C kernels take them."""
-        return (len(self.seqs), self._kv_half, self._bases, self._caps, self._starts, self._rows, self._offsets, self._pbases,
-                self._pcaps, self._plens)
+        return (len(self.seqs), self._kv_half, self._bases, self._caps, self._starts, self._rows, self._offsets,
+                self._pbases, self._pcaps, self._plens)
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> None:
         if not self.seqs:
@@ -76,8 +76,7 @@ class RaggedAttention:
             return
         assert q.is_contiguous() and k.is_contiguous() and v.is_contiguous() and out.is_contiguous()
         status = self.kernel(len(self.seqs), q.shape[1], k.shape[1], q.shape[2], layer, self.scale, q.data_ptr(),
-                             k.data_ptr(), v.data_ptr(), out.data_ptr(), self._kv_half, self._bases, self._caps, self._starts,
-                             self._rows, self._offsets, self._pbases, self._pcaps, self._plens)
+                             k.data_ptr(), v.data_ptr(), out.data_ptr(), *self.kernel_args()[1:])
         if status != 0:
             raise RuntimeError(f"ragged attention kernel failed with status {status}")
 

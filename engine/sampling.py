@@ -96,13 +96,9 @@ def reference_sample(logits: torch.Tensor, params: SamplingParams, u: float) -> 
     if params.top_p >= 1.0 and k == vocab:
         return _first_above(probs, u)
     values, ids = torch.topk(probs, min(k, _CANDIDATES))  # descending
-    mass = values.sum() if k <= _CANDIDATES else None
-    if mass is None:
-        if k == vocab and values.sum() > params.top_p:
-            mass = 1.0
-        else:
-            values, ids = torch.topk(probs, k)
-            mass = values.sum()
+    if k > _CANDIDATES and not (k == vocab and values.sum() > params.top_p):
+        values, ids = torch.topk(probs, k)  # the nucleus (or top_k) reaches past the first candidates
+    mass = 1.0 if k == vocab else values.sum()
     kept = values[values.cumsum(0) - values <= params.top_p * mass]
     return int(ids[_first_above(kept, u)])
 
