@@ -3,7 +3,7 @@ goes to the ragged kernel (decode rows and short prefill chunks: nearly every st
 
 Bit-identical to ModelRunner's per-operation loop (same kernels, same order; tested); it saves ~10
 Python calls per layer and the GIL hand-off each ctypes call makes, which under load waits on the
-event loop. Weights in float32 or bfloat16 (all alike). Unavailable (None) without the C kernels, with
+event loop. Weights in float32 (with grid codes where found) or bfloat16 (all alike). Unavailable (None) without the C kernels, with
 biases or a non-SiLU MLP.
 """
 
@@ -15,14 +15,27 @@ import torch
 
 from engine import native
 from engine.attention import RaggedAttention
+from engine.grid_weights import FORMATS
 from engine.layer_ops import LayerOps
+from engine.linear import Linear
 from engine.weights import LayerWeights
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 
 
+class _Matrix(ctypes.Structure):
+    _fields_ = [("panels", _P), ("grid", _P), ("grid_format", ctypes.c_int64)]
+
+    @classmethod
+    def of(cls, lin: Linear) -> _Matrix:
+        grid = lin.grid
+        if grid is not None:
+            return cls(None, grid.packed.data_ptr(), FORMATS[grid.format])
+        return cls(lin.packed.data_ptr(), None, 0)
+
+
 class _Weights(ctypes.Structure):
-    _fields_ = [(name, _P) for name in ("ln1", "ln2", "qkv", "o", "gate_up", "down")]
+    _fields_ = [("ln1", _P), ("ln2", _P)] + [(name, _Matrix) for name in ("qkv", "o", "gate_up", "down")]
 
 
 class FusedLayers:
@@ -30,8 +43,8 @@ class FusedLayers:
         self._fn = fn
         self._layers = layers  # keeps the weights the pointers below refer to alive
         self._weights = (_Weights * len(layers))(*[
-            _Weights(w.ln1.data_ptr(), w.ln2.data_ptr(), w.qkv.packed.data_ptr(), w.o.packed.data_ptr(),
-                     w.gate_up.packed.data_ptr(), w.down.packed.data_ptr()) for w in layers])
+            _Weights(w.ln1.data_ptr(), w.ln2.data_ptr(), _Matrix.of(w.qkv), _Matrix.of(w.o), _Matrix.of(w.gate_up),
+                     _Matrix.of(w.down)) for w in layers])
         self.eps, self.scale = eps, scale
         self.wbf16 = int(layers[0].qkv.weight.dtype == torch.bfloat16)
         self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.intermediate = dims
@@ -40,7 +53,7 @@ class FusedLayers:
     def build(cls, layers: list[LayerWeights], ops: LayerOps, eps: float, scale: float,
               dims: tuple[int, int, int, int, int]) -> FusedLayers | None:
         linears = [lin for w in layers for lin in (w.qkv, w.o, w.gate_up, w.down)]
-        if ops.kernels is None or not ops.is_silu or any(lin.packed is None or lin.bias is not None for lin in linears):
+        if ops.kernels is None or not ops.is_silu or any((lin.packed is None and lin.grid is None) or lin.bias is not None for lin in linears):
             return None
         if len({lin.weight.dtype for lin in linears}) != 1:
             return None

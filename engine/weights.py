@@ -34,9 +34,15 @@ class LayerWeights:
     down: Linear
 
 
-def fuse_layers(model: PreTrainedModel, matmul_dtype: torch.dtype, native: bool = True) -> tuple[list[LayerWeights], Linear]:
-    """Per-layer fused weights and the LM head [vocab, hidden], in matmul_dtype (native: engine/linear.py)."""
+def fuse_layers(model: PreTrainedModel, matmul_dtype: torch.dtype, native: bool = True,
+                grid_codes: bool = True) -> tuple[list[LayerWeights], Linear]:
+    """Per-layer fused weights and the LM head [vocab, hidden], in matmul_dtype (native, grid_codes:
+    engine/linear.py)."""
     layers = []
+
+    def linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Linear:
+        return Linear(weight, bias, native, grid_codes)
+
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         if getattr(mlp, "down_proj", None) is None or getattr(attn, "q_norm", None) is not None:
@@ -48,13 +54,13 @@ def fuse_layers(model: PreTrainedModel, matmul_dtype: torch.dtype, native: bool 
         bqkv = torch.cat([p.bias for p in qkv]).to(matmul_dtype) if attn.q_proj.bias is not None else None
         layers.append(LayerWeights(
             ln1=layer.input_layernorm.weight.float(),
-            qkv=Linear(_fuse(qkv, matmul_dtype), bqkv, native),
-            o=Linear(attn.o_proj.weight.to(matmul_dtype), None, native),
+            qkv=linear(_fuse(qkv, matmul_dtype), bqkv),
+            o=linear(attn.o_proj.weight.to(matmul_dtype)),
             ln2=layer.post_attention_layernorm.weight.float(),
-            gate_up=Linear(_fuse(gu, matmul_dtype), None, native),
-            down=Linear(mlp.down_proj.weight.to(matmul_dtype), None, native),
+            gate_up=linear(_fuse(gu, matmul_dtype)),
+            down=linear(mlp.down_proj.weight.to(matmul_dtype)),
         ))
-    return layers, Linear(model.lm_head.weight.to(matmul_dtype), None, native)
+    return layers, linear(model.lm_head.weight.to(matmul_dtype))
 
 
 def _fuse(projections: list[torch.nn.Linear], dtype: torch.dtype) -> torch.Tensor:

@@ -11,21 +11,28 @@
 //   scratch  floats: T * (2 H + (Hq + 2 Hkv) D + (Hq + 2 Hkv) D + Hq D + 3 I)  (see below)
 // Weights per layer: RMSNorm vectors [H] and packed panels (engine/linear.py) of
 //   qkv [(Hq + 2 Hkv) D, H], o [H, Hq D], gate_up [2 I, H], down [H, I]  (no biases),
-// float32 panels (linear.c), or bfloat16 pair panels (linear_bf16.c) when wbf16 is 1.
+// float32 panels (linear.c), or bfloat16 pair panels (linear_bf16.c) when wbf16 is 1; a float32 matrix
+// may have grid codes instead (linear_grid.c, bit-identical results).
 #include <stdint.h>
 
 #include "kernels.h"
 
-struct layer_weights {
-    const float *ln1, *ln2;
-    const void *qkv, *o, *gate_up, *down;
+struct matrix {
+    const void *panels;   // float32 or bf16 panels, when there is no grid
+    const uint8_t *grid;  // NULL: none
+    int64_t grid_format;  // linear_grid_f32's format
 };
 
-static inline void linear(int wbf16, int M, int N, int K, const float *x, const void *W, float *y) {
-    if (wbf16)
-        linear_packed_bf16(M, N, K, x, W, y);  // the caller checked linear_bf16_supported()
-    else
-        linear_packed_f32(M, N, K, x, W, y);
+struct layer_weights {
+    const float *ln1, *ln2;
+    struct matrix qkv, o, gate_up, down;
+};
+
+// 0, or a kernel's failure status (out of memory)
+static inline int linear(int wbf16, int M, int N, int K, const float *x, const struct matrix *W, float *y) {
+    if (W->grid) return linear_grid_f32((int)W->grid_format, M, N, K, x, W->grid, y);  // K % 32 == 0 when packed
+    if (wbf16) return linear_packed_bf16(M, N, K, x, W->panels, y);  // the caller checked linear_bf16_supported()
+    return linear_packed_f32(M, N, K, x, W->panels, y);
 }
 
 int forward_layers_f32(int T, int L, int H, int Hq, int Hkv, int D, int I, float eps, float scale,
@@ -45,17 +52,16 @@ int forward_layers_f32(int T, int L, int H, int Hq, int Hkv, int D, int I, float
     float *act = gate_up + (int64_t)T * 2 * I;    // [T, I]
     int status = add_rms_norm_f32(T, H, eps, hidden, 0, w[0].ln1, x);
     for (int l = 0; l < L && !status; l++) {
-        linear(wbf16, T, (int)nqkv, H, x, w[l].qkv, qkv);
-        status = rotary_qkv_f32(T, Hq, Hkv, D, qkv, cos, sin, q, k, v);
-        if (status) break;
+        if ((status = linear(wbf16, T, (int)nqkv, H, x, &w[l].qkv, qkv))) break;
+        if ((status = rotary_qkv_f32(T, Hq, Hkv, D, qkv, cos, sin, q, k, v))) break;
         status = ragged_attention_f32(B, Hq, Hkv, D, l, scale, q, k, v, attn, kv_half, bases, caps, starts, rows,
                                       offsets, pbases, pcaps, plens);
         if (status) break;
-        linear(wbf16, T, H, Hq * D, attn, w[l].o, delta);
+        if ((status = linear(wbf16, T, H, Hq * D, attn, &w[l].o, delta))) break;
         add_rms_norm_f32(T, H, eps, hidden, delta, w[l].ln2, x);
-        linear(wbf16, T, 2 * I, H, x, w[l].gate_up, gate_up);
+        if ((status = linear(wbf16, T, 2 * I, H, x, &w[l].gate_up, gate_up))) break;
         silu_mul_f32(T, I, gate_up, act);
-        linear(wbf16, T, H, I, act, w[l].down, delta);
+        if ((status = linear(wbf16, T, H, I, act, &w[l].down, delta))) break;
         if (l + 1 < L) {
             add_rms_norm_f32(T, H, eps, hidden, delta, w[l + 1].ln1, x);
         } else {

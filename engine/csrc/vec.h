@@ -7,6 +7,28 @@
 typedef float v16 __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 
+// Native-width vectors: what one register holds (AVX-512: 16 floats, AVX2: 8, else 4). GCC lowers
+// v16 to pairs of registers without AVX-512 but spills them around every operation, so the matmul
+// kernels, whose results do not depend on the lane count (each output is its own k-ordered sum),
+// are written in these instead.
+#if defined(__AVX512F__)
+#define VL 16
+#elif defined(__AVX__)
+#define VL 8
+#else
+#define VL 4
+#endif
+typedef float vf __attribute__((vector_size(VL * 4)));
+typedef int32_t vi __attribute__((vector_size(VL * 4)));
+typedef uint8_t vu8 __attribute__((vector_size(VL)));
+typedef int8_t vs8 __attribute__((vector_size(VL)));
+
+static inline vf loadf(const float *p) {
+    vf v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+}
+
 static inline v16 load16(const float *p) {
     v16 v;
     __builtin_memcpy(&v, p, sizeof v);

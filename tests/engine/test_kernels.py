@@ -27,20 +27,28 @@ def test_linear_matches_torch_for_any_batch_and_shape():
             torch.testing.assert_close(native(x), plain(x), atol=1e-4, rtol=1e-4)
 
 
+def _cpu_has(flag: str) -> bool:
+    with open("/proc/cpuinfo") as f:
+        return any(line.startswith("flags") and flag in line.split() for line in f)
+
+
 def test_bfloat16_linear_matches_torch_on_the_same_rounded_operands():
-    """--dtype bfloat16: weights and activations rounded to bfloat16, products summed in float32."""
+    """--dtype bfloat16: weights and activations rounded to bfloat16, products summed in float32 (our
+    kernel, on CPUs with AVX-512 BF16; elsewhere torch's bf16 matmul, whose outputs are bf16 too)."""
     from engine.linear import native_kernel
 
-    assert native_kernel(torch.bfloat16) is not None, "this machine has AVX-512 BF16: the kernel must build"
+    has_bf16 = _cpu_has("avx512_bf16")
+    assert (native_kernel(torch.bfloat16) is not None) == has_bf16, "the kernel builds exactly where the CPU has it"
     torch.manual_seed(1)
     for out_features, in_features in [(100, 48), (576, 576), (65, 7), (1536, 576)]:
         w, b = torch.randn(out_features, in_features).bfloat16(), torch.randn(out_features).bfloat16()
         native = Linear(w, b)
-        assert native.packed is not None
+        assert (native.packed is not None) == has_bf16
         for rows in (1, 2, 5, 6, 7, 17):
             x = torch.randn(rows, in_features)
             want = x.bfloat16().float() @ w.float().T + b.float()
-            torch.testing.assert_close(native(x), want, atol=1e-3, rtol=1e-4)
+            tolerance = dict(atol=1e-3, rtol=1e-4) if has_bf16 else dict(atol=0.1, rtol=1e-2)  # bf16-rounded outputs
+            torch.testing.assert_close(native(x), want, **tolerance)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -201,6 +209,9 @@ def test_one_call_for_all_layers_is_bit_identical_to_the_per_operation_loop(tiny
     """engine/csrc/layers.c chains the same kernels as ModelRunner's loop: same logits, same caches."""
     fused = ModelRunner(tiny_model.model, weights, kv_dtype=kv_dtype)
     looped = ModelRunner(tiny_model.model, weights, kv_dtype=kv_dtype)
+    if weights == torch.bfloat16 and not _cpu_has("avx512_bf16"):
+        assert fused._fused is None  # bf16 weights go through torch on this CPU: no one-call path
+        return
     assert fused._fused is not None
     looped._fused = None
     results = []

@@ -1,0 +1,28 @@
+// Register blocking shared by the matmul kernels (linear.c, linear_grid.c): a panel of 64 output
+// columns is computed in strips of NV native vectors (vec.h), a few rows of x at a time, so that the
+// accumulators (rows x NV vectors) and the panel's vectors fit the register file: 32 registers with
+// AVX-512 (one strip of 64 columns, up to 6 rows: 24 accumulators), 16 with AVX2 (four strips of 16
+// columns, up to 6 rows: 12 accumulators, 2 panel vectors and a broadcast).
+#pragma once
+#include <stdint.h>
+
+#include "vec.h"
+
+#define PANEL 64
+#if VL == 16
+#define NV 4
+#else
+#define NV 2
+#endif
+#define STRIP (NV * VL)
+#define MAX_ROWS_F32 6
+
+static inline void store_strip(float *y, const vf *acc, int cols) {
+    float tmp[STRIP];
+    __builtin_memcpy(tmp, acc, sizeof tmp);
+    for (int c = 0; c < cols; c++) y[c] = tmp[c];
+}
+
+// rows 0..M-1 of x [M, K] against one strip [K, STRIP] (contiguous float32) into y[i * ldy + c] for the
+// strip's first `cols` columns; each output the plain k-ordered sum of fused multiply-adds (linear.c)
+void strip_rows_f32(int M, int K, const float *x, const float *strip, float *y, int64_t ldy, int cols);
