@@ -2,7 +2,8 @@
 
 For each: one-session decode (ms per step, tokens/s), 16 sessions decoding together (aggregate
 tokens/s), and the prefill of a 2,000-token prompt (seconds, tokens/s). Ours is ModelRunner (packed
-batch, C kernels, float32 by default); the baseline is transformers' model(...) with its KV cache,
+batch, C kernels, float32 by default: weights read from their exact Q4_1/Q8_0 codes, and again from
+float32 panels to show what the codes bring); the baseline is transformers' model(...) with its KV cache,
 float32, greedy, the way `generate` steps. Medians of --repeats; ratios are baseline time / ours.
 
 Run: .venv/bin/python bench/engine_speed.py [--dtype float32|bfloat16] [--kv-dtype float16|float32] [--steps 32]
@@ -30,7 +31,7 @@ import torch  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from step_profile import print_profile, profile  # noqa: E402
+from step_profile import MachineFloors, machine_line, print_profile, profile, weights_label  # noqa: E402
 
 from engine.kv_cache import KV_DTYPES  # noqa: E402
 from engine.loader import load_model  # noqa: E402
@@ -108,24 +109,32 @@ def main() -> None:
                            capture_output=True, text=True)
     hf1, hf16, hf_p = json.loads(child.stdout.strip().splitlines()[-1])
 
-    runner = ModelRunner(loaded.model, MATMUL_DTYPES[args.dtype], kv_dtype=KV_DTYPES[args.kv_dtype])
-    runner.warmup()
+    variants = {"ours": ModelRunner(loaded.model, MATMUL_DTYPES[args.dtype], kv_dtype=KV_DTYPES[args.kv_dtype])}
+    if variants["ours"]._lm_head.grid is not None:  # also without the grid codes, to show what they bring
+        variants["ours, float32 panels"] = ModelRunner(loaded.model, MATMUL_DTYPES[args.dtype],
+                                                       kv_dtype=KV_DTYPES[args.kv_dtype], grid_codes=False)
     rows = []
-    ours1 = median(ours_decode, runner, 1, args.steps)
-    rows.append(("one session decode, ms/step", ours1, hf1, f"{1000 / ours1:.1f} vs {1000 / hf1:.1f} tok/s"))
-    ours16 = median(ours_decode, runner, 16, args.steps)
-    rows.append(("16 sessions decode, ms/step", ours16, hf16, f"{16000 / ours16:.0f} vs {16000 / hf16:.0f} tok/s aggregate"))
-    ours_p = median(ours_prefill, runner, n)
-    rows.append((f"{n}-token prefill, s", ours_p, hf_p, f"{n / ours_p:.0f} vs {n / hf_p:.0f} tok/s"))
+    for label, runner in variants.items():
+        runner.warmup()
+        ours1 = median(ours_decode, runner, 1, args.steps)
+        rows.append((f"{label}: one session decode, ms/step", ours1, hf1, f"{1000 / ours1:.1f} vs {1000 / hf1:.1f} tok/s"))
+        ours16 = median(ours_decode, runner, 16, args.steps)
+        rows.append((f"{label}: 16 sessions decode, ms/step", ours16, hf16,
+                     f"{16000 / ours16:.0f} vs {16000 / hf16:.0f} tok/s aggregate"))
+        ours_p = median(ours_prefill, runner, n)
+        rows.append((f"{label}: {n}-token prefill, s", ours_p, hf_p, f"{n / ours_p:.0f} vs {n / hf_p:.0f} tok/s"))
 
-    print(f"\nours: ModelRunner, {args.dtype} linear layers, {args.kv_dtype} KV; baseline: transformers eager loop, float32 "
-          f"(own process, OpenMP default); "
-          f"median of {args.repeats}, {torch.get_num_threads()} torch threads\n")
+    runner = variants["ours"]
+    floors = MachineFloors.measure({torch.float32, runner.matmul_dtype})
+    print(f"\n{machine_line(floors)}")
+    print(f"ours: ModelRunner, {args.dtype} linear layers ({weights_label(runner)}), {args.kv_dtype} KV; baseline: "
+          f"transformers eager loop, float32 (own process, OpenMP default); median of {args.repeats}, "
+          f"{torch.get_num_threads()} torch threads\n")
     print("| measure | ours | transformers | ratio (transformers / ours) | rates |")
     print("|---|---:|---:|---:|---|")
     for name, ours, base, rates in rows:
         print(f"| {name} | {ours:.2f} | {base:.2f} | {base / ours:.2f}x | {rates} |")
-    print_profile(profile(runner, args.repeats), runner.matmul_dtype)
+    print_profile(profile(runner, floors, args.repeats), floors, weights_label(runner))
 
 
 if __name__ == "__main__":

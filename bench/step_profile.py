@@ -4,13 +4,15 @@ Runs ModelRunner's per-operation layer loop (the same kernels the one-call path 
 call per operation) with a timer around each kind of operation: the linear layers (q/k/v, o, gate/up,
 down: 30 x 4 weight matrices), the LM head, attention, the small per-token ops (RMSNorm, rotary, SiLU)
 and the rest (embedding, rotary tables, packing the batch, Python). Next to them, the two floors no
-float32 implementation can beat: reading every weight once per pass at the measured ~35 GB/s, and
-the matmul arithmetic (2 x parameters x rows; the LM head only for rows whose logits are wanted)
-at the measured peak of ~183 GFLOP/s in float32 (~411 in bfloat16)
-(../shared/PERF-NOTES.md). Steps: one session decoding, 16 sessions decoding, one 512-token prefill
-chunk (the unit of a long prompt).
+implementation with these weights can beat, measured on this machine at start: reading every weight
+once per pass, as stored (grid codes, float32 or bf16 panels), at the memory bandwidth of a 1 GiB sum;
+and the matmul arithmetic (2 x parameters x rows; the LM head only for rows whose logits are wanted) at
+torch's best 2048^3 matmul rate in that dtype. (On the machine of ../shared/PERF-NOTES.md: 35 GB/s,
+183 GFLOP/s float32, 411 bfloat16.) Steps: one session decoding, 16 sessions decoding, one 512-token
+prefill chunk (the unit of a long prompt).
 
 Run: .venv/bin/python bench/step_profile.py [--dtype float32|bfloat16] [--kv-dtype float16] [--repeats 5]
+     [--no-grid-codes]
 (bench/engine_speed.py prints the same table after its own.)
 """
 
@@ -22,6 +24,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as python -m chatserver does
@@ -38,9 +41,40 @@ from engine.loader import load_model  # noqa: E402
 from engine.runner import ForwardItem, ModelRunner  # noqa: E402
 from engine.weights import MATMUL_DTYPES  # noqa: E402
 
-BANDWIDTH = 35e9  # bytes/s, measured (PERF-NOTES)
-PEAK = {torch.float32: 183e9, torch.bfloat16: 411e9}  # FLOP/s, measured 2048^3 matmuls (PERF-NOTES)
 CONTEXT = 40  # cached tokens of each decoding session
+
+
+@dataclass(frozen=True)
+class MachineFloors:
+    bandwidth: float  # bytes/s, best of 3 sums of a 1 GiB float32 tensor
+    peak: dict  # dtype -> FLOP/s, best of 3 torch 2048^3 matmuls
+
+    @classmethod
+    def measure(cls, dtypes=(torch.float32,)) -> MachineFloors:
+        big = torch.ones(1 << 28)
+        bandwidth = max(big.numel() * 4 / _seconds(big.sum) for _ in range(3))
+        del big
+        peak = {}
+        for dtype in dtypes:
+            a = torch.randn(2048, 2048).to(dtype)
+            peak[dtype] = max(2 * 2048 ** 3 / _seconds(lambda: a @ a) for _ in range(3))
+        return cls(bandwidth, peak)
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def machine_line(floors: MachineFloors) -> str:
+    from engine.linear import strip_width
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    flags = next((line.split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
+    peaks = ", ".join(f"{p / 1e9:.0f} GFLOP/s {str(d).removeprefix('torch.')}" for d, p in floors.peak.items())
+    return (f"machine: {model}, {os.cpu_count()} CPUs, {isa} (kernel strips of {strip_width()} columns); measured "
+            f"{floors.bandwidth / 1e9:.1f} GB/s, {peaks} (torch matmul)")
 
 
 class _Timers:
@@ -79,14 +113,15 @@ class _Timers:
 
 
 def _weights(runner: ModelRunner) -> tuple[int, int, int]:
-    """(parameters of the decoder layers' matmuls, of the LM head, bytes of both as stored)."""
+    """(parameters of the decoder layers' matmuls, of the LM head, bytes of both as a step reads them)."""
     layers = [lin for w in runner._layers for lin in (w.qkv, w.o, w.gate_up, w.down)]
     head = runner._lm_head
-    nbytes = sum(lin.weight.numel() * lin.weight.element_size() for lin in [*layers, head])
+    nbytes = sum(lin.grid.nbytes if lin.grid is not None else lin.weight.numel() * lin.weight.element_size()
+                 for lin in [*layers, head])
     return sum(lin.weight.numel() for lin in layers), head.weight.numel(), nbytes
 
 
-def profile(runner: ModelRunner, repeats: int = 5) -> list[tuple[str, dict[str, float], float, float]]:
+def profile(runner: ModelRunner, floors: MachineFloors, repeats: int = 5) -> list[tuple[str, dict[str, float], float, float]]:
     """Per step kind: (name, median ms per category incl. "total", weight-read floor ms, FLOP floor ms)."""
     layer_params, head_params, nbytes = _weights(runner)
     fused, runner._fused = runner._fused, None  # time the per-operation loop
@@ -108,16 +143,16 @@ def profile(runner: ModelRunner, repeats: int = 5) -> list[tuple[str, dict[str, 
                 runs.append(dict(timers.ms))
             med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
             flops = 2 * (layer_params * batch * new + head_params * batch)  # logits of each sequence's last row
-            rows.append((name, med, nbytes / BANDWIDTH * 1000, flops / PEAK[runner.matmul_dtype] * 1000))
+            rows.append((name, med, nbytes / floors.bandwidth * 1000, flops / floors.peak[runner.matmul_dtype] * 1000))
         return rows
     finally:
         runner._fused = fused
 
 
-def print_profile(rows, dtype: torch.dtype = torch.float32) -> None:
+def print_profile(rows, floors: MachineFloors, weights: str) -> None:
     cats = ["linear layers", "LM head", "attention", "norm, rotary, SiLU", "other"]
-    print(f"\nWhere one forward pass goes (per-operation loop, ms, median). Floors for {dtype} weights: reading "
-          f"them once at 35 GB/s, and the matmul FLOPs at {PEAK[dtype] / 1e9:.0f} GFLOP/s\n")
+    print(f"\nWhere one forward pass goes (per-operation loop, ms, median). Floors for {weights}: reading "
+          f"them once at {floors.bandwidth / 1e9:.1f} GB/s, and the matmul FLOPs at the machine's torch matmul rate\n")
     print("| step | total | " + " | ".join(cats) + " | floor: weight read | floor: matmul FLOPs |")
     print("|---|---:|" + "---:|" * len(cats) + "---:|---:|")
     for name, med, read_floor, flop_floor in rows:
@@ -130,13 +165,22 @@ def main() -> None:
     parser.add_argument("--dtype", choices=sorted(MATMUL_DTYPES), default="float32")
     parser.add_argument("--kv-dtype", choices=sorted(KV_DTYPES), default="float16")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-grid-codes", action="store_true", help="float32 panels even for weights on a GGUF grid")
     parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parents[1] / ".cache" / "models")
     args = parser.parse_args()
     torch.set_num_threads(2)
     runner = ModelRunner(load_model(None, args.model_cache).model, MATMUL_DTYPES[args.dtype],
-                         kv_dtype=KV_DTYPES[args.kv_dtype])
+                         kv_dtype=KV_DTYPES[args.kv_dtype], grid_codes=not args.no_grid_codes)
     runner.warmup()
-    print_profile(profile(runner, args.repeats), runner.matmul_dtype)
+    floors = MachineFloors.measure({torch.float32, runner.matmul_dtype})
+    print(machine_line(floors))
+    print_profile(profile(runner, floors, args.repeats), floors, weights_label(runner))
+
+
+def weights_label(runner: ModelRunner) -> str:
+    if runner._lm_head.grid is not None:
+        return "float32 weights read from their Q4_1/Q8_0 grid codes"
+    return f"{str(runner.matmul_dtype).removeprefix('torch.')} weight panels"
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Ap
     async def model_and_engine(app: web.Application) -> AsyncIterator[None]:
         loaded = model or await asyncio.to_thread(load_model, config.model, config.model_cache_dir)
         app[keys.model] = loaded
-        runner = ModelRunner(loaded.model, MATMUL_DTYPES[config.dtype], kv_dtype=KV_DTYPES[config.kv_dtype])
+        # blocking (weight packing, grid codes, kernel build, throwaway passes): off the event loop
+        runner = await asyncio.to_thread(ModelRunner, loaded.model, MATMUL_DTYPES[config.dtype],
+                                         kv_dtype=KV_DTYPES[config.kv_dtype])
         await asyncio.to_thread(runner.warmup)
         chat_format = ChatFormat(loaded.tokenizer, loaded.model.generation_config)
         layout = KVLayout(runner.num_layers, runner.num_kv_heads, runner.head_dim, runner.kv_dtype,

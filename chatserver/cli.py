@@ -128,7 +128,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import torch
+
     from chatserver.config import ServerConfig
+    from engine.linear import native_kernel
+
+    if args.dtype == "bfloat16" and native_kernel(torch.bfloat16) is None:
+        print("chatserver: --dtype bfloat16 needs a CPU with AVX-512 BF16 (and a C compiler); without them bf16 "
+              "matmuls go through torch, slower than the float32 default and not batch-invariant", file=sys.stderr)
+        return 2
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

@@ -30,19 +30,23 @@
 
 typedef _Float16 half;
 
-// 16 keys/values elements as float32 lanes
-static inline v16 load_kv(const float *p) { return load16(p); }
+// VL (vec.h) keys/values elements as float32 lanes
+static inline vf load_kv(const float *p) { return loadf(p); }
 static inline float kv_float(float x) { return x; }
-#ifdef __AVX512F__
+#if VL >= 8
 #include <immintrin.h>
-static inline v16 load_kv_h(const half *p) { return (v16)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
-#else
-static inline v16 load_kv_h(const half *p) {
-    v16 v;
-    for (int i = 0; i < 16; i++) v[i] = (float)p[i];
-    return v;
-}
 #endif
+static inline vf load_kv_h(const half *p) {
+#if VL == 16
+    return (vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#elif VL == 8 && defined(__F16C__)
+    return (vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#else
+    vf v;
+    for (int i = 0; i < VL; i++) v[i] = (float)p[i];
+    return v;
+#endif
+}
 static inline float kv_float_h(half x) { return (float)x; }
 
 // keys/values of position t: the prefix segment (t < np) or the own one
@@ -95,97 +99,107 @@ static inline float kv_float_h(half x) { return (float)x; }
 ONE_HEAD_SCALAR(float, , kv_float)
 ONE_HEAD_SCALAR(half, _h, kv_float_h)
 
-// 16 vectors of partial sums (vector i: position i) -> one vector of their 16 totals, in order.
-// Each level adds the two halves of every position's lanes: 16 -> 8 -> 4 -> 2 -> 1 lanes.
-static const v16i FOLD1 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-static const v16i FOLD2 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
-static const v16i FOLD3 = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
-static const v16i FOLD4 = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
-static const v16 IOTA = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+// VL vectors of partial sums (vector i: position i) -> one vector of their VL totals, in order.
+// Each level adds the two halves of every position's lanes: VL -> VL/2 -> ... -> 1 lanes.
+#if VL == 16
+static const vi FOLD[4] = {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+                           {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27},
+                           {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29},
+                           {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}};
+static const vf IOTA = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+#elif VL == 8
+static const vi FOLD[3] = {{0, 1, 2, 3, 8, 9, 10, 11}, {0, 1, 4, 5, 8, 9, 12, 13}, {0, 2, 4, 6, 8, 10, 12, 14}};
+static const vf IOTA = {0, 1, 2, 3, 4, 5, 6, 7};
+#else
+static const vi FOLD[2] = {{0, 1, 4, 5}, {0, 2, 4, 6}};
+static const vf IOTA = {0, 1, 2, 3};
+#endif
 
-static inline v16 fold(v16 a, v16 b, v16i lo, int half) {
+static inline vf fold(vf a, vf b, vi lo, int half) {
     return __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, lo + half);
 }
 
-static inline v16 totals16(const v16 *p) {
-    v16 l1[8], l2[4], l3[2];
-    for (int i = 0; i < 8; i++) l1[i] = fold(p[2 * i], p[2 * i + 1], FOLD1, 8);
-    for (int i = 0; i < 4; i++) l2[i] = fold(l1[2 * i], l1[2 * i + 1], FOLD2, 4);
-    for (int i = 0; i < 2; i++) l3[i] = fold(l2[2 * i], l2[2 * i + 1], FOLD3, 2);
-    return fold(l3[0], l3[1], FOLD4, 1);
+static inline vf totals(const vf *p) {
+    vf level[VL];
+    for (int i = 0; i < VL; i++) level[i] = p[i];
+    int n = VL, depth = 0;
+    for (int half = VL / 2; half >= 1; half /= 2, depth++, n /= 2)
+        for (int i = 0; i < n / 2; i++) level[i] = fold(level[2 * i], level[2 * i + 1], FOLD[depth], half);
+    return level[0];
 }
 
-// One KV head and GG (1-4, a compile-time constant) of its query heads, D = 16 C: each key and value
-// is loaded (and widened from float16) once for the GG heads. Scores of 16 positions at a time;
-// positions past n in the last block repeat position n - 1 and get weight 0. scores: [GG, n rounded
-// up to 16] scratch. Every head's arithmetic, and its order, is the same whatever GG is.
-#define ONE_HEAD_G(C, GG, T, SUFFIX, LOAD)                                                                 \
-    static void one_head_##C##_g##GG##SUFFIX(const float *q, const T *PK, const T *PV, int64_t np,         \
-                                             const T *K, const T *V, float *out, int64_t n, float scale,    \
-                                             float *scores) {                                               \
-        const int D = 16 * C;                                                                              \
-        const int64_t blocks = (n + 15) / 16, padded = blocks * 16;                                        \
-        v16 qv[GG][C], m[GG], sum[GG];                                                                     \
+// One KV head and GG (1-4, a compile-time constant) of its query heads, DIM (64 or 128, compile-time)
+// = C native vectors: each key and value is loaded (and widened from float16) once for the GG heads.
+// Scores of VL positions at a time; positions past n in the last block repeat position n - 1 and get
+// weight 0. scores: [GG, n rounded up to 16] scratch. Every head's arithmetic, and its order, is the
+// same whatever GG is (it depends on the vector width: AVX-512 and AVX2 machines round differently).
+#define ONE_HEAD_G(DIM, GG, T, SUFFIX, LOAD)                                                               \
+    static void one_head_##DIM##_g##GG##SUFFIX(const float *q, const T *PK, const T *PV, int64_t np,       \
+                                               const T *K, const T *V, float *out, int64_t n, float scale,  \
+                                               float *scores) {                                             \
+        enum { D = DIM, C = DIM / VL };                                                                    \
+        const int64_t blocks = (n + VL - 1) / VL, padded = blocks * VL;                                    \
+        vf qv[GG][C], m[GG], sum[GG];                                                                      \
         for (int g = 0; g < GG; g++) {                                                                     \
-            for (int c = 0; c < C; c++) qv[g][c] = load16(q + g * D + 16 * c);                             \
-            m[g] = sum[g] = (v16){0};                                                                      \
+            for (int c = 0; c < C; c++) qv[g][c] = loadf(q + g * D + VL * c);                              \
+            m[g] = sum[g] = (vf){0};                                                                       \
         }                                                                                                  \
         for (int64_t blk = 0; blk < blocks; blk++) {                                                       \
-            v16 p[GG][16];                                                                                 \
-            for (int i = 0; i < 16; i++) {                                                                 \
-                int64_t t = blk * 16 + i < n ? blk * 16 + i : n - 1;                                       \
+            vf p[GG][VL];                                                                                  \
+            for (int i = 0; i < VL; i++) {                                                                 \
+                int64_t t = blk * VL + i < n ? blk * VL + i : n - 1;                                       \
                 const T *k = ROW(PK, K, t);                                                                \
-                v16 kv[C];                                                                                 \
-                for (int c = 0; c < C; c++) kv[c] = LOAD(k + 16 * c);                                      \
+                vf kv[C];                                                                                  \
+                for (int c = 0; c < C; c++) kv[c] = LOAD(k + VL * c);                                      \
                 for (int g = 0; g < GG; g++) {                                                             \
-                    v16 acc = qv[g][0] * kv[0];                                                            \
+                    vf acc = qv[g][0] * kv[0];                                                             \
                     for (int c = 1; c < C; c++) acc += qv[g][c] * kv[c];                                   \
                     p[g][i] = acc;                                                                         \
                 }                                                                                          \
             }                                                                                              \
             for (int g = 0; g < GG; g++) {                                                                 \
-                v16 s = totals16(p[g]) * scale;                                                            \
-                store16(scores + g * padded + blk * 16, s);                                                \
-                m[g] = blk ? vmax16(m[g], s) : s;                                                          \
+                vf s = totals(p[g]) * scale;                                                               \
+                storev(scores + g * padded + blk * VL, s);                                                 \
+                m[g] = blk ? vmaxv(m[g], s) : s;                                                           \
             }                                                                                              \
         }                                                                                                  \
         for (int g = 0; g < GG; g++) {                                                                     \
-            float *row = scores + g * padded, mx = max16(m[g]);                                            \
+            float *row = scores + g * padded, mx = maxv(m[g]);                                             \
             for (int64_t blk = 0; blk < blocks; blk++) {                                                   \
-                v16 e = exp16(load16(row + blk * 16) - mx);                                                \
-                e = select16(IOTA < (float)(n - blk * 16), e, (v16){0});                                   \
-                store16(row + blk * 16, e);                                                                \
+                vf e = expv(loadf(row + blk * VL) - mx);                                                   \
+                e = selectv(IOTA < (float)(n - blk * VL), e, (vf){0});                                     \
+                storev(row + blk * VL, e);                                                                 \
                 sum[g] += e;                                                                               \
             }                                                                                              \
         }                                                                                                  \
-        v16 o[GG][C];                                                                                      \
+        vf o[GG][C];                                                                                       \
         for (int g = 0; g < GG; g++)                                                                       \
-            for (int c = 0; c < C; c++) o[g][c] = (v16){0};                                                \
+            for (int c = 0; c < C; c++) o[g][c] = (vf){0};                                                 \
         for (int64_t t = 0; t < n; t++) {                                                                  \
             const T *v = ROW(PV, V, t);                                                                    \
-            v16 vv[C];                                                                                     \
-            for (int c = 0; c < C; c++) vv[c] = LOAD(v + 16 * c);                                          \
+            vf vv[C];                                                                                      \
+            for (int c = 0; c < C; c++) vv[c] = LOAD(v + VL * c);                                          \
             for (int g = 0; g < GG; g++) {                                                                 \
                 float w = scores[g * padded + t];                                                          \
                 for (int c = 0; c < C; c++) o[g][c] += w * vv[c];                                          \
             }                                                                                              \
         }                                                                                                  \
         for (int g = 0; g < GG; g++) {                                                                     \
-            float inv = 1.f / sum16(sum[g]);                                                               \
-            for (int c = 0; c < C; c++) store16(out + g * D + 16 * c, o[g][c] * inv);                      \
+            float inv = 1.f / sumv(sum[g]);                                                                \
+            for (int c = 0; c < C; c++) storev(out + g * D + VL * c, o[g][c] * inv);                       \
         }                                                                                                  \
     }
 
-#define ONE_HEAD_GROUPS(C, T, SUFFIX, LOAD) \
-    ONE_HEAD_G(C, 1, T, SUFFIX, LOAD)       \
-    ONE_HEAD_G(C, 2, T, SUFFIX, LOAD)       \
-    ONE_HEAD_G(C, 3, T, SUFFIX, LOAD)       \
-    ONE_HEAD_G(C, 4, T, SUFFIX, LOAD)
+#define ONE_HEAD_GROUPS(DIM, T, SUFFIX, LOAD) \
+    ONE_HEAD_G(DIM, 1, T, SUFFIX, LOAD)       \
+    ONE_HEAD_G(DIM, 2, T, SUFFIX, LOAD)       \
+    ONE_HEAD_G(DIM, 3, T, SUFFIX, LOAD)       \
+    ONE_HEAD_G(DIM, 4, T, SUFFIX, LOAD)
 
-ONE_HEAD_GROUPS(4, float, , load_kv)
-ONE_HEAD_GROUPS(8, float, , load_kv)
-ONE_HEAD_GROUPS(4, half, _h, load_kv_h)
-ONE_HEAD_GROUPS(8, half, _h, load_kv_h)
+ONE_HEAD_GROUPS(64, float, , load_kv)
+ONE_HEAD_GROUPS(128, float, , load_kv)
+ONE_HEAD_GROUPS(64, half, _h, load_kv_h)
+ONE_HEAD_GROUPS(128, half, _h, load_kv_h)
 
 struct attention_job {
     int B, Hq, Hkv, D, layer, G, kv_half;
@@ -260,9 +274,9 @@ static void attend_job(void *ctx, int item) {
         const T *P = j->pbases[b], *O = j->bases[b];                                                    \
         const T *PK = np ? P + pk : 0, *PV = np ? P + pv : 0, *K = O + k_at, *V = O + v_at;             \
         if (D == 64) {                                                                                  \
-            GROUPED(4, SFX)                                                                             \
+            GROUPED(64, SFX)                                                                            \
         } else if (D == 128) {                                                                          \
-            GROUPED(8, SFX)                                                                             \
+            GROUPED(128, SFX)                                                                           \
         } else {                                                                                        \
             one_head_scalar##SFX(q, PK, PV, np, K, V, out, n, G, D, j->scale, scores);                  \
         }                                                                                               \

@@ -1,6 +1,8 @@
 // The small per-token operations of a transformer layer, fused so that a decode step does not pay
 // torch's per-operation overhead (~5-60 us each, 8 per layer) for vectors of a few hundred floats.
 // Each output row depends only on its own input row: batch-invariant. Rows in parallel on the pool.
+// Native-width vectors (vec.h): the norm's sum of squares is folded per vector width, so its rounding
+// differs between AVX-512 and AVX2 machines (each deterministic); SiLU is elementwise.
 //
 //   add_rms_norm_f32:  hidden[T, H] += delta (if given); out = weight * (hidden * rsqrt(mean(hidden^2) + eps))
 //                      (transformers' LlamaRMSNorm in float32)
@@ -31,12 +33,12 @@ static void norm_row(void *ctx, int t) {
         const float *d = j->delta + (int64_t)t * H;
         for (int c = 0; c < H; c++) h[c] += d[c];
     }
-    v16 acc = {0};
-    for (; i + 16 <= H; i += 16) {
-        v16 x = load16(h + i);
+    vf acc = {0};
+    for (; i + VL <= H; i += VL) {
+        vf x = loadf(h + i);
         acc += x * x;
     }
-    float ss = sum16(acc);
+    float ss = sumv(acc);
     for (; i < H; i++) ss += h[i] * h[i];
     float r = 1.0f / sqrtf(ss / (float)H + j->eps);
     for (int c = 0; c < H; c++) o[c] = j->weight[c] * (h[c] * r);
@@ -91,9 +93,9 @@ static void silu_row(void *ctx, int t) {
     int I = j->I, i = 0;
     const float *g = j->gate_up + (int64_t)t * 2 * I, *u = g + I;
     float *o = j->out + (int64_t)t * I;
-    for (; i + 16 <= I; i += 16) {
-        v16 x = load16(g + i);
-        store16(o + i, x / (1.0f + exp16(-x)) * load16(u + i));
+    for (; i + VL <= I; i += VL) {
+        vf x = loadf(g + i);
+        storev(o + i, x / (1.0f + expv(-x)) * loadf(u + i));
     }
     for (; i < I; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }

@@ -62,12 +62,12 @@ static void sift_up(cand *h, int i) {
 static int top_candidates(const float *w, int V, int cap, cand *out) {
     int n = 0;
     for (int i = 0; i < V; i++) {
-        if (n == cap && (i & 15) == 0 && i + 16 <= V) {  // skip 16 tokens at once when none beats the root
-            v16i beats = load16(w + i) > (load16(w + i) * 0.0f + out[0].w);
+        if (n == cap && (i % VL) == 0 && i + VL <= V) {  // skip VL tokens at once when none beats the root
+            vi beats = loadf(w + i) > (loadf(w + i) * 0.0f + out[0].w);
             int any = 0;
-            for (int l = 0; l < 16; l++) any |= beats[l];
+            for (int l = 0; l < VL; l++) any |= beats[l];
             if (!any) {
-                i += 15;
+                i += VL - 1;
                 continue;
             }
         }
@@ -149,23 +149,23 @@ static void sample_row(void *ctx, int r) {
 
     float m = x[0];
     int i = 0;
-    if (V >= 16) {
-        v16 vm = load16(x);
-        for (; i + 16 <= V; i += 16) vm = vmax16(vm, load16(x + i));
-        m = max16(vm);
+    if (V >= VL) {
+        vf vm = loadf(x);
+        for (; i + VL <= V; i += VL) vm = vmaxv(vm, loadf(x + i));
+        m = maxv(vm);
     }
     for (; i < V; i++) m = x[i] > m ? x[i] : m;
     i = 0;
-    v16 acc = {0};
-    for (; i + 16 <= V; i += 16) {
-        v16 e = exp16((load16(x + i) - m) * inv_t);
-        store16(w + i, e);
+    vf acc = {0};  // native width (vec.h): the total's rounding depends on it, each weight does not
+    for (; i + VL <= V; i += VL) {
+        vf e = expv((loadf(x + i) - m) * inv_t);
+        storev(w + i, e);
         acc += e;
     }
-    double total = sum16(acc);
+    double total = sumv(acc);
     for (; i < V; i++) {
-        float lane[16] = {(x[i] - m) * inv_t};
-        v16 e = exp16(load16(lane));
+        float lane[VL] = {(x[i] - m) * inv_t};
+        vf e = expv(loadf(lane));
         w[i] = e[0];
         total += w[i];
     }
