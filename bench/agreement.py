@@ -2,7 +2,9 @@
 
 A fixed set of 60 conversations (single questions, system prompts, multi-turn histories) is rendered
 with the model's chat template; each is answered greedily for --tokens tokens by ModelRunner with
-float32 weights and KV (the reference), with float16 KV (the server's default), with bfloat16
+float32 weights from float32 panels and float32 KV (the reference), with the weights read from their
+exact Q4_1/Q8_0 grid codes (the default for this model; bit-identical by construction), with float16 KV
+(the server's default), with bfloat16
 linear layers (--dtype bfloat16: weights and activations in bf16, float32 sums), and, as an experiment
 for a weight-only mode, with float32 activations on bf16-rounded weights. Prints how many answers are identical, the mean fraction of tokens that agree before
 the first difference, a few side by side, and, as a check of the reference itself, how many float32
@@ -91,10 +93,12 @@ def main() -> None:
     fmt = ChatFormat(loaded.tokenizer, loaded.model.generation_config)
     convs = conversations()
     prompts = [fmt.render(c) for c in convs]
-    ref = greedy(ModelRunner(loaded.model, torch.float32), prompts, args.tokens, fmt.stop_token_ids)
+    ref = greedy(ModelRunner(loaded.model, torch.float32, grid_codes=False), prompts, args.tokens, fmt.stop_token_ids)
     modes = {
-        "float16 KV (default) vs float32": greedy(ModelRunner(loaded.model, torch.float32, kv_dtype=torch.float16),
-                                                  prompts, args.tokens, fmt.stop_token_ids),
+        "grid codes (default weights), float32 KV vs float32 panels": greedy(
+            ModelRunner(loaded.model, torch.float32), prompts, args.tokens, fmt.stop_token_ids),
+        "grid codes + float16 KV (the server's default) vs float32": greedy(
+            ModelRunner(loaded.model, torch.float32, kv_dtype=torch.float16), prompts, args.tokens, fmt.stop_token_ids),
         "bfloat16 linear layers (--dtype bfloat16) vs float32": greedy(ModelRunner(loaded.model, torch.bfloat16),
                                                                        prompts, args.tokens, fmt.stop_token_ids),
         "bfloat16-rounded weights, float32 activations (experiment) vs float32": greedy(

@@ -38,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", default=_env("MODEL"), help="HF model directory or .gguf file (default: SmolLM2-135M-Instruct)")
     serve.add_argument("--model-cache", type=Path, default=_env("MODEL_CACHE"), help="converted weights (default: DATA_DIR/models)")
     serve.add_argument("--dtype", choices=sorted(MATMUL_DTYPES), default=_env("DTYPE", "float32"),
-                       help="weights of the linear layers: float32 (answers equal transformers') or bfloat16 "
-                            "(1.6x faster one-session decoding, 1.7x at 16 sessions; 53/60 greedy answers equal "
-                            "float32's, docs/BENCHMARKS.md)")
+                       help="weights of the linear layers: float32 (answers equal transformers'; the default "
+                            "model's are read from their exact Q4_1/Q8_0 codes) or bfloat16 (CPUs with AVX-512 "
+                            "BF16 only; 53/60 greedy answers equal float32's, docs/BENCHMARKS.md)")
     serve.add_argument("--kv-dtype", choices=sorted(KV_DTYPES), default=_env("KV_DTYPE", "float16"),
                        help="KV caches in RAM and on disk: float16 (half the memory, 60/60 greedy answers equal "
                             "float32's, docs/BENCHMARKS.md) or float32 (answers equal transformers')")

@@ -55,6 +55,10 @@ def test_a_matrix_off_the_grid_keeps_the_float32_path():
     nudged[5, 17] = torch.nextafter(nudged[5, 17], torch.tensor(1.0))  # one weight one ulp off
     assert find_grid(nudged) is None
     assert find_grid(torch.randn(64, 64)) is None  # plain float32 weights
+    for bad in (float("nan"), float("inf")):
+        broken = w.clone()
+        broken[3, 40] = bad
+        assert find_grid(broken) is None
     assert find_grid(q4_1(torch.randn(64, 64))[:, :48].contiguous()) is None  # inputs not a multiple of 32
     lin = Linear(nudged)
     assert lin.grid is None and lin.packed is not None
