@@ -102,7 +102,8 @@ class Engine:
         cfg = self.config.kv
         return {
             "engine": {**self.stats.snapshot(with_buckets), "queue_depth": len(self.scheduler.waiting),
-                       "running": len(self.scheduler.running), "admitted": self._num_admitted},
+                       "running": len(self.scheduler.running), "admitted": self._num_admitted,
+                       "weights": self.runner.weights_summary()},
             "kv": {
                 "ram": {"sessions": store.num_ram_sessions, "bytes": store.ram_bytes,
                         "shared_prefixes": store.num_shared, "shared_bytes": store.shared_bytes,

@@ -84,6 +84,16 @@ class Linear:
         # float32/bf16 panels (see pack()) for the other kernels; None: grid codes, or torch
         self.packed = pack(self.weight) if kernel is not None and self.grid is None else None
 
+    @property
+    def storage(self) -> tuple[str, int]:
+        """(form a step reads the weight in, its bytes): "q4_1"/"q8_0" codes, "float32"/"bfloat16" panels, or
+        "torch" (no C kernels)."""
+        if self.grid is not None:
+            return self.grid.format, self.grid.nbytes
+        if self.packed is not None:
+            return str(self.weight.dtype).removeprefix("torch."), self.packed.numel() * self.packed.element_size()
+        return "torch", self.weight.numel() * self.weight.element_size()
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernel is None:  # no C kernels: torch
             if self.weight.dtype != x.dtype:  # bfloat16 weights: cast activations per matmul

@@ -67,6 +67,17 @@ class ModelRunner:
         dims = (cfg.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, cfg.intermediate_size)
         self._fused = FusedLayers.build(self._layers, self._ops, cfg.rms_norm_eps, self._scale, dims) if native else None
 
+    def weights_summary(self) -> dict:
+        """The matmul weights as a step reads them: {"formats": {form: number of matrices}, "bytes": total}
+        (forms: Linear.storage)."""
+        formats: dict[str, int] = {}
+        total = 0
+        for lin in [lin for w in self._layers for lin in (w.qkv, w.o, w.gate_up, w.down)] + [self._lm_head]:
+            form, nbytes = lin.storage
+            formats[form] = formats.get(form, 0) + 1
+            total += nbytes
+        return {"formats": formats, "bytes": total}
+
     def new_kv(self, capacity: int = 0) -> SessionKV:
         return SessionKV(self.num_layers, self.num_kv_heads, self.head_dim, self.kv_dtype, capacity)
 

@@ -33,20 +33,7 @@ typedef _Float16 half;
 // VL (vec.h) keys/values elements as float32 lanes
 static inline vf load_kv(const float *p) { return loadf(p); }
 static inline float kv_float(float x) { return x; }
-#if VL >= 8
-#include <immintrin.h>
-#endif
-static inline vf load_kv_h(const half *p) {
-#if VL == 16
-    return (vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
-#elif VL == 8 && defined(__F16C__)
-    return (vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-#else
-    vf v;
-    for (int i = 0; i < VL; i++) v[i] = (float)p[i];
-    return v;
-#endif
-}
+static inline vf load_kv_h(const half *p) { return load_halves(p); }
 static inline float kv_float_h(half x) { return (float)x; }
 
 // keys/values of position t: the prefix segment (t < np) or the own one

@@ -29,12 +29,10 @@
 #define Q8_BLOCK_BYTES (PANEL * 2 + BLOCK * PANEL)
 #if VL == 16
 #define MAX_ROWS 4  // rows rebuilt in registers: accumulators + rebuilt weights fit the register file
-#else
+#elif VL == 8
 #define MAX_ROWS 2
-#endif
-
-#if VL >= 8
-#include <immintrin.h>
+#else
+#define MAX_ROWS 1
 #endif
 
 // VL bytes widened to int32 lanes (zero- or sign-extended): one vpmovzxbd / vpmovsxbd
@@ -62,25 +60,9 @@ static inline vi load_s8(const uint8_t *p) {
 #endif
 }
 
-static inline vf load_f16(const uint16_t *p) {  // VL float16 -> float32 (exact)
-#if VL == 16
-    return (vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
-#elif VL == 8 && defined(__F16C__)
-    return (vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-#else
-    vf v;
-    for (int i = 0; i < VL; i++) {
-        _Float16 h;
-        __builtin_memcpy(&h, p + i, 2);
-        v[i] = (float)h;
-    }
-    return v;
-#endif
-}
-
-// the weights of VL columns c0.. of a strip at one k, from that k's code row
+// the weights of VL columns c0.. at one k, from that k's code row (column c: byte c % 32, nibble c / 32)
 static inline vf q4_weights(const uint8_t *row, int c0, vf d, vf m) {
-    vi q = load_u8(row + c0 % 32);  // column c: byte c % 32, nibble c / 32
+    vi q = load_u8(row + c0 % 32);
     q = c0 < 32 ? q & 15 : q >> 4;
     return __builtin_convertvector(q, vf) * d + m;
 }
@@ -95,25 +77,29 @@ static inline void store_cols(float *y, const vf *acc, int nvec, int cols) {
     for (int c = 0; c < cols; c++) y[c] = tmp[c];
 }
 
-// ROWS rows of x against NVEC vectors of columns c0.. of a panel (compile-time constants). Each
-// accumulator is its own chain of dependent fused multiply-adds, so ROWS x NVEC must be >= ~8 to
-// hide their latency: one row takes the whole panel (64 columns), more rows fewer columns.
-#define ROW_BLOCK(ROWS, NVEC)                                                                              \
-    static void q4_rows##ROWS(int K, const float *x, int64_t ldx, const uint8_t *panel, int c0, float *y,    \
-                              int64_t ldy, int cols) {                                                       \
-        vf acc[ROWS][NVEC], d[NVEC], m[NVEC];                                                                \
+// ROWS rows of x against NVEC vectors of columns C0.. of a panel (all three compile-time constants, so
+// that which nibble a vector takes is known when compiling). Each accumulator is its own chain of
+// dependent fused multiply-adds: ROWS x NVEC >= ~8 hides their latency. The block's scales go to a
+// small array each block and are read from there (L1), leaving the registers to the accumulators.
+#define ROW_BLOCK(ROWS, NVEC, C0)                                                                          \
+    static void q4_rows##ROWS##_##C0(int K, const float *x, int64_t ldx, const uint8_t *panel, float *y,     \
+                                     int64_t ldy, int cols) {                                                \
+        vf acc[ROWS][NVEC];                                                                                  \
+        float scales[2][NVEC * VL];                                                                          \
         for (int i = 0; i < ROWS; i++)                                                                       \
             for (int j = 0; j < NVEC; j++) acc[i][j] = (vf){0};                                              \
         for (int b = 0; b < K / BLOCK; b++) {                                                                \
             const uint8_t *blk = panel + (int64_t)b * Q4_BLOCK_BYTES;                                        \
             for (int j = 0; j < NVEC; j++) {                                                                 \
-                d[j] = load_f16((const uint16_t *)blk + c0 + VL * j);                                        \
-                m[j] = load_f16((const uint16_t *)blk + PANEL + c0 + VL * j);                                \
+                storev(scales[0] + VL * j, load_halves((const uint16_t *)blk + C0 + VL * j));                \
+                storev(scales[1] + VL * j, load_halves((const uint16_t *)blk + PANEL + C0 + VL * j));        \
             }                                                                                                \
             const uint8_t *codes = blk + 4 * PANEL;                                                          \
             for (int kk = 0; kk < BLOCK; kk++) {                                                             \
                 vf w[NVEC];                                                                                  \
-                for (int j = 0; j < NVEC; j++) w[j] = q4_weights(codes + kk * PANEL / 2, c0 + VL * j, d[j], m[j]); \
+                for (int j = 0; j < NVEC; j++)                                                               \
+                    w[j] = q4_weights(codes + kk * PANEL / 2, C0 + VL * j, loadf(scales[0] + VL * j),        \
+                                      loadf(scales[1] + VL * j));                                            \
                 int64_t k = (int64_t)b * BLOCK + kk;                                                         \
                 for (int i = 0; i < ROWS; i++) {                                                             \
                     float a = x[i * ldx + k];                                                                \
@@ -123,18 +109,21 @@ static inline void store_cols(float *y, const vf *acc, int nvec, int cols) {
         }                                                                                                    \
         for (int i = 0; i < ROWS; i++) store_cols(y + i * ldy, acc[i], NVEC, cols);                          \
     }                                                                                                        \
-    static void q8_rows##ROWS(int K, const float *x, int64_t ldx, const uint8_t *panel, int c0, float *y,    \
-                              int64_t ldy, int cols) {                                                       \
-        vf acc[ROWS][NVEC], d[NVEC];                                                                         \
+    static void q8_rows##ROWS##_##C0(int K, const float *x, int64_t ldx, const uint8_t *panel, float *y,     \
+                                     int64_t ldy, int cols) {                                                \
+        vf acc[ROWS][NVEC];                                                                                  \
+        float scales[NVEC * VL];                                                                             \
         for (int i = 0; i < ROWS; i++)                                                                       \
             for (int j = 0; j < NVEC; j++) acc[i][j] = (vf){0};                                              \
         for (int b = 0; b < K / BLOCK; b++) {                                                                \
             const uint8_t *blk = panel + (int64_t)b * Q8_BLOCK_BYTES;                                        \
-            for (int j = 0; j < NVEC; j++) d[j] = load_f16((const uint16_t *)blk + c0 + VL * j);             \
+            for (int j = 0; j < NVEC; j++)                                                                   \
+                storev(scales + VL * j, load_halves((const uint16_t *)blk + C0 + VL * j));                   \
             const uint8_t *codes = blk + 2 * PANEL;                                                          \
             for (int kk = 0; kk < BLOCK; kk++) {                                                             \
                 vf w[NVEC];                                                                                  \
-                for (int j = 0; j < NVEC; j++) w[j] = q8_weights(codes + kk * PANEL, c0 + VL * j, d[j]);     \
+                for (int j = 0; j < NVEC; j++)                                                               \
+                    w[j] = q8_weights(codes + kk * PANEL, C0 + VL * j, loadf(scales + VL * j));              \
                 int64_t k = (int64_t)b * BLOCK + kk;                                                         \
                 for (int i = 0; i < ROWS; i++) {                                                             \
                     float a = x[i * ldx + k];                                                                \
@@ -145,26 +134,32 @@ static inline void store_cols(float *y, const vf *acc, int nvec, int cols) {
         for (int i = 0; i < ROWS; i++) store_cols(y + i * ldy, acc[i], NVEC, cols);                          \
     }
 
-// (rows, vectors of columns per call): one row spans the panel; AVX-512 keeps 4 vectors for up to 4
-// rows, AVX2 takes 2 rows over 4 vectors (half a panel)
-ROW_BLOCK(1, PANEL / VL)
-#if MAX_ROWS == 4
-ROW_BLOCK(2, 4)
-ROW_BLOCK(3, 4)
-ROW_BLOCK(4, 4)
-static const int COLS_PER_CALL[MAX_ROWS + 1] = {0, PANEL, 4 * VL, 4 * VL, 4 * VL};
-#else
-ROW_BLOCK(2, 4)
-static const int COLS_PER_CALL[MAX_ROWS + 1] = {0, PANEL, 4 * VL};
-#endif
+typedef void (*rows_fn)(int, const float *, int64_t, const uint8_t *, float *, int64_t, int);
+struct calls {
+    int width;  // columns per call
+    rows_fn q4[2], q8[2];  // calls covering the panel, left to right
+};
 
-typedef void (*rows_fn)(int, const float *, int64_t, const uint8_t *, int, float *, int64_t, int);
-#if MAX_ROWS == 4
-static const rows_fn Q4_ROWS[MAX_ROWS + 1] = {0, q4_rows1, q4_rows2, q4_rows3, q4_rows4};
-static const rows_fn Q8_ROWS[MAX_ROWS + 1] = {0, q8_rows1, q8_rows2, q8_rows3, q8_rows4};
+// Per number of rows: the calls that cover a panel. AVX-512: 4 vectors (the panel) for 1-4 rows;
+// AVX2: one row over the panel's 8 vectors, 2 rows over 4 vectors (two calls); SSE: 1 row, 8 vectors.
+#if VL == 16
+ROW_BLOCK(1, 4, 0)
+ROW_BLOCK(2, 4, 0)
+ROW_BLOCK(3, 4, 0)
+ROW_BLOCK(4, 4, 0)
+static const struct calls CALLS[MAX_ROWS + 1] = {
+    {0}, {64, {q4_rows1_0}, {q8_rows1_0}}, {64, {q4_rows2_0}, {q8_rows2_0}}, {64, {q4_rows3_0}, {q8_rows3_0}},
+    {64, {q4_rows4_0}, {q8_rows4_0}}};
+#elif VL == 8
+ROW_BLOCK(1, 8, 0)
+ROW_BLOCK(2, 4, 0)
+ROW_BLOCK(2, 4, 32)
+static const struct calls CALLS[MAX_ROWS + 1] = {
+    {0}, {64, {q4_rows1_0}, {q8_rows1_0}}, {32, {q4_rows2_0, q4_rows2_32}, {q8_rows2_0, q8_rows2_32}}};
 #else
-static const rows_fn Q4_ROWS[MAX_ROWS + 1] = {0, q4_rows1, q4_rows2};
-static const rows_fn Q8_ROWS[MAX_ROWS + 1] = {0, q8_rows1, q8_rows2};
+ROW_BLOCK(1, 8, 0)
+ROW_BLOCK(1, 8, 32)
+static const struct calls CALLS[MAX_ROWS + 1] = {{0}, {32, {q4_rows1_0, q4_rows1_32}, {q8_rows1_0, q8_rows1_32}}};
 #endif
 
 // the strip's weights (columns s0.. of the panel) as float32 [K, STRIP], what linear.c's panels hold
@@ -172,8 +167,8 @@ static void rebuild_strip(int format, int K, const uint8_t *panel, int s0, float
     for (int b = 0; b < K / BLOCK; b++) {
         const uint8_t *blk = panel + (int64_t)b * (format == 0 ? Q4_BLOCK_BYTES : Q8_BLOCK_BYTES);
         for (int j = 0; j < NV; j++) {
-            vf d = load_f16((const uint16_t *)blk + s0 + VL * j);
-            vf m = format == 0 ? load_f16((const uint16_t *)blk + PANEL + s0 + VL * j) : (vf){0};
+            vf d = load_halves((const uint16_t *)blk + s0 + VL * j);
+            vf m = format == 0 ? load_halves((const uint16_t *)blk + PANEL + s0 + VL * j) : (vf){0};
             for (int kk = 0; kk < BLOCK; kk++) {
                 vf w = format == 0 ? q4_weights(blk + 4 * PANEL + kk * PANEL / 2, s0 + VL * j, d, m)
                                    : q8_weights(blk + 2 * PANEL + kk * PANEL, s0 + VL * j, d);
@@ -199,11 +194,11 @@ static void one_panel(void *ctx, int p) {
     struct grid_job *j = ctx;
     const uint8_t *panel = j->Wp + (int64_t)p * j->panel_bytes;
     if (j->M <= MAX_ROWS) {  // weights rebuilt in registers, for each call
-        int width = COLS_PER_CALL[j->M];
-        for (int c = 0; c < PANEL; c += width) {
-            int c0 = p * PANEL + c, cols = j->N - c0 < width ? j->N - c0 : width;
+        const struct calls *c = &CALLS[j->M];
+        for (int i = 0; i * c->width < PANEL; i++) {
+            int c0 = p * PANEL + i * c->width, cols = j->N - c0 < c->width ? j->N - c0 : c->width;
             if (cols <= 0) break;
-            (j->format == 0 ? Q4_ROWS : Q8_ROWS)[j->M](j->K, j->x, j->K, panel, c, j->y + c0, j->N, cols);
+            (j->format == 0 ? c->q4 : c->q8)[i](j->K, j->x, j->K, panel, j->y + c0, j->N, cols);
         }
         return;
     }

@@ -26,6 +26,27 @@ static inline vf loadf(const float *p) {
 
 static inline void storev(float *p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
 
+#if VL >= 8
+#include <immintrin.h>
+#endif
+
+// VL IEEE half values (at p) widened to float32 lanes (exact)
+static inline vf load_halves(const void *p) {
+#if VL == 16
+    return (vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#elif VL == 8 && defined(__F16C__)
+    return (vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#else
+    vf v;
+    for (int i = 0; i < VL; i++) {
+        _Float16 h;
+        __builtin_memcpy(&h, (const char *)p + 2 * i, 2);
+        v[i] = (float)h;
+    }
+    return v;
+#endif
+}
+
 // lanes of a where mask is set (-1), else of b
 static inline vf selectv(vi mask, vf a, vf b) {
     vi ia, ib;

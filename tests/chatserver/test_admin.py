@@ -146,6 +146,8 @@ async def test_stats_health_and_readiness(admin):
     stats = json.loads(text, parse_constant=reject)  # strict JSON: no Infinity/NaN
     assert stats["kv"]["ram"]["sessions"] == 1 and stats["engine"]["ttft_ms"]["count"] == 1
     assert stats["server"]["websockets"] == 1
+    assert stats["engine"]["weights"]["formats"] == {"float32": 2 * 4 + 1}  # the tiny random model: off any grid
+    assert stats["engine"]["weights"]["bytes"] > 0
     assert (await admin.get("/healthz")).status == 200
     ready = await admin.get("/readyz")
     body = await ready.json()

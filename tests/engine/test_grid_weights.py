@@ -76,6 +76,10 @@ def test_a_model_on_the_grid_gives_the_same_logits_and_caches_as_float32(tiny_mo
     assert all(lin.grid is not None for w in coded._layers for lin in (w.qkv, w.o, w.gate_up, w.down))
     assert coded._lm_head.grid is not None and coded._lm_head.grid.format == "q8_0"
     assert coded._fused is not None
+    layers = len(coded._layers) * 4
+    assert coded.weights_summary()["formats"] == {"q4_1": layers, "q8_0": 1}
+    assert plain.weights_summary()["formats"] == {"float32": layers + 1}
+    assert coded.weights_summary()["bytes"] * 3 < plain.weights_summary()["bytes"]
     kvs = {r: [r.new_kv() for _ in range(3)] for r in (coded, plain)}
     prompts = [list(range(3, 3 + n)) for n in (5, 70, 200)]  # 70, 200: long chunks through SDPA
     for r in (coded, plain):
