@@ -6,8 +6,12 @@ batch, C kernels, float32 by default: weights read from their exact Q4_1/Q8_0 co
 float32 panels to show what the codes bring); the baseline is transformers' model(...) with its KV cache,
 float32, greedy, the way `generate` steps. Medians of --repeats; ratios are baseline time / ours.
 
+With --llama-bench PATH (llama.cpp's llama-bench binary, built on this machine) the same run also
+measures llama.cpp on the model's own GGUF file (tg: one sequence decoding, pp: prompt processing of
+the same prompt length), so that the peer's figures come from this machine too.
+
 Run: .venv/bin/python bench/engine_speed.py [--dtype float32|bfloat16] [--kv-dtype float16|float32] [--steps 32]
-     [--repeats 3]
+     [--repeats 3] [--llama-bench PATH]
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prefill-tokens", type=int, default=2000)
     parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parents[1] / ".cache" / "models")
+    parser.add_argument("--llama-bench", type=Path, help="llama.cpp's llama-bench, to measure it in the same run")
     parser.add_argument("--baseline-only", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -108,6 +113,7 @@ def main() -> None:
     child = subprocess.run([sys.executable, __file__, "--baseline-only", *sys.argv[1:]], env=env, check=True,
                            capture_output=True, text=True)
     hf1, hf16, hf_p = json.loads(child.stdout.strip().splitlines()[-1])
+    peer = llama_cpp(args.llama_bench, n, args.repeats) if args.llama_bench else None
 
     variants = {"ours": ModelRunner(loaded.model, MATMUL_DTYPES[args.dtype], kv_dtype=KV_DTYPES[args.kv_dtype])}
     if variants["ours"]._lm_head.grid is not None:  # also without the grid codes, to show what they bring
@@ -134,7 +140,22 @@ def main() -> None:
     print("|---|---:|---:|---:|---|")
     for name, ours, base, rates in rows:
         print(f"| {name} | {ours:.2f} | {base:.2f} | {base / ours:.2f}x | {rates} |")
+    if peer is not None:
+        tg, pp = peer
+        print(f"\nllama.cpp on this machine (llama-bench, same GGUF, 2 threads): one sequence decoding {tg:.1f} tok/s "
+              f"(ours {1000 / rows[0][1]:.1f}: {1000 / rows[0][1] / tg:.2f}x), {n}-token prompt {pp:.0f} tok/s "
+              f"(ours {n / rows[2][1]:.0f}: {n / rows[2][1] / pp:.2f}x)")
     print_profile(profile(runner, floors, args.repeats), floors, weights_label(runner))
+
+
+def llama_cpp(binary: Path, prompt: int, repeats: int) -> tuple[float, float]:
+    """(tg128 tok/s, pp<prompt> tok/s) from llama-bench on the default model's GGUF file."""
+    from engine.loader import default_gguf_path
+
+    out = subprocess.run([str(binary), "-m", str(default_gguf_path()), "-t", "2", "-p", str(prompt), "-n", "128",
+                          "-r", str(repeats), "-o", "json"], check=True, capture_output=True, text=True).stdout
+    results = {r["n_prompt"] and "pp" or "tg": r["avg_ts"] for r in json.loads(out)}
+    return results["tg"], results["pp"]
 
 
 if __name__ == "__main__":

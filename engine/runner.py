@@ -66,6 +66,18 @@ class ModelRunner:
         self.vocab_size = self._lm_head.out_features
         dims = (cfg.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, cfg.intermediate_size)
         self._fused = FusedLayers.build(self._layers, self._ops, cfg.rms_norm_eps, self._scale, dims) if native else None
+        self._rotary_table = self._static_rotary_table()
+
+    def _static_rotary_table(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """cos, sin [max positions, head_dim] of the model's rotary embedding, computed once by its own module
+        (a step then indexes rows instead of running ~10 torch ops); None for rotary kinds whose tables
+        depend on the sequence (dynamic scaling), which are computed per step."""
+        if getattr(self._rotary, "rope_type", "default") not in ("default", "linear", "llama3"):
+            return None
+        positions = torch.arange(self.max_context)
+        with torch.inference_mode():
+            cos, sin = self._rotary(torch.empty(1, dtype=self.dtype), positions[None])
+        return cos[0].contiguous(), sin[0].contiguous()
 
     def weights_summary(self) -> dict:
         """The matmul weights as a step reads them: {"formats": {form: number of matrices}, "bytes": total}
@@ -103,8 +115,11 @@ class ModelRunner:
         input_ids = torch.tensor([t for it in packed for t in it.token_ids], dtype=torch.long)
         positions = torch.tensor([p for s, n in zip(starts, lengths) for p in range(s, s + n)], dtype=torch.long)
         hidden = self._embed(input_ids)  # [T, hidden], the residual stream (updated in place)
-        cos, sin = self._rotary(hidden, positions[None])  # [1, T, head_dim]
-        cos, sin = cos[0].contiguous(), sin[0].contiguous()  # [T, head_dim]
+        if self._rotary_table is not None:
+            cos, sin = (table.index_select(0, positions) for table in self._rotary_table)  # [T, head_dim]
+        else:
+            cos, sin = self._rotary(hidden, positions[None])  # [1, T, head_dim]
+            cos, sin = cos[0].contiguous(), sin[0].contiguous()
         short, chunks = [], []  # short: (kv, first row, rows) for the ragged kernel; chunks: long prefills
         offset = 0
         for it, s, n in zip(packed, starts, lengths):
@@ -126,7 +141,8 @@ class ModelRunner:
         rows = [row_of[i] for i, it in enumerate(items) if it.needs_logits]
         if not rows:
             return torch.empty(0, self.vocab_size)
-        return self._lm_head(self._norm(hidden[rows])).float()
+        last = hidden[rows]
+        return self._lm_head(self._ops.add_rms_norm(last, None, self._norm.weight)).float()  # the model's final norm
 
     def _layer_loop(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ragged: RaggedAttention,
                     chunks: list) -> None:
