@@ -1,11 +1,11 @@
 """Float32 weights that are exactly GGUF-dequantized blocks, kept as their codes (engine/csrc/linear_grid.c).
 
 The default model ships as a Q4_1 GGUF file: every decoder weight is, per block of 32 consecutive
-inputs of one output, fma(q, d, m) with a 4-bit q and float16 d, m, and the tied embedding / LM head is
+inputs of one output, q * d + m with a 4-bit q and float16 d, m, and the tied embedding / LM head is
 Q8_0 (q * d, 8-bit q). The float32 model transformers builds from it holds exactly those values. Found
-again here from the float32 matrix alone and checked element by element, they let a decode step read
-5.1x (Q4_1) or 3.8x (Q8_0) fewer bytes with a result bit-identical to the float32 kernel. A matrix
-that is not exactly on a grid (any other checkpoint) gets None and keeps the float32 path.
+again here from the float32 matrix alone and checked element by element, they let a step read 6.4x
+(Q4_1: 5 bits a weight) or 3.8x (Q8_0: 8.5 bits) fewer bytes, with results bit-identical to the float32
+kernel's. A matrix that is not exactly on a grid (any other checkpoint) gets None and keeps float32.
 
 Packed layout (panels of 64 outputs, blocks of 32 inputs) as linear_grid.c documents it:
   Q4_1: [panels, blocks, 1280] uint8 = d[64] f16 | m[64] f16 | 32 x 32 bytes (q[c] | q[c + 32] << 4)

@@ -1,14 +1,14 @@
 // y[M, N] = x[M, K] @ W[N, K]^T for float32 weights that lie exactly on a GGUF quantization grid,
-// read from their 4.5- or 8.5-bit codes: the same result, bit for bit, as linear.c on the float32 W.
+// read from their 5- or 8.5-bit codes: the same result, bit for bit, as linear.c on the float32 W.
 //
 // Q4_1 (decoder layers of a Q4_1 GGUF): per block of 32 consecutive k of one output column,
 // W = q * d + m with q in 0..15 and d, m float16; that is the float32 value GGUF's dequantizer
 // produced (q * d is exact, so fused or not it is one rounding). Q8_0 (its embeddings / LM head):
 // W = q * d, q in -127..127 (exact). Each weight is rebuilt in registers, then every output is the plain
 // k-ordered sum of one fused multiply-add per k, as linear.c computes it: so this kernel and linear.c
-// are interchangeable for any M (engine/linear.py picks by M), and both are batch-invariant.
+// are interchangeable for any M, and both are batch-invariant.
 //
-// Why: a decode step reads every weight once; these codes are 5.1x (Q4_1) and 3.8x (Q8_0) fewer
+// Why: a decode step reads every weight once; these codes are 6.4x (Q4_1) and 3.8x (Q8_0) fewer
 // bytes than float32, and at a few rows the step is bound by those bytes, not by arithmetic. Up to
 // MAX_ROWS rows the weights are rebuilt in registers for each pass of rows; beyond, each strip of a
 // panel is rebuilt once into a per-thread float32 scratch (in L2) that linear.c's row kernels then
