@@ -17,6 +17,24 @@ def test_the_kernels_build_here():
     assert kernels() is not None
 
 
+@pytest.mark.parametrize("march", ["x86-64", "haswell", "skylake-avx512", "sapphirerapids"])
+def test_the_kernels_compile_for_every_vector_width(march, tmp_path):
+    """Each machine builds the kernels for its own CPU (-march=native), so the code paths of the other
+    widths never run here; they must at least build: SSE2 (4 lanes), AVX2 (8), AVX-512 (16), + BF16."""
+    import platform
+    import shutil
+    import subprocess
+
+    from engine import native
+
+    assert platform.machine() == "x86_64" and shutil.which("gcc"), "CI machines are x86-64 with gcc"
+    flags = [f for f in native._FLAGS if f != "-march=native"] + [f"-march={march}"]
+    sources = sorted(str(p) for p in native._SOURCES.glob("*.c"))
+    build = subprocess.run(["gcc", *flags, "-Werror=implicit-function-declaration", "-o", str(tmp_path / "k.so"),
+                            *sources, "-lm"], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+
+
 def test_linear_matches_torch_for_any_batch_and_shape():
     torch.manual_seed(0)
     for out_features, in_features in [(100, 48), (576, 576), (65, 7)]:
