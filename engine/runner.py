@@ -29,6 +29,9 @@ from engine.layer_ops import LayerOps
 from engine.weights import fuse_layers
 
 
+_MAX_TABLE_POSITIONS = 16384  # rotary table rows kept (4-8 MB); later positions are computed per step
+
+
 @dataclass
 class ForwardItem:
     kv: SessionKV  # positions 0..kv.length are cached; new tokens go at kv.length..
@@ -69,12 +72,12 @@ class ModelRunner:
         self._rotary_table = self._static_rotary_table()
 
     def _static_rotary_table(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """cos, sin [max positions, head_dim] of the model's rotary embedding, computed once by its own module
+        """cos, sin [positions, head_dim] of the model's rotary embedding, computed once by its own module
         (a step then indexes rows instead of running ~10 torch ops); None for rotary kinds whose tables
         depend on the sequence (dynamic scaling), which are computed per step."""
         if getattr(self._rotary, "rope_type", "default") not in ("default", "linear", "llama3"):
             return None
-        positions = torch.arange(self.max_context)
+        positions = torch.arange(min(self.max_context, _MAX_TABLE_POSITIONS))
         with torch.inference_mode():
             cos, sin = self._rotary(torch.empty(1, dtype=self.dtype), positions[None])
         return cos[0].contiguous(), sin[0].contiguous()
@@ -115,8 +118,9 @@ class ModelRunner:
         input_ids = torch.tensor([t for it in packed for t in it.token_ids], dtype=torch.long)
         positions = torch.tensor([p for s, n in zip(starts, lengths) for p in range(s, s + n)], dtype=torch.long)
         hidden = self._embed(input_ids)  # [T, hidden], the residual stream (updated in place)
-        if self._rotary_table is not None:
-            cos, sin = (table.index_select(0, positions) for table in self._rotary_table)  # [T, head_dim]
+        table = self._rotary_table
+        if table is not None and max(s + n for s, n in zip(starts, lengths)) <= table[0].shape[0]:
+            cos, sin = (t.index_select(0, positions) for t in table)  # [T, head_dim]
         else:
             cos, sin = self._rotary(hidden, positions[None])  # [1, T, head_dim]
             cos, sin = cos[0].contiguous(), sin[0].contiguous()

@@ -60,3 +60,12 @@ def test_common_prefix_length():
     assert common_prefix_length([1, 2, 3], [1, 2, 4, 5]) == 2
     assert common_prefix_length([], [1]) == 0
     assert common_prefix_length([1, 2], [1, 2]) == 2
+
+
+def test_positions_past_the_rotary_table_are_computed_per_step(tiny_model):
+    """The precomputed cos/sin table covers the first positions; a step reaching past it computes its own."""
+    full, short = ModelRunner(tiny_model.model), ModelRunner(tiny_model.model)
+    short._rotary_table = tuple(t[:8] for t in short._rotary_table)
+    prompt = list(range(3, 23))  # positions 0..19, past the short table's 8
+    logits = [r.forward([ForwardItem(r.new_kv(), prompt, True)]) for r in (full, short)]
+    torch.testing.assert_close(logits[0], logits[1])
