@@ -2,7 +2,7 @@
 
 engine/csrc/linear.c reads W pre-packed into 64-column panels and computes every output as the plain
 k-ordered sum whatever the batch, so a sequence's logits do not depend on what shares its step
-(batch-invariant). Measured against MKL's sgemm on this machine, whole model (bench/engine_speed.py):
+(batch-invariant). Measured against MKL's sgemm on the AVX-512 machine, whole model (bench/engine_speed.py):
 2.8x faster at 1 row, 2.6x at 16, 1.2-1.4x at 128-512 rows. bfloat16 weights go to
 engine/csrc/linear_bf16.c (pair-packed panels, AVX-512 BF16); without it, or without a C compiler,
 to torch's F.linear. Float32 weights that are exactly GGUF Q4_1 / Q8_0 blocks (the default model's) are

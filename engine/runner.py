@@ -45,7 +45,7 @@ class ModelRunner:
         """matmul_dtype: dtype of the linear layers' weights (engine/weights.py); kv_dtype: what the KV
         caches store, float32 or float16 (half the bytes; attention still computes in float32).
         native: use the C kernels when they can be built. grid_codes: read float32 weights that are exact
-        GGUF Q4_1/Q8_0 blocks from those codes in small steps (engine/grid_weights.py; same results)."""
+        GGUF Q4_1/Q8_0 blocks from those codes (engine/grid_weights.py; bit-identical results)."""
         self.model = model
         cfg = model.config
         self.num_layers = cfg.num_hidden_layers
