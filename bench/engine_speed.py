@@ -154,7 +154,7 @@ def llama_cpp(binary: Path, prompt: int, repeats: int) -> tuple[float, float]:
 
     out = subprocess.run([str(binary), "-m", str(default_gguf_path()), "-t", "2", "-p", str(prompt), "-n", "128",
                           "-r", str(repeats), "-o", "json"], check=True, capture_output=True, text=True).stdout
-    results = {r["n_prompt"] and "pp" or "tg": r["avg_ts"] for r in json.loads(out)}
+    results = {("pp" if r["n_prompt"] else "tg"): r["avg_ts"] for r in json.loads(out)}  # one row per test
     return results["tg"], results["pp"]
 
 

@@ -115,10 +115,7 @@ class _Timers:
 def _weights(runner: ModelRunner) -> tuple[int, int, int]:
     """(parameters of the decoder layers' matmuls, of the LM head, bytes of both as a step reads them)."""
     layers = [lin for w in runner._layers for lin in (w.qkv, w.o, w.gate_up, w.down)]
-    head = runner._lm_head
-    nbytes = sum(lin.grid.nbytes if lin.grid is not None else lin.weight.numel() * lin.weight.element_size()
-                 for lin in [*layers, head])
-    return sum(lin.weight.numel() for lin in layers), head.weight.numel(), nbytes
+    return sum(lin.weight.numel() for lin in layers), runner._lm_head.weight.numel(), runner.weights_summary()["bytes"]
 
 
 def profile(runner: ModelRunner, floors: MachineFloors, repeats: int = 5) -> list[tuple[str, dict[str, float], float, float]]:
