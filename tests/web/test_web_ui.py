@@ -53,7 +53,7 @@ def wait_text(page: Page, n: int = -1, longer_than: int = 0) -> None:
 
 
 def test_answer_streams_then_shows_cache_and_ttft(page: Page, server):
-    open_chat(page, server, max_tokens=40)
+    open_chat(page, server, max_tokens=80)  # long enough to watch it grow on a fast machine
     expect(page.locator("#empty")).to_be_visible()
     send(page, "Tell me about the moon.")
     expect(page.locator(".msg.user")).to_have_text("Tell me about the moon.")
@@ -186,6 +186,23 @@ def test_html_in_an_answer_is_shown_as_text_not_run(page: Page, server):
 
 
 def test_enter_sends_and_shift_enter_makes_a_new_line(page: Page, server):
+    held: list = []  # the first answer's "done" frame, held so the answer is still running
+
+    def hold_first_done(route):
+        upstream = route.connect_to_server()
+
+        def forward(m):
+            if json.loads(m).get("type") == "done" and not held:
+                held.append(m)
+            else:
+                route.send(m)
+
+        upstream.on_message(forward)
+        route.on_message(upstream.send)
+        held_route.append(route)
+
+    held_route: list = []
+    page.route_web_socket(re.compile(r".*/ws$"), hold_first_done)
     open_chat(page, server, max_tokens=8)
     box = page.locator("#input")
     box.click()
@@ -200,13 +217,20 @@ def test_enter_sends_and_shift_enter_makes_a_new_line(page: Page, server):
     assert page.locator(".msg.user").inner_text() == "first line\nsecond line"
     expect(box).to_have_value("")
 
+    deadline = time.monotonic() + SLOW / 1000
+    while not held and time.monotonic() < deadline:  # the answer's tokens came; its end is held
+        page.wait_for_timeout(50)
+    assert held, "the first answer never finished"
     page.keyboard.type("too early")  # while the answer runs, Enter does not send
     page.keyboard.press("Enter")
+    page.wait_for_timeout(300)
     expect(page.locator(".msg.user")).to_have_count(1)
     expect(box).to_have_value("too early")
+    held_route[0].send(held[0])
     wait_done(page)
     page.keyboard.press("Enter")
     expect(page.locator(".msg.user")).to_have_count(2)
+    expect(box).to_have_value("")
     wait_done(page)
 
 
