@@ -5,8 +5,9 @@ Two kinds of sequences share a step:
     the next message of a conversation): one call per layer for all of them, to the C kernel
     engine/csrc/attention.c when it could be built (no per-sequence Python, reads each cache in
     place), else a per-sequence SDPA loop;
-  * long prefill chunks: per-sequence SDPA with a prefix-causal mask (compute-bound; SDPA's blocked
-    matrix products beat the kernel's row-at-a-time attention there).
+  * long prefill chunks: one call per sequence and layer to engine/csrc/chunk_attention.c (blocked,
+    online softmax: compute-bound matrix products, ~3x SDPA's rate with a prefix-causal mask), else
+    SDPA.
 """
 
 from __future__ import annotations
@@ -81,12 +82,40 @@ class RaggedAttention:
             raise RuntimeError(f"ragged attention kernel failed with status {status}")
 
 
+@functools.cache
+def chunk_kernel():
+    """The chunk_attention_f32 C function, or None (no compiler); built on first use."""
+    i, f = ctypes.c_int, ctypes.c_float
+    return native.function("chunk_attention_f32", [i] * 4 + [f, _P, _P, _I64, _I64, i, _P, _I64, _P, _I64, _I64])
+
+
+def chunk_kernel_for(kv: SessionKV, use_native: bool):
+    """The chunk kernel if it reads this KV's dtype (and could be built), else None (SDPA)."""
+    return chunk_kernel() if use_native and kv.dtype in _KERNEL_DTYPES else None
+
+
 def prefill_attention(kv: SessionKV, layer: int, start: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      scale: float, mask: torch.Tensor | None) -> torch.Tensor:
+                      scale: float, mask: torch.Tensor | None, use_native: bool = True) -> torch.Tensor:
     """q [n, Hq, D], k/v [n, Hkv, D] for positions start..start+n; writes k/v; returns [n, Hq, D].
-    mask: prefix_causal_mask(start, n), built once per step by the caller."""
+    mask: prefix_causal_mask(start, n), built once per step by the caller; only the SDPA path reads it
+    (None is fine when chunk_kernel_for(kv) is not None)."""
     n = q.shape[0]
     kv.write(layer, start, k.transpose(0, 1), v.transpose(0, 1))
+    kernel = chunk_kernel_for(kv, use_native)
+    if kernel is not None and q.dtype == torch.float32 and q.is_contiguous():
+        out = torch.empty_like(q)
+        prefix = kv.prefix.data if kv.prefix is not None else None
+        status = kernel(q.shape[1], k.shape[1], q.shape[2], layer, scale, q.data_ptr(), out.data_ptr(), n,
+                        start - kv.prefix_len, int(kv.dtype == torch.float16), kv.data.data_ptr(), kv.data.shape[3],
+                        prefix.data_ptr() if prefix is not None else 0, prefix.shape[3] if prefix is not None else 0,
+                        kv.prefix_len)
+        if status == 0:
+            return out
+        if status == 2:
+            raise MemoryError("chunk attention: out of memory")
+        # status 1: a shape the kernel does not take (head_dim not a multiple of its strip): SDPA
+    if mask is None:
+        mask = prefix_causal_mask(start, n)
     keys, values = kv.view(layer, start + n)  # [Hkv, start+n, D]
     keys, values = keys.to(q.dtype), values.to(q.dtype)  # float16 KV: widened (a copy) for SDPA
     o = F.scaled_dot_product_attention(

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 from engine.attention import (
     SHORT_CHUNK,
     RaggedAttention,
+    chunk_kernel_for,
     prefill_attention,
     prefix_causal_mask,
 )
@@ -130,7 +131,8 @@ class ModelRunner:
             if n <= SHORT_CHUNK:
                 short.append((it.kv, offset, n))
             else:
-                chunks.append((it, s, slice(offset, offset + n), prefix_causal_mask(s, n)))
+                mask = None if chunk_kernel_for(it.kv, self.native) else prefix_causal_mask(s, n)  # SDPA's
+                chunks.append((it, s, slice(offset, offset + n), mask))
             offset += n
         ragged = RaggedAttention(short, self.num_heads, self._scale, self.native)
         if not chunks and self._fused is not None and ragged.kernel is not None:
@@ -160,7 +162,8 @@ class ModelRunner:
             out = torch.empty(q.shape[0], hq, d)
             ragged(layer_idx, q, k, v, out)
             for it, s, rows, mask in chunks:
-                out[rows] = prefill_attention(it.kv, layer_idx, s, q[rows], k[rows], v[rows], self._scale, mask)
+                out[rows] = prefill_attention(it.kv, layer_idx, s, q[rows], k[rows], v[rows], self._scale, mask,
+                                              self.native)
             x = ops.add_rms_norm(hidden, w.o(out.view(-1, hq * d)), w.ln2)
             mlp = w.down(ops.gated(w.gate_up(x)))
             if layer_idx + 1 < len(self._layers):

@@ -18,6 +18,15 @@ typedef int32_t vi __attribute__((vector_size(VL * 4)));
 typedef uint8_t vu8 __attribute__((vector_size(VL)));
 typedef int8_t vs8 __attribute__((vector_size(VL)));
 
+// lane indices 0, 1, ..., VL - 1
+#if VL == 16
+static const vf IOTA = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+#elif VL == 8
+static const vf IOTA = {0, 1, 2, 3, 4, 5, 6, 7};
+#else
+static const vf IOTA = {0, 1, 2, 3};
+#endif
+
 static inline vf loadf(const float *p) {
     vf v;
     __builtin_memcpy(&v, p, sizeof v);

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.attention import RaggedAttention
+from engine.attention import RaggedAttention, chunk_kernel_for, prefill_attention
 from engine.kv_cache import SessionKV
 from engine.layer_ops import LayerOps
 from engine.linear import Linear
@@ -257,3 +257,29 @@ def test_float16_kv_takes_half_the_bytes_and_stays_close_to_float32(tiny_model):
     assert not torch.equal(a, b)  # the rounding is real...
     torch.testing.assert_close(a, b, atol=2e-2, rtol=1e-2)  # ...and small
     assert int(a.argmax()) == int(b.argmax())
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("head_dim,hq,hkv", [(64, 9, 3), (128, 4, 1), (16, 6, 2)])
+def test_blocked_attention_of_long_chunks_matches_causal_sdpa(head_dim, hq, hkv, kv_dtype):
+    """A long prefill chunk (engine/csrc/chunk_attention.c): row r sees its cache and new rows 0..r,
+    across key blocks, query blocks and a shared prefix. (head_dim 16 is narrower than the kernel's
+    64-column strip with AVX-512: there it goes to SDPA, and must agree just the same.)"""
+    torch.manual_seed(head_dim + hq)
+    layers = 2
+    for cached, rows, shared in [(0, 65, 0), (0, 300, 0), (37, 130, 0), (200, 97, 120), (64, 64, 64)]:
+        kv = SessionKV(layers, hkv, head_dim, kv_dtype, cached + rows)
+        kv.data.normal_()
+        kv.token_ids = list(range(cached))
+        if shared:
+            kv.share(shared)
+        twin = SessionKV(layers, hkv, head_dim, kv_dtype, cached + rows)
+        twin.data[:, :, :, :cached] = kv.positions(0, cached)
+        twin.token_ids = list(kv.token_ids)
+        q = torch.randn(rows, hq, head_dim) * 2  # large scores: the running max must move
+        k, v = torch.randn(rows, hkv, head_dim), torch.randn(rows, hkv, head_dim)
+        got = prefill_attention(kv, 1, cached, q, k, v, head_dim ** -0.5, None, use_native=True)
+        want = prefill_attention(twin, 1, cached, q, k, v, head_dim ** -0.5, None, use_native=False)
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(kv.positions(0, cached + rows)[1], twin.positions(0, cached + rows)[1])  # layer 1
+    assert chunk_kernel_for(kv, True) is not None and chunk_kernel_for(kv, False) is None
