@@ -114,6 +114,10 @@ static inline vf totals(const vf *p) {
 
 // One KV head and GG (1-4, a compile-time constant) of its query heads, DIM (64 or 128, compile-time)
 // = C native vectors: each key and value is loaded (and widened from float16) once for the GG heads.
+// software prefetch of the row AHEAD positions on (its cache lines), ahead of the hardware's
+#define AHEAD 16
+#define PREFETCH_ROW(p, bytes)                                                            \
+    for (int line = 0; line < (int)(bytes); line += 64) __builtin_prefetch((const char *)(p) + line)
 // Scores of VL positions at a time; positions past n in the last block repeat position n - 1 and get
 // weight 0. scores: [GG, n rounded up to 16] scratch. Every head's arithmetic, and its order, is the
 // same whatever GG is (it depends on the vector width: AVX-512 and AVX2 machines round differently).
@@ -133,6 +137,7 @@ static inline vf totals(const vf *p) {
             for (int i = 0; i < VL; i++) {                                                                 \
                 int64_t t = blk * VL + i < n ? blk * VL + i : n - 1;                                       \
                 const T *k = ROW(PK, K, t);                                                                \
+                PREFETCH_ROW(ROW(PK, K, t + AHEAD < n ? t + AHEAD : n - 1), D * sizeof(T));                \
                 vf kv[C];                                                                                  \
                 for (int c = 0; c < C; c++) kv[c] = LOAD(k + VL * c);                                      \
                 for (int g = 0; g < GG; g++) {                                                             \
@@ -161,6 +166,7 @@ static inline vf totals(const vf *p) {
             for (int c = 0; c < C; c++) o[g][c] = (vf){0};                                                 \
         for (int64_t t = 0; t < n; t++) {                                                                  \
             const T *v = ROW(PV, V, t);                                                                    \
+            PREFETCH_ROW(ROW(PV, V, t + AHEAD < n ? t + AHEAD : n - 1), D * sizeof(T));                    \
             vf vv[C];                                                                                      \
             for (int c = 0; c < C; c++) vv[c] = LOAD(v + VL * c);                                          \
             for (int g = 0; g < GG; g++) {                                                                 \
