@@ -47,21 +47,21 @@ struct linear_job {
     float *y;
 };
 
-void panel_rows_f32(int M, int N, int K, const float *x, const float *panel, int strips, int c0, float *y) {
-    for (int i = 0; i < M; i += MAX_ROWS_F32) {  // rows outermost: each block of x stays in L1 for all strips
+void strip_rows_f32(int M, int K, const float *x, const float *strip, float *y, int64_t ldy, int cols) {
+    for (int i = 0; i < M; i += MAX_ROWS_F32) {
         int r = M - i < MAX_ROWS_F32 ? M - i : MAX_ROWS_F32;
-        for (int s = 0; s < strips; s++) {
-            int c = c0 + s * STRIP, cols = N - c < STRIP ? N - c : STRIP;
-            ROWS_FN[r](K, x + (int64_t)i * K, K, panel + (int64_t)s * K * STRIP, y + (int64_t)i * N + c, N, cols);
-        }
+        ROWS_FN[r](K, x + (int64_t)i * K, K, strip, y + (int64_t)i * ldy, ldy, cols);
     }
 }
 
 static void one_panel(void *ctx, int p) {
     const struct linear_job *j = ctx;
-    int strips = 0;
-    while (strips < PANEL / STRIP && p * PANEL + strips * STRIP < j->N) strips++;
-    panel_rows_f32(j->M, j->N, j->K, j->x, j->Wp + (int64_t)p * j->K * PANEL, strips, p * PANEL, j->y);
+    const float *panel = j->Wp + (int64_t)p * j->K * PANEL;
+    for (int s = 0; s < PANEL / STRIP; s++) {
+        int c0 = p * PANEL + s * STRIP, cols = j->N - c0 < STRIP ? j->N - c0 : STRIP;
+        if (cols <= 0) break;
+        strip_rows_f32(j->M, j->K, j->x, panel + (int64_t)s * j->K * STRIP, j->y + c0, j->N, cols);
+    }
 }
 
 int linear_strip_width(void) { return STRIP; }

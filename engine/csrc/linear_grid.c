@@ -178,7 +178,7 @@ static void rebuild_strip(int format, int K, const uint8_t *panel, int s0, float
     }
 }
 
-static __thread float *scratch;  // per pool thread: one rebuilt panel (K x 64 floats, in L2)
+static __thread float *scratch;  // per pool thread: one rebuilt strip
 static __thread int64_t scratch_floats;
 
 struct grid_job {
@@ -202,7 +202,7 @@ static void one_panel(void *ctx, int p) {
         }
         return;
     }
-    int64_t need = (int64_t)j->K * PANEL;  // else: the panel's strips rebuilt once into the scratch
+    int64_t need = (int64_t)j->K * STRIP;  // else: each strip rebuilt once into the scratch
     if (scratch_floats < need) {
         free(scratch);
         scratch = malloc(sizeof(float) * (size_t)need);
@@ -212,10 +212,12 @@ static void one_panel(void *ctx, int p) {
             return;
         }
     }
-    int strips = 0;
-    for (; strips < PANEL / STRIP && p * PANEL + strips * STRIP < j->N; strips++)
-        rebuild_strip(j->format, j->K, panel, strips * STRIP, scratch + (int64_t)strips * j->K * STRIP);
-    panel_rows_f32(j->M, j->N, j->K, j->x, scratch, strips, p * PANEL, j->y);
+    for (int s = 0; s < PANEL / STRIP; s++) {
+        int c0 = p * PANEL + s * STRIP, cols = j->N - c0 < STRIP ? j->N - c0 : STRIP;
+        if (cols <= 0) break;
+        rebuild_strip(j->format, j->K, panel, s * STRIP, scratch);
+        strip_rows_f32(j->M, j->K, j->x, scratch, j->y + c0, j->N, cols);
+    }
 }
 
 // format: 0 = Q4_1, 1 = Q8_0. Returns 0; 1 when K is not a multiple of 32; 2 when out of memory.

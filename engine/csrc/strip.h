@@ -23,8 +23,6 @@ static inline void store_strip(float *y, const vf *acc, int cols) {
     for (int c = 0; c < cols; c++) y[c] = tmp[c];
 }
 
-// rows 0..M-1 of x [M, K] against the first `strips` strips of one panel (contiguous, strips of
-// [K, STRIP]) into columns c0.. of y [M, N] (the last strip may be cut at N); each output the plain
-// k-ordered sum of fused multiply-adds (linear.c). Row blocks outermost, so that a block of x stays
-// in L1 while the strips pass
-void panel_rows_f32(int M, int N, int K, const float *x, const float *panel, int strips, int c0, float *y);
+// rows 0..M-1 of x [M, K] against one strip [K, STRIP] (contiguous float32) into y[i * ldy + c] for the
+// strip's first `cols` columns; each output the plain k-ordered sum of fused multiply-adds (linear.c)
+void strip_rows_f32(int M, int K, const float *x, const float *strip, float *y, int64_t ldy, int cols);
