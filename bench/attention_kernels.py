@@ -50,7 +50,7 @@ def chunks(repeats: int) -> None:
         for _ in range(repeats):
             for native in (True, False):
                 start = time.perf_counter()
-                prefill_attention(kv, 1, cached, q, k, v, D ** -0.5, None, use_native=native)
+                prefill_attention(kv, 1, cached, q, k, v, D ** -0.5, use_native=native)
                 times[native].append(time.perf_counter() - start)
         ours, sdpa = statistics.median(times[True]), statistics.median(times[False])
         flops = 4 * D * HQ * sum(cached + r + 1 for r in range(n))

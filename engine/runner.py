@@ -20,9 +20,7 @@ from transformers import PreTrainedModel
 from engine.attention import (
     SHORT_CHUNK,
     RaggedAttention,
-    chunk_kernel_for,
     prefill_attention,
-    prefix_causal_mask,
 )
 from engine.fused_layers import FusedLayers
 from engine.kv_cache import KV_DTYPES, SessionKV
@@ -131,8 +129,7 @@ class ModelRunner:
             if n <= SHORT_CHUNK:
                 short.append((it.kv, offset, n))
             else:
-                mask = None if chunk_kernel_for(it.kv, self.native) else prefix_causal_mask(s, n)  # SDPA's
-                chunks.append((it, s, slice(offset, offset + n), mask))
+                chunks.append((it, s, slice(offset, offset + n)))
             offset += n
         ragged = RaggedAttention(short, self.num_heads, self._scale, self.native)
         if not chunks and self._fused is not None and ragged.kernel is not None:
@@ -153,7 +150,7 @@ class ModelRunner:
     def _layer_loop(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ragged: RaggedAttention,
                     chunks: list) -> None:
         """Every decoder layer, one operation at a time (updates hidden [T, H] in place); long prefill
-        chunks (item, start, row slice, mask) attend through SDPA, all other rows through `ragged`."""
+        chunks (item, start, row slice) through prefill_attention, all other rows through `ragged`."""
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         ops = self._ops
         x = ops.add_rms_norm(hidden, None, self._layers[0].ln1)
@@ -161,9 +158,9 @@ class ModelRunner:
             q, k, v = ops.rotary_qkv(w.qkv(x).view(-1, hq + 2 * hkv, d), cos, sin, hq, hkv)  # [T, H, D] each
             out = torch.empty(q.shape[0], hq, d)
             ragged(layer_idx, q, k, v, out)
-            for it, s, rows, mask in chunks:
-                out[rows] = prefill_attention(it.kv, layer_idx, s, q[rows], k[rows], v[rows], self._scale, mask,
-                                              self.native)
+            for it, s, rows in chunks:
+                out[rows] = prefill_attention(it.kv, layer_idx, s, q[rows], k[rows], v[rows], self._scale,
+                                              use_native=self.native)
             x = ops.add_rms_norm(hidden, w.o(out.view(-1, hq * d)), w.ln2)
             mlp = w.down(ops.gated(w.gate_up(x)))
             if layer_idx + 1 < len(self._layers):

@@ -278,8 +278,8 @@ def test_blocked_attention_of_long_chunks_matches_causal_sdpa(head_dim, hq, hkv,
         twin.token_ids = list(kv.token_ids)
         q = torch.randn(rows, hq, head_dim) * 2  # large scores: the running max must move
         k, v = torch.randn(rows, hkv, head_dim), torch.randn(rows, hkv, head_dim)
-        got = prefill_attention(kv, 1, cached, q, k, v, head_dim ** -0.5, None, use_native=True)
-        want = prefill_attention(twin, 1, cached, q, k, v, head_dim ** -0.5, None, use_native=False)
+        got = prefill_attention(kv, 1, cached, q, k, v, head_dim ** -0.5, use_native=True)
+        want = prefill_attention(twin, 1, cached, q, k, v, head_dim ** -0.5, use_native=False)
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
         torch.testing.assert_close(kv.positions(0, cached + rows)[1], twin.positions(0, cached + rows)[1])  # layer 1
     assert chunk_kernel_for(kv, True) is not None and chunk_kernel_for(kv, False) is None
