@@ -31,43 +31,10 @@
 
 typedef _Float16 half;
 
-// C[i][0..STRIP) (+)= sum_k A[i][k] * B[k][0..STRIP) for ROWS rows; k-ordered fused multiply-adds
-#define TILE(ROWS)                                                                                        \
-    static void tile##ROWS(int K, const float *A, int64_t lda, const float *B, int64_t ldb, float *C,    \
-                           int64_t ldc, int accumulate) {                                                \
-        vf acc[ROWS][NV];                                                                                 \
-        for (int i = 0; i < ROWS; i++)                                                                    \
-            for (int j = 0; j < NV; j++) acc[i][j] = accumulate ? loadf(C + i * ldc + VL * j) : (vf){0}; \
-        for (int k = 0; k < K; k++) {                                                                     \
-            vf bv[NV];                                                                                    \
-            for (int j = 0; j < NV; j++) bv[j] = loadf(B + k * ldb + VL * j);                            \
-            for (int i = 0; i < ROWS; i++) {                                                              \
-                float a = A[i * lda + k];                                                                 \
-                for (int j = 0; j < NV; j++) acc[i][j] += a * bv[j];                                      \
-            }                                                                                             \
-        }                                                                                                 \
-        for (int i = 0; i < ROWS; i++)                                                                    \
-            for (int j = 0; j < NV; j++) storev(C + i * ldc + VL * j, acc[i][j]);                        \
-    }
-
-TILE(1)
-TILE(2)
-TILE(3)
-TILE(4)
-TILE(5)
-TILE(6)
-
-typedef void (*tile_fn)(int, const float *, int64_t, const float *, int64_t, float *, int64_t, int);
-static const tile_fn TILES[7] = {0, tile1, tile2, tile3, tile4, tile5, tile6};
-
-// C [M, N] (+)= A [M, K] B [K, N], N a multiple of STRIP
+// C [M, N] (+)= A [M, K] B [K, N], N a multiple of STRIP: the matmuls' register tiles (strip.h)
 static void matmul(int M, int N, int K, const float *A, int64_t lda, const float *B, int64_t ldb, float *C,
                    int64_t ldc, int accumulate) {
-    for (int c = 0; c < N; c += STRIP)
-        for (int i = 0; i < M; i += MAX_ROWS_F32) {
-            int r = M - i < MAX_ROWS_F32 ? M - i : MAX_ROWS_F32;
-            TILES[r](K, A + i * lda, lda, B + c, ldb, C + i * ldc + c, ldc, accumulate);
-        }
+    for (int c = 0; c < N; c += STRIP) strip_rows(M, K, A, lda, B + c, ldb, C + c, ldc, STRIP, accumulate);
 }
 
 struct chunk_job {

@@ -25,33 +25,56 @@ static inline vf in_register(vf v) {
     return v;
 }
 
-#define ROW_BLOCK(ROWS)                                                                                 \
-    static void rows##ROWS(int K, const float *x, int64_t ldx, const float *panel, float *y, int64_t ldy, \
-                           int cols) {                                                                  \
-        vf acc[ROWS][NV];                                                                               \
-        for (int i = 0; i < ROWS; i++)                                                                  \
-            for (int j = 0; j < NV; j++) acc[i][j] = (vf){0};                                           \
-        for (int k = 0; k < K; k++) {                                                                   \
-            const float *b = panel + (int64_t)k * STRIP;                                                \
-            vf bv[NV];                                                                                  \
-            for (int j = 0; j < NV; j++) bv[j] = in_register(loadf(b + VL * j));                        \
-            for (int i = 0; i < ROWS; i++) {                                                            \
-                float a = x[i * ldx + k];                                                               \
-                for (int j = 0; j < NV; j++) acc[i][j] += a * bv[j];                                    \
-            }                                                                                           \
-        }                                                                                               \
-        for (int i = 0; i < ROWS; i++) store_strip(y + i * ldy, acc[i], cols);                          \
+// ROWS rows against one strip; LDB and ACCUMULATE are the parameters ldb and accumulate, or constants
+// (STRIP, 0) for the matmuls' contiguous strips, which the compiler then folds in (a few % at 16 rows)
+#define ROW_BLOCK(ROWS, NAME, LDB, ACCUMULATE)                                                             \
+    static void NAME(int K, const float *A, int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc,  \
+                     int cols, int accumulate) {                                                           \
+        (void)ldb, (void)accumulate;                                                                       \
+        vf acc[ROWS][NV];                                                                                  \
+        for (int i = 0; i < ROWS; i++)                                                                     \
+            for (int j = 0; j < NV; j++) acc[i][j] = (ACCUMULATE) ? loadf(C + i * ldc + VL * j) : (vf){0};\
+        for (int k = 0; k < K; k++) {                                                                      \
+            const float *b = B + (int64_t)k * (LDB);                                                       \
+            vf bv[NV];                                                                                     \
+            for (int j = 0; j < NV; j++) bv[j] = in_register(loadf(b + VL * j));                           \
+            for (int i = 0; i < ROWS; i++) {                                                               \
+                float a = A[i * lda + k];                                                                  \
+                for (int j = 0; j < NV; j++) acc[i][j] += a * bv[j];                                       \
+            }                                                                                              \
+        }                                                                                                  \
+        for (int i = 0; i < ROWS; i++) {                                                                   \
+            if (cols == STRIP)                                                                             \
+                for (int j = 0; j < NV; j++) storev(C + i * ldc + VL * j, acc[i][j]);                      \
+            else                                                                                           \
+                store_strip(C + i * ldc, acc[i], cols);                                                    \
+        }                                                                                                  \
     }
+#define ROW_BLOCKS(ROWS) ROW_BLOCK(ROWS, rows##ROWS, STRIP, 0) ROW_BLOCK(ROWS, rows##ROWS##_any, ldb, accumulate)
 
-ROW_BLOCK(1)
-ROW_BLOCK(2)
-ROW_BLOCK(3)
-ROW_BLOCK(4)
-ROW_BLOCK(5)
-ROW_BLOCK(6)
+ROW_BLOCKS(1)
+ROW_BLOCKS(2)
+ROW_BLOCKS(3)
+ROW_BLOCKS(4)
+ROW_BLOCKS(5)
+ROW_BLOCKS(6)
 
-typedef void (*rows_fn)(int, const float *, int64_t, const float *, float *, int64_t, int);
-static const rows_fn ROWS_FN[7] = {0, rows1, rows2, rows3, rows4, rows5, rows6};
+typedef void (*rows_fn)(int, const float *, int64_t, const float *, int64_t, float *, int64_t, int, int);
+static const rows_fn ROWS_FN[2][7] = {{0, rows1, rows2, rows3, rows4, rows5, rows6},
+                                      {0, rows1_any, rows2_any, rows3_any, rows4_any, rows5_any, rows6_any}};
+
+// M rows in ceil(M / 6) passes of as even a size as possible (16 = 6 + 5 + 5, not 6 + 6 + 4): a pass of
+// fewer than 5 rows has too few independent accumulators to hide the fused multiply-add latency
+void strip_rows(int M, int K, const float *A, int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc,
+                int cols, int accumulate) {
+    const rows_fn *fn = ROWS_FN[ldb != STRIP || accumulate];
+    int passes = (M + MAX_ROWS_F32 - 1) / MAX_ROWS_F32;
+    for (int i = 0, p = 0; p < passes; p++) {
+        int r = (M - i) / (passes - p) + ((M - i) % (passes - p) != 0);
+        fn[r](K, A + (int64_t)i * lda, lda, B, ldb, C + (int64_t)i * ldc, ldc, cols, accumulate);
+        i += r;
+    }
+}
 
 struct linear_job {
     int M, N, K;
@@ -59,24 +82,13 @@ struct linear_job {
     float *y;
 };
 
-// M rows in ceil(M / 6) passes of as even a size as possible (16 = 6 + 5 + 5, not 6 + 6 + 4): a pass of
-// fewer than 5 rows has too few independent accumulators to hide the fused multiply-add latency
-void strip_rows_f32(int M, int K, const float *x, const float *strip, float *y, int64_t ldy, int cols) {
-    int passes = (M + MAX_ROWS_F32 - 1) / MAX_ROWS_F32;
-    for (int i = 0, p = 0; p < passes; p++) {
-        int r = (M - i) / (passes - p) + ((M - i) % (passes - p) != 0);
-        ROWS_FN[r](K, x + (int64_t)i * K, K, strip, y + (int64_t)i * ldy, ldy, cols);
-        i += r;
-    }
-}
-
 static void one_panel(void *ctx, int p) {
     const struct linear_job *j = ctx;
     const float *panel = j->Wp + (int64_t)p * j->K * PANEL;
     for (int s = 0; s < PANEL / STRIP; s++) {
         int c0 = p * PANEL + s * STRIP, cols = j->N - c0 < STRIP ? j->N - c0 : STRIP;
         if (cols <= 0) break;
-        strip_rows_f32(j->M, j->K, j->x, panel + (int64_t)s * j->K * STRIP, j->y + c0, j->N, cols);
+        strip_rows(j->M, j->K, j->x, j->K, panel + (int64_t)s * j->K * STRIP, STRIP, j->y + c0, j->N, cols, 0);
     }
 }
 

@@ -216,7 +216,7 @@ static void one_panel(void *ctx, int p) {
         int c0 = p * PANEL + s * STRIP, cols = j->N - c0 < STRIP ? j->N - c0 : STRIP;
         if (cols <= 0) break;
         rebuild_strip(j->format, j->K, panel, s * STRIP, scratch);
-        strip_rows_f32(j->M, j->K, j->x, scratch, j->y + c0, j->N, cols);
+        strip_rows(j->M, j->K, j->x, j->K, scratch, STRIP, j->y + c0, j->N, cols, 0);
     }
 }
 

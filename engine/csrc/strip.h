@@ -23,6 +23,8 @@ static inline void store_strip(float *y, const vf *acc, int cols) {
     for (int c = 0; c < cols; c++) y[c] = tmp[c];
 }
 
-// rows 0..M-1 of x [M, K] against one strip [K, STRIP] (contiguous float32) into y[i * ldy + c] for the
-// strip's first `cols` columns; each output the plain k-ordered sum of fused multiply-adds (linear.c)
-void strip_rows_f32(int M, int K, const float *x, const float *strip, float *y, int64_t ldy, int cols);
+// C[i][c] (+)= sum_k A[i * lda + k] * B[k * ldb + c] for rows i < M and the strip's first `cols` columns
+// (c < cols <= STRIP; B: STRIP floats per k), each output the plain k-ordered sum of fused multiply-adds,
+// accumulating onto C when `accumulate` (linear.c; the matmuls and chunk_attention.c's two products)
+void strip_rows(int M, int K, const float *A, int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc,
+                int cols, int accumulate);
