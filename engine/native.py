@@ -29,6 +29,18 @@ _FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-pthread", "-fPI
           "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
 
 
+def _flags() -> list[str]:
+    """_FLAGS, plus -DCHATSERVER_VL=N when CHATSERVER_KERNEL_LANES=N (4, 8 or 16) forces the kernels' vector
+    width: a test knob, which runs the 16-lane code paths (split into pairs of registers, slowly) on an
+    AVX2 machine, or the 4-lane ones anywhere."""
+    lanes = os.environ.get("CHATSERVER_KERNEL_LANES")
+    if not lanes:
+        return _FLAGS
+    if lanes not in ("4", "8", "16"):
+        raise ValueError(f"CHATSERVER_KERNEL_LANES must be 4, 8 or 16, not {lanes!r}")
+    return [*_FLAGS, f"-DCHATSERVER_VL={lanes}"]
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "chatserver" / "native"
 
@@ -76,14 +88,15 @@ def load_library(name: str, cache_dir: Path | None = None) -> ctypes.CDLL | None
         return None
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-        key = hashlib.sha256("\0".join([text, version, " ".join(_FLAGS), _cpu_id()]).encode())
+        flags = _flags()
+        key = hashlib.sha256("\0".join([text, version, " ".join(flags), _cpu_id()]).encode())
         target = (cache_dir or default_cache_dir()) / f"{name}-{key.hexdigest()[:16]}.so"
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
             os.close(fd)
             try:
-                subprocess.run([compiler, *_FLAGS, "-o", tmp, *map(str, sources), "-lm"],
+                subprocess.run([compiler, *flags, "-o", tmp, *map(str, sources), "-lm"],
                                capture_output=True, text=True, check=True)
                 os.replace(tmp, target)  # atomic: concurrent builders never load a half-written file
             finally:

@@ -13,18 +13,6 @@
 #include "pool.h"
 #include "strip.h"
 
-// v, held in a register: GCC otherwise folds the strip's loads into each row's multiply-add as a memory
-// operand, which at 1-4 rows makes the loop bound by loads (rows4: 12 loads per 8 FMAs, 1.3x slower
-// than 5 rows)
-static inline vf in_register(vf v) {
-#if defined(__AVX512F__)
-    __asm__("" : "+v"(v));
-#else
-    __asm__("" : "+x"(v));
-#endif
-    return v;
-}
-
 // ROWS rows against one strip; LDB and ACCUMULATE are the parameters ldb and accumulate, or constants
 // (STRIP, 0) for the matmuls' contiguous strips, which the compiler then folds in (a few % at 16 rows)
 #define ROW_BLOCK(ROWS, NAME, LDB, ACCUMULATE)                                                             \
@@ -37,7 +25,7 @@ static inline vf in_register(vf v) {
         for (int k = 0; k < K; k++) {                                                                      \
             const float *b = B + (int64_t)k * (LDB);                                                       \
             vf bv[NV];                                                                                     \
-            for (int j = 0; j < NV; j++) bv[j] = in_register(loadf(b + VL * j));                           \
+            for (int j = 0; j < NV; j++) bv[j] = in_register(loadf(b + VL * j)); /* vec.h */               \
             for (int i = 0; i < ROWS; i++) {                                                               \
                 float a = A[i * lda + k];                                                                  \
                 for (int j = 0; j < NV; j++) acc[i][j] += a * bv[j];                                       \

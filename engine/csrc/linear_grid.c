@@ -37,9 +37,9 @@
 
 // VL bytes widened to int32 lanes (zero- or sign-extended): one vpmovzxbd / vpmovsxbd
 static inline vi load_u8(const uint8_t *p) {
-#if VL == 16
+#if VL == 16 && defined(__AVX512F__)
     return (vi)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
-#elif VL == 8
+#elif VL == 8 && defined(__AVX2__)
     return (vi)_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
 #else
     vu8 b;
@@ -49,9 +49,9 @@ static inline vi load_u8(const uint8_t *p) {
 }
 
 static inline vi load_s8(const uint8_t *p) {
-#if VL == 16
+#if VL == 16 && defined(__AVX512F__)
     return (vi)_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p));
-#elif VL == 8
+#elif VL == 8 && defined(__AVX2__)
     return (vi)_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p));
 #else
     vs8 b;
@@ -64,11 +64,11 @@ static inline vi load_s8(const uint8_t *p) {
 static inline vf q4_weights(const uint8_t *row, int c0, vf d, vf m) {
     vi q = load_u8(row + c0 % 32);
     q = c0 < 32 ? q & 15 : q >> 4;
-    return __builtin_convertvector(q, vf) * d + m;
+    return in_register(__builtin_convertvector(q, vf) * d + m);  // exactly the model's float32 weights
 }
 
 static inline vf q8_weights(const uint8_t *row, int c0, vf d) {
-    return __builtin_convertvector(load_s8(row + c0), vf) * d;
+    return in_register(__builtin_convertvector(load_s8(row + c0), vf) * d);  // (vec.h: not reassociated)
 }
 
 static inline void store_cols(float *y, const vf *acc, int nvec, int cols) {

@@ -6,7 +6,9 @@
 #pragma once
 #include <stdint.h>
 
-#if defined(__AVX512F__)
+#if defined(CHATSERVER_VL)  // a forced width: tests run the 16-lane code on AVX2 machines (split, slow)
+#define VL CHATSERVER_VL
+#elif defined(__AVX512F__)
 #define VL 16
 #elif defined(__AVX__)
 #define VL 8
@@ -15,6 +17,7 @@
 #endif
 typedef float vf __attribute__((vector_size(VL * 4)));
 typedef int32_t vi __attribute__((vector_size(VL * 4)));
+typedef uint32_t vu32 __attribute__((vector_size(VL * 4)));
 typedef uint8_t vu8 __attribute__((vector_size(VL)));
 typedef int8_t vs8 __attribute__((vector_size(VL)));
 
@@ -35,13 +38,29 @@ static inline vf loadf(const float *p) {
 
 static inline void storev(float *p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
 
-#if VL >= 8
+#if VL >= 8 && (defined(__x86_64__) || defined(__i386__))
 #include <immintrin.h>
 #endif
 
+// v, materialised in a register here, opaque to the optimiser. Two uses: (1) GCC otherwise folds a
+// loaded vector into every multiply-add that uses it as a memory operand, which at 1-4 rows makes the
+// matmuls bound by loads (linear.c: 12 loads per 8 FMAs at 4 rows, 1.3x slower than 5 rows); (2) with
+// -fassociative-math it may rewrite a * (q * d) as (a * d) * q, which rounds differently (seen in the
+// 4-lane build of linear_grid.c): a rebuilt weight must be exactly the float32 the model holds.
+static inline vf in_register(vf v) {
+#if (VL == 16 && !defined(__AVX512F__)) || (VL == 8 && !defined(__AVX__))
+    __asm__("" : "+m"(v));  // a width forced wider than the machine's (CHATSERVER_VL): several registers
+#elif defined(__AVX512F__)
+    __asm__("" : "+v"(v));
+#else
+    __asm__("" : "+x"(v));
+#endif
+    return v;
+}
+
 // VL IEEE half values (at p) widened to float32 lanes (exact)
 static inline vf load_halves(const void *p) {
-#if VL == 16
+#if VL == 16 && defined(__AVX512F__)
     return (vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 #elif VL == 8 && defined(__F16C__)
     return (vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
