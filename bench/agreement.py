@@ -10,12 +10,18 @@ for a weight-only mode, with float32 activations on bf16-rounded weights. Prints
 the first difference, a few side by side, and, as a check of the reference itself, how many float32
 answers equal transformers' generate() (all 60).
 
-Run: .venv/bin/python bench/agreement.py [--tokens 32] [--show 4]
+With --activations, two emulated modes for integer kernels (int8 dot products, as llama.cpp computes
+Q4_1 x Q8_1 and as AVX-512 VNNI would): every linear layer's input rounded per block of 32 to int8 times
+a float scale (amax / 127, Q8_0's scheme), or to two int8 limbs (the second holding the remainder at
+1/128 of the scale: ~15 bits); the matmul itself stays exact, so only the activation rounding differs.
+
+Run: .venv/bin/python bench/agreement.py [--tokens 32] [--show 4] [--activations]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import sys
 from pathlib import Path
@@ -24,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.chat_format import ChatFormat, ChatMessage  # noqa: E402
+from engine.linear import Linear  # noqa: E402
 from engine.loader import load_model  # noqa: E402
 from engine.runner import ForwardItem, ModelRunner  # noqa: E402
 
@@ -75,6 +82,35 @@ def _weights_rounded_to_bf16(model):
     return rounded
 
 
+def rounded_activations(x: torch.Tensor, limbs: int) -> torch.Tensor:
+    """x [T, K] rounded per block of 32 inputs to `limbs` int8 digits of scale amax / 127 (then / 128)."""
+    blocks = x.reshape(x.shape[0], -1, 32)
+    scale = blocks.abs().amax(-1, keepdim=True) / 127
+    scale = torch.where(scale == 0, 1.0, scale)
+    out = torch.zeros_like(blocks)
+    for _ in range(limbs):
+        out = out + ((blocks - out) / scale).round().clamp(-127, 127) * scale
+        scale = scale / 128
+    return out.reshape(x.shape)
+
+
+@contextlib.contextmanager
+def activations_rounded(limbs: int):
+    """Every Linear's input passes rounded_activations first (the one-call layers path is bypassed)."""
+    exact = Linear.__call__
+    Linear.__call__ = lambda self, x: exact(self, rounded_activations(x, limbs))
+    try:
+        yield
+    finally:
+        Linear.__call__ = exact
+
+
+def greedy_rounded(runner: ModelRunner, limbs: int, *args) -> list[list[int]]:
+    runner._fused = None  # layers.c would not call Linear.__call__
+    with activations_rounded(limbs):
+        return greedy(runner, *args)
+
+
 def agreeing_prefix(a: list[int], b: list[int]) -> float:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
@@ -86,6 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--show", type=int, default=4, help="differing answers to print side by side")
+    parser.add_argument("--activations", action="store_true", help="also the emulated int8 activation modes")
     parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parents[1] / ".cache" / "models")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -105,6 +142,11 @@ def main() -> None:
             ModelRunner(_weights_rounded_to_bf16(loaded.model), torch.float32), prompts, args.tokens,
             fmt.stop_token_ids),
     }
+    if args.activations:
+        for limbs, name in ((1, "int8 activations per 32 (llama.cpp's Q8 scheme, emulated) vs float32"),
+                            (2, "two int8 limbs per 32 (~15-bit activations, emulated) vs float32")):
+            modes[name] = greedy_rounded(ModelRunner(loaded.model, torch.float32, kv_dtype=torch.float16), limbs,
+                                         prompts, args.tokens, fmt.stop_token_ids)
     with torch.inference_mode():
         hf = [loaded.model.generate(torch.tensor([p]), max_new_tokens=args.tokens, do_sample=False)[0, len(p):].tolist()
               for p in prompts]

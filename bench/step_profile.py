@@ -48,6 +48,10 @@ CONTEXT = 40  # cached tokens of each decoding session
 class MachineFloors:
     bandwidth: float  # bytes/s, best of 3 sums of a 1 GiB float32 tensor
     peak: dict  # dtype -> FLOP/s, best of 3 torch 2048^3 matmuls
+    # median over 5 alternations of (one 1024^3 matmul on 2 threads / on 1 thread)'s speed: ~2 when both
+    # cores are ours; on the AVX2 test machine it swings between ~1.0 and ~1.9 from one minute to the
+    # next (the host lends the second core unevenly), which is the noise in every figure taken there
+    two_threads: float
 
     @classmethod
     def measure(cls, dtypes=(torch.float32,)) -> MachineFloors:
@@ -58,7 +62,21 @@ class MachineFloors:
         for dtype in dtypes:
             a = torch.randn(2048, 2048).to(dtype)
             peak[dtype] = max(2 * 2048 ** 3 / _seconds(lambda: a @ a) for _ in range(3))
-        return cls(bandwidth, peak)
+        return cls(bandwidth, peak, _two_thread_speedup())
+
+
+def _two_thread_speedup() -> float:
+    a = torch.randn(1024, 1024)
+    threads, ratios = torch.get_num_threads(), []
+    try:
+        for _ in range(5):
+            torch.set_num_threads(1)
+            one = min(_seconds(lambda: a @ a) for _ in range(3))
+            torch.set_num_threads(2)
+            ratios.append(one / min(_seconds(lambda: a @ a) for _ in range(3)))
+    finally:
+        torch.set_num_threads(threads)
+    return statistics.median(ratios)
 
 
 def _seconds(fn) -> float:
@@ -74,7 +92,7 @@ def machine_line(floors: MachineFloors) -> str:
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
     peaks = ", ".join(f"{p / 1e9:.0f} GFLOP/s {str(d).removeprefix('torch.')}" for d, p in floors.peak.items())
     return (f"machine: {model}, {os.cpu_count()} CPUs, {isa} (kernel strips of {strip_width()} columns); measured "
-            f"{floors.bandwidth / 1e9:.1f} GB/s, {peaks} (torch matmul)")
+            f"{floors.bandwidth / 1e9:.1f} GB/s, {peaks} (torch matmul), 2 threads {floors.two_threads:.2f}x one")
 
 
 class _Timers:
