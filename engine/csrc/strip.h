@@ -24,7 +24,7 @@ static inline void store_strip(float *y, const vf *acc, int cols) {
 }
 
 // C[i][c] (+)= sum_k A[i * lda + k] * B[k * ldb + c] for rows i < M and the strip's first `cols` columns
-// (c < cols <= STRIP; B: STRIP floats per k), each output the plain k-ordered sum of fused multiply-adds,
+// (c < cols <= STRIP; B: row k at B + k * ldb, its first STRIP floats read), each output the plain k-ordered sum of fused multiply-adds,
 // accumulating onto C when `accumulate` (linear.c; the matmuls and chunk_attention.c's two products)
 void strip_rows(int M, int K, const float *A, int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc,
                 int cols, int accumulate);

@@ -17,7 +17,6 @@
 #endif
 typedef float vf __attribute__((vector_size(VL * 4)));
 typedef int32_t vi __attribute__((vector_size(VL * 4)));
-typedef uint32_t vu32 __attribute__((vector_size(VL * 4)));
 typedef uint8_t vu8 __attribute__((vector_size(VL)));
 typedef int8_t vs8 __attribute__((vector_size(VL)));
 
