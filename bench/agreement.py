@@ -134,8 +134,11 @@ def main() -> None:
     modes = {
         "grid codes (default weights), float32 KV vs float32 panels": greedy(
             ModelRunner(loaded.model, torch.float32), prompts, args.tokens, fmt.stop_token_ids),
-        "grid codes + float16 KV (the server's default) vs float32": greedy(
+        "grid codes + float16 KV vs float32": greedy(
             ModelRunner(loaded.model, torch.float32, kv_dtype=torch.float16), prompts, args.tokens, fmt.stop_token_ids),
+        "int16 activations on the grid codes (--activations int16) + float16 KV vs float32": greedy(
+            ModelRunner(loaded.model, torch.float32, kv_dtype=torch.float16, activations="int16"), prompts, args.tokens,
+            fmt.stop_token_ids),
         "bfloat16 linear layers (--dtype bfloat16) vs float32": greedy(ModelRunner(loaded.model, torch.bfloat16),
                                                                        prompts, args.tokens, fmt.stop_token_ids),
         "bfloat16-rounded weights, float32 activations (experiment) vs float32": greedy(

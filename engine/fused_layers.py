@@ -30,7 +30,7 @@ class _Matrix(ctypes.Structure):
     def of(cls, lin: Linear) -> _Matrix:
         grid = lin.grid
         if grid is not None:
-            return cls(None, grid.packed.data_ptr(), FORMATS[grid.format])
+            return cls(None, grid.packed.data_ptr(), FORMATS[grid.format] + (2 if grid.activations == "int16" else 0))
         return cls(lin.packed.data_ptr(), None, 0)
 
 

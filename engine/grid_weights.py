@@ -7,9 +7,14 @@ again here from the float32 matrix alone and checked element by element, they le
 (Q4_1: 5 bits a weight) or 3.8x (Q8_0: 8.5 bits) fewer bytes, with results bit-identical to the float32
 kernel's. A matrix that is not exactly on a grid (any other checkpoint) gets None and keeps float32.
 
-Packed layout (panels of 64 outputs, blocks of 32 inputs) as linear_grid.c documents it:
-  Q4_1: [panels, blocks, 1280] uint8 = d[64] f16 | m[64] f16 | 32 x 32 bytes (q[c] | q[c + 32] << 4)
-  Q8_0: [panels, blocks, 2176] uint8 = d[64] f16 | 32 x 64 int8
+Two packed layouts, one per kernel (blocks of 32 inputs):
+  for float32 activations (linear_grid.c, bit-identical to the float32 kernel), panels of 64 outputs:
+    Q4_1: [panels, blocks, 1280] uint8 = d[64] f16 | m[64] f16 | 32 x 32 bytes (q[c] | q[c + 32] << 4)
+    Q8_0: [panels, blocks, 2176] uint8 = d[64] f16 | 32 x 64 int8
+  for int16 activations (linear_i16.c), groups of 16 outputs, rows of 32 bytes with byte i for output i // 2:
+    Q4_1: [groups, blocks, 320] uint8 = d[16] f16 | m[16] f16 | 8 x 32 bytes (k quads j:
+          q[c][4j + i % 2] | q[c][4j + 2 + i % 2] << 4)
+    Q8_0: [groups, blocks, 544] uint8 = d[16] f16 | 16 x 32 int8 (k pairs j: q[c][2j + i % 2])
 """
 
 from __future__ import annotations
@@ -20,29 +25,36 @@ import torch
 
 BLOCK = 32  # inputs per quantization block (GGUF Q4_1 / Q8_0)
 PANEL = 64  # outputs per packed panel (as engine/linear.py)
-FORMATS = {"q4_1": 0, "q8_0": 1}  # linear_grid_f32's format argument
+GROUP = 16  # outputs per packed group (int16 activations)
+FORMATS = {"q4_1": 0, "q8_0": 1}  # linear_grid_f32's / linear_grid_i16's format argument
+ACTIVATIONS = ("float32", "int16")  # what the grid kernel rounds each matmul's input to
 
 
 @dataclass(frozen=True)
 class GridWeights:
     format: str  # "q4_1" | "q8_0"
     packed: torch.Tensor  # uint8, layout above
+    activations: str = "float32"  # "float32": panels for linear_grid.c; "int16": groups for linear_i16.c
 
     @property
     def nbytes(self) -> int:
         return self.packed.numel()
 
 
-def find_grid(w: torch.Tensor) -> GridWeights | None:
-    """w: float32 [N, K] -> its exact Q4_1 or Q8_0 codes, packed; None if w is on neither grid."""
+def find_grid(w: torch.Tensor, activations: str = "float32") -> GridWeights | None:
+    """w: float32 [N, K] -> its exact Q4_1 or Q8_0 codes, packed for the kernel of `activations`; None if w
+    is on neither grid."""
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {ACTIVATIONS}, not {activations!r}")
     if w.dtype != torch.float32 or w.dim() != 2 or w.shape[1] % BLOCK:
         return None  # (NaN or infinity fail the element-wise check below)
+    groups = activations == "int16"
     codes = _q4_1_codes(w)
     if codes is not None:
-        return GridWeights("q4_1", _pack_q4_1(*codes))
+        return GridWeights("q4_1", (_group_q4_1 if groups else _pack_q4_1)(*codes), activations)
     codes = _q8_0_codes(w)
     if codes is not None:
-        return GridWeights("q8_0", _pack_q8_0(*codes))
+        return GridWeights("q8_0", (_group_q8_0 if groups else _pack_q8_0)(*codes), activations)
     return None
 
 
@@ -79,10 +91,10 @@ def _q8_0_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     return q.to(torch.int8).reshape(w.shape), d[..., 0]
 
 
-def _panels(t: torch.Tensor) -> torch.Tensor:
-    """[N, ...] -> [ceil(N / 64) * 64, ...], zero padded (padded outputs have d = m = q = 0: weight 0)."""
+def _panels(t: torch.Tensor, size: int = PANEL) -> torch.Tensor:
+    """[N, ...] -> [ceil(N / size) * size, ...], zero padded (padded outputs have d = m = q = 0: weight 0)."""
     n = t.shape[0]
-    padded = torch.zeros((-(-n // PANEL) * PANEL, *t.shape[1:]), dtype=t.dtype)
+    padded = torch.zeros((-(-n // size) * size, *t.shape[1:]), dtype=t.dtype)
     padded[:n] = t
     return padded
 
@@ -110,3 +122,28 @@ def _pack_q8_0(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     rows = _code_rows(q).contiguous().view(torch.uint8)
     p, nb = rows.shape[:2]
     return torch.cat([_scales(d), rows.view(p, nb, -1)], dim=-1).contiguous()
+
+
+def _group_scales(s: torch.Tensor) -> torch.Tensor:
+    """f16 [N, B] -> uint8 [groups, B, 32]: the 16 outputs' values of each block, output order."""
+    s = _panels(s, GROUP)
+    return s.view(-1, GROUP, s.shape[1]).permute(0, 2, 1).contiguous().view(torch.uint8)
+
+
+def _group_codes(q: torch.Tensor, k_run: int) -> torch.Tensor:
+    """[N, K] -> [groups, blocks, 32 / k_run, 16 (outputs), k_run]: runs of k_run consecutive k per output"""
+    q = _panels(q, GROUP)
+    return q.view(-1, GROUP, q.shape[1] // BLOCK, BLOCK // k_run, k_run).permute(0, 2, 3, 1, 4)
+
+
+def _group_q4_1(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    quads = _group_codes(q, 4)  # [G, B, 8, 16, 4]
+    nibbles = (quads[..., :2] | (quads[..., 2:] << 4)).contiguous()  # [G, B, 8, 16, 2]
+    g, nb = nibbles.shape[:2]
+    return torch.cat([_group_scales(d), _group_scales(m), nibbles.view(g, nb, -1)], dim=-1).contiguous()
+
+
+def _group_q8_0(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    pairs = _group_codes(q, 2).contiguous().view(torch.uint8)  # [G, B, 16, 16, 2]
+    g, nb = pairs.shape[:2]
+    return torch.cat([_group_scales(d), pairs.view(g, nb, -1)], dim=-1).contiguous()

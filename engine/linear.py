@@ -7,7 +7,9 @@ k-ordered sum whatever the batch, so a sequence's logits do not depend on what s
 engine/csrc/linear_bf16.c (pair-packed panels, AVX-512 BF16); without it, or without a C compiler,
 to torch's F.linear. Float32 weights that are exactly GGUF Q4_1 / Q8_0 blocks (the default model's) are
 kept as those codes instead (engine/grid_weights.py) and read through engine/csrc/linear_grid.c:
-results bit-identical to the float32 kernel's, from 5.6x fewer bytes for the default model.
+results bit-identical to the float32 kernel's, from 5.6x fewer bytes for the default model. With
+activations="int16", those codes go to engine/csrc/linear_i16.c instead: each matmul's input rounded to
+int16 per block of 32 (~16 bits), exact integer dot products with the codes, float32 scales and sums.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import native
-from engine.grid_weights import FORMATS, GridWeights, find_grid
+from engine.grid_weights import ACTIVATIONS, FORMATS, GridWeights, find_grid
 
 PANEL = 64  # output columns per packed panel (engine/csrc/linear.c)
 
@@ -39,9 +41,11 @@ def native_kernel(dtype: torch.dtype = torch.float32):
 
 
 @functools.cache
-def grid_kernel():
-    """engine/csrc/linear_grid.c's linear_grid_f32, or None (no compiler)."""
-    return native.function("linear_grid_f32", [ctypes.c_int] * 4 + [_P] * 3)
+def grid_kernel(activations: str = "float32"):
+    """The kernel for grid codes with these activations: engine/csrc/linear_grid.c's linear_grid_f32, or
+    linear_i16.c's linear_grid_i16; None (no compiler)."""
+    name = {"float32": "linear_grid_f32", "int16": "linear_grid_i16"}[activations]
+    return native.function(name, [ctypes.c_int] * 4 + [_P] * 3)
 
 
 @functools.cache
@@ -72,24 +76,30 @@ class Linear:
     """One weight matrix W [out, in] (+ bias), applied to float32 activations [T, in] -> [T, out] float32."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, native: bool = True,
-                 grid_codes: bool = True):
-        """grid_codes: look for exact Q4_1 / Q8_0 codes of float32 weights (engine/grid_weights.py)."""
+                 grid_codes: bool = True, activations: str = "float32"):
+        """grid_codes: look for exact Q4_1 / Q8_0 codes of float32 weights (engine/grid_weights.py);
+        activations: what a matmul on those codes rounds its input to, "float32" (exact) or "int16" (weights
+        not on a grid always compute in float32)."""
+        if activations not in ACTIVATIONS:
+            raise ValueError(f"activations must be one of {ACTIVATIONS}, not {activations!r}")
         self.weight = weight.detach()
         self.bias = bias
         self.out_features, self.in_features = weight.shape
         kernel = native_kernel(weight.dtype) if native else None
         self._kernel = kernel
-        use_grid = kernel is not None and grid_codes and weight.dtype == torch.float32 and grid_kernel() is not None
-        self.grid: GridWeights | None = find_grid(self.weight) if use_grid else None
+        use_grid = (kernel is not None and grid_codes and weight.dtype == torch.float32
+                    and grid_kernel(activations) is not None)
+        self.grid: GridWeights | None = find_grid(self.weight, activations) if use_grid else None
         # float32/bf16 panels (see pack()) for the other kernels; None: grid codes, or torch
         self.packed = pack(self.weight) if kernel is not None and self.grid is None else None
 
     @property
     def storage(self) -> tuple[str, int]:
         """(form a step reads the weight in, its bytes): "q4_1"/"q8_0" codes, "float32"/"bfloat16" panels, or
-        "torch" (no C kernels)."""
+        "torch" (no C kernels); codes read with int16 activations are "q4_1+int16"/"q8_0+int16"."""
         if self.grid is not None:
-            return self.grid.format, self.grid.nbytes
+            suffix = "+int16" if self.grid.activations == "int16" else ""
+            return self.grid.format + suffix, self.grid.nbytes
         if self.packed is not None:
             return str(self.weight.dtype).removeprefix("torch."), self.packed.numel() * self.packed.element_size()
         return "torch", self.weight.numel() * self.weight.element_size()
@@ -102,7 +112,7 @@ class Linear:
         x = x.contiguous()
         y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
         if self.grid is not None:
-            status = grid_kernel()(FORMATS[self.grid.format], x.shape[0], self.out_features, self.in_features,
+            status = grid_kernel(self.grid.activations)(FORMATS[self.grid.format], x.shape[0], self.out_features, self.in_features,
                                    x.data_ptr(), self.grid.packed.data_ptr(), y.data_ptr())
         else:
             status = self._kernel(x.shape[0], self.out_features, self.in_features, x.data_ptr(),

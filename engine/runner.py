@@ -40,11 +40,13 @@ class ForwardItem:
 
 class ModelRunner:
     def __init__(self, model: PreTrainedModel, matmul_dtype: torch.dtype = torch.float32, native: bool = True,
-                 kv_dtype: torch.dtype = torch.float32, grid_codes: bool = True):
+                 kv_dtype: torch.dtype = torch.float32, grid_codes: bool = True, activations: str = "float32"):
         """matmul_dtype: dtype of the linear layers' weights (engine/weights.py); kv_dtype: what the KV
         caches store, float32 or float16 (half the bytes; attention still computes in float32).
         native: use the C kernels when they can be built. grid_codes: read float32 weights that are exact
-        GGUF Q4_1/Q8_0 blocks from those codes (engine/grid_weights.py; bit-identical results)."""
+        GGUF Q4_1/Q8_0 blocks from those codes (engine/grid_weights.py; bit-identical results).
+        activations: "int16" rounds the input of every matmul on grid codes to int16 per block of 32
+        (engine/csrc/linear_i16.c: integer dot products, faster, not bit-identical); "float32" is exact."""
         self.model = model
         cfg = model.config
         self.num_layers = cfg.num_hidden_layers
@@ -56,6 +58,7 @@ class ModelRunner:
             raise ValueError(f"KV dtype must be one of {sorted(KV_DTYPES)}, not {kv_dtype}")
         self.kv_dtype = kv_dtype
         self.matmul_dtype = matmul_dtype
+        self.activations = activations
         self.native = native
         self.max_context = cfg.max_position_embeddings
         inner = model.model
@@ -64,7 +67,7 @@ class ModelRunner:
         self._rotary = inner.rotary_emb
         self._ops = LayerOps(cfg.rms_norm_eps, inner.layers[0].mlp.act_fn, getattr(cfg, "hidden_act", ""), native)
         self._scale = inner.layers[0].self_attn.scaling
-        self._layers, self._lm_head = fuse_layers(model, matmul_dtype, native, grid_codes)
+        self._layers, self._lm_head = fuse_layers(model, matmul_dtype, native, grid_codes, activations)
         self.vocab_size = self._lm_head.out_features
         dims = (cfg.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, cfg.intermediate_size)
         self._fused = FusedLayers.build(self._layers, self._ops, cfg.rms_norm_eps, self._scale, dims) if native else None

@@ -35,13 +35,13 @@ class LayerWeights:
 
 
 def fuse_layers(model: PreTrainedModel, matmul_dtype: torch.dtype, native: bool = True,
-                grid_codes: bool = True) -> tuple[list[LayerWeights], Linear]:
-    """Per-layer fused weights and the LM head [vocab, hidden], in matmul_dtype (native, grid_codes:
-    engine/linear.py)."""
+                grid_codes: bool = True, activations: str = "float32") -> tuple[list[LayerWeights], Linear]:
+    """Per-layer fused weights and the LM head [vocab, hidden], in matmul_dtype (native, grid_codes,
+    activations: engine/linear.py)."""
     layers = []
 
     def linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Linear:
-        return Linear(weight, bias, native, grid_codes)
+        return Linear(weight, bias, native, grid_codes, activations)
 
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp

@@ -12,7 +12,7 @@
 // Weights per layer: RMSNorm vectors [H] and packed panels (engine/linear.py) of
 //   qkv [(Hq + 2 Hkv) D, H], o [H, Hq D], gate_up [2 I, H], down [H, I]  (no biases),
 // float32 panels (linear.c), or bfloat16 pair panels (linear_bf16.c) when wbf16 is 1; a float32 matrix
-// may have grid codes instead (linear_grid.c, bit-identical results).
+// may have grid codes instead (linear_grid.c, bit-identical results; or linear_i16.c, int16 activations).
 #include <stdint.h>
 
 #include "kernels.h"
@@ -20,7 +20,7 @@
 struct matrix {
     const void *panels;   // float32 or bf16 panels, when there is no grid
     const uint8_t *grid;  // NULL: none
-    int64_t grid_format;  // linear_grid_f32's format
+    int64_t grid_format;  // linear_grid_f32's format; + 2: the same codes for linear_grid_i16
 };
 
 struct layer_weights {
@@ -30,6 +30,7 @@ struct layer_weights {
 
 // 0, or a kernel's failure status (out of memory)
 static inline int linear(int wbf16, int M, int N, int K, const float *x, const struct matrix *W, float *y) {
+    if (W->grid && W->grid_format >= 2) return linear_grid_i16((int)W->grid_format - 2, M, N, K, x, W->grid, y);
     if (W->grid) return linear_grid_f32((int)W->grid_format, M, N, K, x, W->grid, y);  // K % 32 == 0 when packed
     if (wbf16) return linear_packed_bf16(M, N, K, x, W->panels, y);  // the caller checked linear_bf16_supported()
     return linear_packed_f32(M, N, K, x, W->panels, y);

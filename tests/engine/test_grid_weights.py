@@ -1,5 +1,6 @@
 """Weights on a GGUF grid (engine/grid_weights.py, engine/csrc/linear_grid.c): found exactly, refused
-otherwise, and read from their codes with results bit-identical to the float32 kernel's."""
+otherwise, and read from their codes with results bit-identical to the float32 kernel's; or, with int16
+activations (engine/csrc/linear_i16.c), equal to their definition and batch-invariant."""
 
 import copy
 
@@ -89,3 +90,83 @@ def test_a_model_on_the_grid_gives_the_same_logits_and_caches_as_float32(tiny_mo
         assert same_bits(out[coded], out[plain])
     for a, b in zip(kvs[coded], kvs[plain]):
         assert torch.equal(a.data[:, :, :, :a.length], b.data[:, :, :, :b.length])
+
+
+def int16_reference(x: torch.Tensor, w: torch.Tensor, fmt: str) -> torch.Tensor:
+    """linear_i16.c's definition in float64: per row and block of 32 inputs, s = amax / 32767 and
+    v = round(x * (32767 / amax)) (float32 arithmetic, ties to even); y = (s v) @ W.T, except that Q4_1's
+    block minimum m multiplies the block's exact sum of x (W = q d + m, so y = s v @ (q d).T + m sum(x))."""
+    b = x.reshape(x.shape[0], -1, 32)
+    amax = b.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, torch.full_like(amax, 32767) / amax, 0.0)  # (32767 / t is 32767 * (1 / t))
+    xq = (b * inv).round().double() * (amax / 32767).double()
+    y = xq.reshape(x.shape) @ w.double().T
+    if fmt == "q4_1":
+        m = w.reshape(w.shape[0], -1, 32).amin(-1).double()  # [N, blocks]
+        y += (b.double().sum(-1) - xq.sum(-1)) @ m.T
+    return y
+
+
+@pytest.mark.parametrize("snap,fmt", [(q4_1, "q4_1"), (q8_0, "q8_0")])
+def test_int16_activations_compute_their_definition_whatever_the_batch(snap, fmt):
+    torch.manual_seed(2)
+    for out_features, in_features in [(100, 64), (960, 576), (64, 1536), (7, 32), (300, 96)]:
+        w = snap(torch.randn(out_features, in_features) * 0.05)
+        lin = Linear(w, activations="int16")
+        assert lin.grid is not None and lin.grid.activations == "int16" and lin.storage[0] == fmt + "+int16"
+        if out_features % 16 == 0:
+            assert lin.grid.nbytes == w.numel() * (20 if fmt == "q4_1" else 34) // 32  # same bytes as the panels
+        x = torch.randn(300, in_features) * 2
+        x[7, :32] = 0  # an all-zero block
+        x[8] *= 1e-30  # tiny values (their scale is a normal float32)
+        y = lin(x)
+        ref = int16_reference(x, w, fmt)
+        bound = 2e-6 * (x.abs() @ w.abs().T).double() + 1e-30  # float32 rounding of ~K / 32 block terms
+        assert ((y.double() - ref).abs() <= bound).all(), (out_features, in_features)
+        half_step = (x.reshape(300, -1, 32).abs().amax(-1, keepdim=True) / 65534).expand(-1, -1, 32).reshape(x.shape)
+        blocks = w.reshape(out_features, -1, 32)
+        qd = (blocks - blocks.amin(-1, keepdim=True)).reshape(w.shape) if fmt == "q4_1" else w  # what x meets
+        exact = x.double() @ w.double().T  # and each input is off by at most half a step of its block
+        assert ((y.double() - exact).abs() <= (half_step @ qd.abs().T).double() + bound).all()
+        for rows in (1, 2, 3, 4, 5, 8, 9, 16, 63, 64, 65, 200):  # every row as in the batch of 300
+            assert same_bits(lin(x[:rows]), y[:rows]), (out_features, in_features, rows)
+        assert same_bits(lin(x[150:153]), y[150:153])
+
+
+def test_int16_activations_keep_nan_and_infinity_to_their_row():
+    torch.manual_seed(3)
+    lin = Linear(q4_1(torch.randn(64, 64) * 0.05), activations="int16")
+    x = torch.randn(4, 64)
+    x[1, 40], x[2, 3] = float("nan"), float("inf")
+    y = lin(x)
+    assert y[1].isnan().all() and y[2].isnan().all()  # (a float32 matmul gives NaN or an infinity there)
+    assert same_bits(y[[0, 3]], lin(x[[0, 3]]))  # the other rows do not notice
+    with pytest.raises(ValueError, match="activations must be one of"):
+        Linear(q4_1(torch.randn(64, 64)), activations="int8")
+
+
+def test_a_model_with_int16_activations_is_batch_invariant_and_close_to_float32(tiny_model):
+    model = copy.deepcopy(tiny_model.model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.copy_(q8_0(p) if "embed" in name else q4_1(p))
+    i16 = ModelRunner(model, kv_dtype=torch.float16, activations="int16")
+    exact = ModelRunner(model, kv_dtype=torch.float16)
+    layers = len(i16._layers) * 4
+    assert i16.weights_summary()["formats"] == {"q4_1+int16": layers, "q8_0+int16": 1}
+    assert i16._fused is not None
+    prompts = [list(range(3, 3 + n)) for n in (5, 70, 200)]
+    logits = {}
+    for r in (i16, exact):
+        kvs = [r.new_kv() for _ in prompts]
+        r.forward([ForwardItem(kv, p, False) for kv, p in zip(kvs, prompts)])  # 70, 200: the per-op loop
+        logits[r] = r.forward([ForwardItem(kv, [7], True) for kv in kvs])  # all three: the one-call path
+        alone = []
+        for p in prompts:  # each sequence alone, prefilled and decoded by itself: the same bits
+            kv = r.new_kv()
+            r.forward([ForwardItem(kv, p, False)])
+            alone.append(r.forward([ForwardItem(kv, [7], True)]))
+        assert same_bits(torch.cat(alone), logits[r])
+    diff = (logits[i16] - logits[exact]).abs().max()
+    assert 0 < diff < 1e-3 * logits[exact].abs().max()  # not the float32 result, but within its rounding

@@ -1,0 +1,294 @@
+// y[M, N] = x[M, K] @ W[N, K]^T for weights kept as GGUF Q4_1 / Q8_0 codes (as linear_grid.c), with the
+// activations rounded to int16 per block of 32 inputs: integer dot products instead of rebuilding each
+// weight as a float.
+//
+// Per row and block b of 32 k: s = amax|x| / 32767, v[k] = round(x[k] / s) (|v| <= 32767, ~16 bits;
+// the weights stay exact). Per output c, with the block's codes q, scale d and (Q4_1) minimum m:
+//   dot = sum_k v[k] q[c][k]                   exact in int32 (vpmaddwd: 2 products per lane)
+//   acc = fma(float(dot), d * s, acc)          then, Q4_1 only:  acc = fma(m, sum_k x[k], acc)
+// in block order, starting from 0. Each output depends only on its own row's inputs, with the same
+// operations whatever M is: batch-invariant. Not bit-identical to the float32 kernels (the rounding of
+// x changes the sums by ~2^-16 relative); bench/agreement.py measures what that does to answers.
+//
+// Why: linear_grid.c spends 5 vector operations per 8 weights (widen, mask, convert, fma to rebuild the
+// weight, fma to use it), and that, not the bytes, bounds a decode step there. Here a vector of codes,
+// widened once to int16, serves 2 k of VL columns in one vpmaddwd: ~1.5 operations per 8 weights at 1
+// row, and, for many rows, twice the products per instruction of float32 fma with AVX2 (and with
+// AVX-512 VNNI's vpdpwssd).
+//
+// Weights in groups of 16 output columns (engine/grid_weights.py packs them), K a multiple of 32;
+// per group, per block of 32 k (column c = byte i / 2 of every 32-byte row):
+//   Q4_1: d[16] f16, m[16] f16, then 8 rows (k quads j) of 32 bytes:
+//         byte i = q[c][4j + i % 2] | q[c][4j + 2 + i % 2] << 4                                 320 bytes
+//   Q8_0: d[16] f16, then 16 rows (k pairs j) of 32 int8: byte i = q[c][2j + i % 2]           544 bytes
+// Widened to int16, a 32-byte row is 16 columns x 2 consecutive k: the operand layout of vpmaddwd.
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pool.h"
+#include "vec.h"
+
+#define BLOCK 32
+#define GROUP 16
+#define NG (GROUP / VL)  // vectors per group of columns: 1 (AVX-512), 2 (AVX2), 4
+#define Q4_BYTES (4 * GROUP + BLOCK * GROUP / 2)
+#define Q8_BYTES (2 * GROUP + BLOCK * GROUP)
+#define CHUNK_ROWS 64  // rows of one work item (their int16 activations stay in L2)
+#define ITEM_GROUPS 4  // groups of one work item: 64 columns, 23 KB of codes for K = 576 (one group, 5.8 KB,
+                       // was 1.2x slower than linear_grid.c streaming the weights from RAM at 1 row)
+#if VL == 16
+#define MAX_ROWS 8  // rows per pass: int32 sums (rows x NG) + 2 NG code vectors fit the register file
+#elif VL == 8
+#define MAX_ROWS 4
+#else
+#define MAX_ROWS 1
+#endif
+
+typedef int16_t vw __attribute__((vector_size(VL * 4)));   // VL lanes (columns) x 2 consecutive k
+typedef uint8_t vub __attribute__((vector_size(VL * 2)));  // the codes of one vw
+typedef int8_t vsb __attribute__((vector_size(VL * 2)));
+
+// acc + per lane (w[2i] * a[k] + w[2i + 1] * a[k + 1]), pair = a[k] | a[k + 1] << 16: exact
+static inline vi madd(vi acc, vw w, int32_t pair) {
+#if VL == 16 && defined(__AVX512VNNI__)
+    return (vi)_mm512_dpwssd_epi32((__m512i)acc, (__m512i)w, _mm512_set1_epi32(pair));
+#elif VL == 16 && defined(__AVX512BW__)
+    return acc + (vi)_mm512_madd_epi16((__m512i)w, _mm512_set1_epi32(pair));
+#elif VL == 8 && defined(__AVX2__)
+    return acc + (vi)_mm256_madd_epi16((__m256i)w, _mm256_set1_epi32(pair));
+#else
+    vi p;
+    memcpy(&p, &w, sizeof p);
+    return acc + ((p << 16) >> 16) * (int16_t)(pair & 0xffff) + (p >> 16) * (int16_t)(pair >> 16);
+#endif
+}
+
+// 2 VL codes widened to int16: zero-extended (Q4_1, a nibble pair each) or sign-extended (Q8_0); one
+// vpmovzxbw / vpmovsxbw (GCC's generic conversion took 128-bit halves and a vinserti128)
+static inline vw load_u4(const uint8_t *p) {
+#if VL == 16 && defined(__AVX512BW__)
+    return (vw)_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
+#elif VL == 8 && defined(__AVX2__)
+    return (vw)_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
+#else
+    vub b;
+    memcpy(&b, p, sizeof b);
+    return __builtin_convertvector(b, vw);
+#endif
+}
+
+static inline vw load_s8(const uint8_t *p) {
+#if VL == 16 && defined(__AVX512BW__)
+    return (vw)_mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)p));
+#elif VL == 8 && defined(__AVX2__)
+    return (vw)_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p));
+#else
+    vsb b;
+    memcpy(&b, p, sizeof b);
+    return __builtin_convertvector(b, vw);
+#endif
+}
+
+// an int32 sum kept as one chain in a register (integer sums are exact in any order, but GCC's
+// reassociation into trees spilled the partial products to the stack)
+static inline vi chained(vi v) {
+#if (VL == 16 && !defined(__AVX512F__)) || (VL == 8 && !defined(__AVX__))
+    __asm__("" : "+m"(v));
+#elif defined(__AVX512F__)
+    __asm__("" : "+v"(v));
+#else
+    __asm__("" : "+x"(v));
+#endif
+    return v;
+}
+
+static inline int32_t pair_at(const int16_t *v) {
+    int32_t p;
+    memcpy(&p, v, sizeof p);
+    return p;
+}
+
+// ROWS rows of int16 activations v (row stride K; block scales s and sums xs, row stride K / 32) against
+// one group's codes; y (row stride ldy) gets the group's first `cols` outputs
+#define ROW_BLOCK(ROWS)                                                                                      \
+    static void q4_rows##ROWS(int K, const int16_t *v, const float *s, const float *xs, const uint8_t *group,  \
+                              float *y, int64_t ldy, int cols) {                                             \
+        const int nb = K / BLOCK;                                                                            \
+        vf acc[ROWS][NG];                                                                                    \
+        for (int r = 0; r < ROWS; r++)                                                                       \
+            for (int g = 0; g < NG; g++) acc[r][g] = (vf){0};                                                \
+        for (int b = 0; b < nb; b++) {                                                                       \
+            const uint8_t *blk = group + (int64_t)b * Q4_BYTES;                                              \
+            vi dot[ROWS][NG];                                                                                \
+            for (int r = 0; r < ROWS; r++)                                                                   \
+                for (int g = 0; g < NG; g++) dot[r][g] = (vi){0};                                            \
+            for (int j = 0; j < BLOCK / 4; j++) {                                                            \
+                vw lo[NG], hi[NG];                                                                           \
+                for (int g = 0; g < NG; g++) {                                                               \
+                    vw u = load_u4(blk + 4 * GROUP + 32 * j + 2 * VL * g);                                   \
+                    lo[g] = u & 15;                                                                          \
+                    hi[g] = u >> 4;                                                                          \
+                }                                                                                            \
+                for (int r = 0; r < ROWS; r++) {                                                             \
+                    const int16_t *vr = v + (int64_t)r * K + b * BLOCK + 4 * j;                              \
+                    int32_t a0 = pair_at(vr), a1 = pair_at(vr + 2);                                          \
+                    for (int g = 0; g < NG; g++) dot[r][g] = chained(madd(madd(dot[r][g], lo[g], a0), hi[g], a1));    \
+                }                                                                                            \
+            }                                                                                                \
+            for (int g = 0; g < NG; g++) {                                                                   \
+                vf d = load_halves(blk + 2 * VL * g), m = load_halves(blk + 2 * GROUP + 2 * VL * g);         \
+                for (int r = 0; r < ROWS; r++) {                                                             \
+                    vf f = __builtin_convertvector(dot[r][g], vf);                                           \
+                    acc[r][g] = in_register(acc[r][g] + f * in_register(d * s[(int64_t)r * nb + b]));        \
+                    acc[r][g] = in_register(acc[r][g] + m * xs[(int64_t)r * nb + b]);                        \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int r = 0; r < ROWS; r++) store_group(y + r * ldy, acc[r], cols);                               \
+    }                                                                                                        \
+    static void q8_rows##ROWS(int K, const int16_t *v, const float *s, const float *xs, const uint8_t *group,  \
+                              float *y, int64_t ldy, int cols) {                                             \
+        (void)xs;                                                                                            \
+        const int nb = K / BLOCK;                                                                            \
+        vf acc[ROWS][NG];                                                                                    \
+        for (int r = 0; r < ROWS; r++)                                                                       \
+            for (int g = 0; g < NG; g++) acc[r][g] = (vf){0};                                                \
+        for (int b = 0; b < nb; b++) {                                                                       \
+            const uint8_t *blk = group + (int64_t)b * Q8_BYTES;                                              \
+            vi dot[ROWS][NG];                                                                                \
+            for (int r = 0; r < ROWS; r++)                                                                   \
+                for (int g = 0; g < NG; g++) dot[r][g] = (vi){0};                                            \
+            for (int j = 0; j < BLOCK / 2; j++) {                                                            \
+                vw w[NG];                                                                                    \
+                for (int g = 0; g < NG; g++) w[g] = load_s8(blk + 2 * GROUP + 32 * j + 2 * VL * g);          \
+                for (int r = 0; r < ROWS; r++) {                                                             \
+                    int32_t a = pair_at(v + (int64_t)r * K + b * BLOCK + 2 * j);                             \
+                    for (int g = 0; g < NG; g++) dot[r][g] = chained(madd(dot[r][g], w[g], a));                       \
+                }                                                                                            \
+            }                                                                                                \
+            for (int g = 0; g < NG; g++) {                                                                   \
+                vf d = load_halves(blk + 2 * VL * g);                                                        \
+                for (int r = 0; r < ROWS; r++) {                                                             \
+                    vf f = __builtin_convertvector(dot[r][g], vf);                                           \
+                    acc[r][g] = in_register(acc[r][g] + f * in_register(d * s[(int64_t)r * nb + b]));        \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int r = 0; r < ROWS; r++) store_group(y + r * ldy, acc[r], cols);                               \
+    }
+
+static inline void store_group(float *y, const vf *acc, int cols) {
+    float tmp[GROUP];
+    memcpy(tmp, acc, sizeof tmp);
+    memcpy(y, tmp, sizeof(float) * (size_t)cols);
+}
+
+ROW_BLOCK(1)
+#if MAX_ROWS >= 4
+ROW_BLOCK(2)
+ROW_BLOCK(3)
+ROW_BLOCK(4)
+#endif
+#if MAX_ROWS >= 8
+ROW_BLOCK(5)
+ROW_BLOCK(6)
+ROW_BLOCK(7)
+ROW_BLOCK(8)
+#endif
+
+typedef void (*rows_fn)(int, const int16_t *, const float *, const float *, const uint8_t *, float *, int64_t, int);
+#if MAX_ROWS == 8
+static const rows_fn ROWS_FN[2][MAX_ROWS + 1] = {
+    {0, q4_rows1, q4_rows2, q4_rows3, q4_rows4, q4_rows5, q4_rows6, q4_rows7, q4_rows8},
+    {0, q8_rows1, q8_rows2, q8_rows3, q8_rows4, q8_rows5, q8_rows6, q8_rows7, q8_rows8}};
+#elif MAX_ROWS == 4
+static const rows_fn ROWS_FN[2][MAX_ROWS + 1] = {{0, q4_rows1, q4_rows2, q4_rows3, q4_rows4},
+                                                  {0, q8_rows1, q8_rows2, q8_rows3, q8_rows4}};
+#else
+static const rows_fn ROWS_FN[2][MAX_ROWS + 1] = {{0, q4_rows1}, {0, q8_rows1}};
+#endif
+
+// x rounded per block: v [M, K] int16, s [M, K / 32] (amax / 32767; NaN when the block holds NaN or an
+// infinity, which then reaches every output of the row, as in the float kernels), xs [M, K / 32] = the
+// block's plain k-ordered sum of x (for Q4_1's minimum)
+static void quantize_row(int K, const float *x, int16_t *v, float *s, float *xs) {
+    for (int b = 0; b < K / BLOCK; b++) {
+        const float *xb = x + b * BLOCK;
+        float amax = 0, sum = 0;
+        for (int k = 0; k < BLOCK; k++) {
+            amax = fabsf(xb[k]) > amax || isnan(xb[k]) ? fabsf(xb[k]) : amax;
+            sum += xb[k];
+        }
+        float inv = amax > 0 && isfinite(amax) ? 32767.0f / amax : 0.0f;
+        __asm__("" : "+m"(inv));  // rounded once: -fassociative-math would turn x * (c / a) into x * c / a
+        for (int k = 0; k < BLOCK; k++) v[b * BLOCK + k] = (int16_t)lrintf(xb[k] * inv);
+        s[b] = isfinite(amax) ? amax / 32767.0f : NAN;
+        xs[b] = sum;
+    }
+}
+
+struct i16_job {
+    int format, M, N, K, items;  // items: of ITEM_GROUPS groups, per chunk of rows
+    const float *x;
+    const uint8_t *Wp;
+    float *y;
+    int16_t *v;
+    float *s, *xs;
+};
+
+static void quantize_item(void *ctx, int r) {
+    struct i16_job *j = ctx;
+    int nb = j->K / BLOCK;
+    quantize_row(j->K, j->x + (int64_t)r * j->K, j->v + (int64_t)r * j->K, j->s + (int64_t)r * nb,
+                 j->xs + (int64_t)r * nb);
+}
+
+// one chunk of up to CHUNK_ROWS rows against one group of 16 columns, in passes of as even a size as possible
+static void chunk_group(const struct i16_job *j, int r0, int rows, int g) {
+    int nb = j->K / BLOCK, c0 = g * GROUP, cols = j->N - c0 < GROUP ? j->N - c0 : GROUP;
+    const uint8_t *group = j->Wp + (int64_t)g * nb * (j->format == 0 ? Q4_BYTES : Q8_BYTES);
+    int passes = (rows + MAX_ROWS - 1) / MAX_ROWS;
+    for (int i = r0, p = 0; p < passes; p++) {
+        int n = (rows - (i - r0) + (passes - p) - 1) / (passes - p);
+        ROWS_FN[j->format][n](j->K, j->v + (int64_t)i * j->K, j->s + (int64_t)i * nb, j->xs + (int64_t)i * nb,
+                              group, j->y + (int64_t)i * j->N + c0, j->N, cols);
+        i += n;
+    }
+}
+
+// item = (chunk of rows, ITEM_GROUPS consecutive groups), chunk-major: consecutive items share rows
+static void group_item(void *ctx, int item) {
+    struct i16_job *j = ctx;
+    int groups = (j->N + GROUP - 1) / GROUP, chunk = item / j->items, g0 = item % j->items * ITEM_GROUPS;
+    int r0 = chunk * CHUNK_ROWS, rows = j->M - r0 < CHUNK_ROWS ? j->M - r0 : CHUNK_ROWS;
+    for (int g = g0; g < g0 + ITEM_GROUPS && g < groups; g++) chunk_group(j, r0, rows, g);
+}
+
+static __thread void *scratch;  // the calling thread's rounded activations, grown as needed
+static __thread size_t scratch_bytes;
+
+// format: 0 = Q4_1, 1 = Q8_0 (groups layout above). Returns 0; 1 when K is not a multiple of 32; 2 when
+// out of memory.
+int linear_grid_i16(int format, int M, int N, int K, const float *x, const uint8_t *Wp, float *y) {
+    if (K % BLOCK) return 1;
+    size_t nb = (size_t)(K / BLOCK), need = (size_t)M * (2 * (size_t)K + 8 * nb);
+    if (scratch_bytes < need) {
+        free(scratch);
+        scratch = malloc(need);
+        scratch_bytes = scratch ? need : 0;
+        if (!scratch) return 2;
+    }
+    float *s = scratch;
+    int groups = (N + GROUP - 1) / GROUP;
+    struct i16_job job = {format, M, N, K, (groups + ITEM_GROUPS - 1) / ITEM_GROUPS, x, Wp, y,
+                          (int16_t *)(s + 2 * (size_t)M * nb), s, s + (size_t)M * nb};
+    if (M <= 4) {  // not worth waking the pool's workers for
+        for (int r = 0; r < M; r++) quantize_item(&job, r);
+    } else {
+        pool_run(M, quantize_item, &job);
+    }
+    pool_run(((M + CHUNK_ROWS - 1) / CHUNK_ROWS) * job.items, group_item, &job);
+    return 0;
+}
