@@ -56,11 +56,11 @@ def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Ap
         app[keys.model] = loaded
         # blocking (weight packing, grid codes, kernel build, throwaway passes): off the event loop
         runner = await asyncio.to_thread(ModelRunner, loaded.model, MATMUL_DTYPES[config.dtype],
-                                         kv_dtype=KV_DTYPES[config.kv_dtype])
+                                         kv_dtype=KV_DTYPES[config.kv_dtype], activations=config.activations)
         await asyncio.to_thread(runner.warmup)
         chat_format = ChatFormat(loaded.tokenizer, loaded.model.generation_config)
         layout = KVLayout(runner.num_layers, runner.num_kv_heads, runner.head_dim, runner.kv_dtype,
-                          _kv_fingerprint(loaded.fingerprint, config.dtype))
+                          _kv_fingerprint(loaded.fingerprint, config.dtype, config.activations))
         kv_files = await asyncio.to_thread(KVFileStore, config.kv_dir, layout, config.engine.kv.max_disk_bytes)
         app[keys.kv_files] = kv_files
         engine = Engine(runner, chat_format, config.engine, disk=kv_files)
@@ -84,8 +84,10 @@ def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Ap
     return app
 
 
-def _kv_fingerprint(model_fingerprint: str, dtype: str) -> str:
-    """KV computed with bf16 matmuls differs from float32 KV: a spill file is only reused by the same mode."""
-    if dtype == "float32":
+def _kv_fingerprint(model_fingerprint: str, dtype: str, activations: str) -> str:
+    """KV computed with bf16 matmuls or int16 activations differs from float32 KV: a spill file is only
+    reused by the same mode."""
+    mode = dtype if activations == "float32" else f"{dtype}:{activations}"
+    if mode == "float32":
         return model_fingerprint  # files written before --dtype existed stay valid
-    return hashlib.sha256(f"{model_fingerprint}:{dtype}".encode()).hexdigest()
+    return hashlib.sha256(f"{model_fingerprint}:{mode}".encode()).hexdigest()

@@ -19,6 +19,7 @@ class ServerConfig:
     model_cache: Path | None = None  # where converted GGUF weights live; default <data_dir>/models
     dtype: str = "float32"  # linear layers' weights: float32 (exact) | bfloat16 (faster, see docs/BENCHMARKS.md)
     kv_dtype: str = "float16"  # KV caches in RAM and on disk: float16 (half the bytes) | float32 (bit-exact)
+    activations: str = "int16"  # inputs of matmuls on Q4_1/Q8_0 codes: int16 (faster) | float32 (bit-exact)
     database_url: str | None = None  # default: SQLite file <data_dir>/chat.db
     migrate: bool = True  # apply alembic migrations at start-up
     system_prompt: str | None = None  # None: the chat template's own default

@@ -36,8 +36,8 @@
 #define Q4_BYTES (4 * GROUP + BLOCK * GROUP / 2)
 #define Q8_BYTES (2 * GROUP + BLOCK * GROUP)
 #define CHUNK_ROWS 64  // rows of one work item (their int16 activations stay in L2)
-#define ITEM_GROUPS 4  // groups of one work item: 64 columns, 23 KB of codes for K = 576 (one group, 5.8 KB,
-                       // was 1.2x slower than linear_grid.c streaming the weights from RAM at 1 row)
+#define ITEM_GROUPS 4  // groups of a work item, at most: 64 columns, 23 KB of codes for K = 576 (one group,
+                       // 5.8 KB, was 1.2x slower than linear_grid.c streaming the weights from RAM at 1 row)
 #if VL == 16
 #define MAX_ROWS 8  // rows per pass: int32 sums (rows x NG) + 2 NG code vectors fit the register file
 #elif VL == 8
@@ -111,91 +111,90 @@ static inline int32_t pair_at(const int16_t *v) {
 }
 
 // ROWS rows of int16 activations v (row stride K; block scales s and sums xs, row stride K / 32) against
-// one group's codes; y (row stride ldy) gets the group's first `cols` outputs
-#define ROW_BLOCK(ROWS)                                                                                      \
-    static void q4_rows##ROWS(int K, const int16_t *v, const float *s, const float *xs, const uint8_t *group,  \
-                              float *y, int64_t ldy, int cols) {                                             \
+// one group's codes (FMT 0: Q4_1, 1: Q8_0); y (row stride ldy) gets the group's first `cols` outputs.
+// The integer sums of SPAN blocks go to memory (L1) before their float epilogue: kept in registers with
+// the float sums, they spilled inside the integer loop (36 moves per 16 vpmaddwd at 4 rows, AVX2).
+#define SPAN 16
+#define ROW_BLOCK(FMT, NAME, ROWS)                                                                           \
+    static void NAME(int K, const int16_t *v, const float *s, const float *xs, const uint8_t *group, float *y, \
+                     int64_t ldy, int cols) {                                                                \
         const int nb = K / BLOCK;                                                                            \
+        const int64_t block_bytes = FMT == 0 ? Q4_BYTES : Q8_BYTES;                                          \
         vf acc[ROWS][NG];                                                                                    \
+        vi sums[SPAN][ROWS][NG];                                                                             \
         for (int r = 0; r < ROWS; r++)                                                                       \
             for (int g = 0; g < NG; g++) acc[r][g] = (vf){0};                                                \
-        for (int b = 0; b < nb; b++) {                                                                       \
-            const uint8_t *blk = group + (int64_t)b * Q4_BYTES;                                              \
-            vi dot[ROWS][NG];                                                                                \
-            for (int r = 0; r < ROWS; r++)                                                                   \
-                for (int g = 0; g < NG; g++) dot[r][g] = (vi){0};                                            \
-            for (int j = 0; j < BLOCK / 4; j++) {                                                            \
-                vw lo[NG], hi[NG];                                                                           \
+        for (int b0 = 0; b0 < nb; b0 += SPAN) {                                                              \
+            int span = nb - b0 < SPAN ? nb - b0 : SPAN;                                                      \
+            for (int bb = 0; bb < span; bb++) {                                                              \
+                const int b = b0 + bb;                                                                       \
+                const uint8_t *codes = group + b * block_bytes + (FMT == 0 ? 4 : 2) * GROUP;                 \
+                vi dot[ROWS][NG];                                                                            \
+                for (int r = 0; r < ROWS; r++)                                                               \
+                    for (int g = 0; g < NG; g++) dot[r][g] = (vi){0};                                        \
+                for (int j = 0; j < (FMT == 0 ? BLOCK / 4 : BLOCK / 2); j++) {                               \
+                    vw w0[NG], w1[NG];                                                                       \
+                    for (int g = 0; g < NG; g++) {                                                           \
+                        if (FMT == 0) {  /* a nibble pair each: k quad j = k pairs 2j (low), 2j + 1 (high) */ \
+                            vw u = load_u4(codes + 32 * j + 2 * VL * g);                                     \
+                            w0[g] = u & 15;                                                                  \
+                            w1[g] = u >> 4;                                                                  \
+                        } else {                                                                             \
+                            w0[g] = w1[g] = load_s8(codes + 32 * j + 2 * VL * g);                            \
+                        }                                                                                    \
+                    }                                                                                        \
+                    for (int r = 0; r < ROWS; r++) {                                                         \
+                        const int16_t *vr = v + (int64_t)r * K + b * BLOCK + (FMT == 0 ? 4 : 2) * j;         \
+                        int32_t a0 = pair_at(vr);                                                            \
+                        for (int g = 0; g < NG; g++) {                                                       \
+                            dot[r][g] = madd(dot[r][g], w0[g], a0);                                          \
+                            if (FMT == 0) dot[r][g] = madd(dot[r][g], w1[g], pair_at(vr + 2));               \
+                            dot[r][g] = chained(dot[r][g]);                                                  \
+                        }                                                                                    \
+                    }                                                                                        \
+                }                                                                                            \
+                for (int r = 0; r < ROWS; r++)                                                               \
+                    for (int g = 0; g < NG; g++) sums[bb][r][g] = dot[r][g];                                 \
+            }                                                                                                \
+            for (int bb = 0; bb < span; bb++) {                                                              \
+                const int b = b0 + bb;                                                                       \
+                const uint8_t *blk = group + b * block_bytes;                                                \
                 for (int g = 0; g < NG; g++) {                                                               \
-                    vw u = load_u4(blk + 4 * GROUP + 32 * j + 2 * VL * g);                                   \
-                    lo[g] = u & 15;                                                                          \
-                    hi[g] = u >> 4;                                                                          \
-                }                                                                                            \
-                for (int r = 0; r < ROWS; r++) {                                                             \
-                    const int16_t *vr = v + (int64_t)r * K + b * BLOCK + 4 * j;                              \
-                    int32_t a0 = pair_at(vr), a1 = pair_at(vr + 2);                                          \
-                    for (int g = 0; g < NG; g++) dot[r][g] = chained(madd(madd(dot[r][g], lo[g], a0), hi[g], a1));    \
-                }                                                                                            \
-            }                                                                                                \
-            for (int g = 0; g < NG; g++) {                                                                   \
-                vf d = load_halves(blk + 2 * VL * g), m = load_halves(blk + 2 * GROUP + 2 * VL * g);         \
-                for (int r = 0; r < ROWS; r++) {                                                             \
-                    vf f = __builtin_convertvector(dot[r][g], vf);                                           \
-                    acc[r][g] = in_register(acc[r][g] + f * in_register(d * s[(int64_t)r * nb + b]));        \
-                    acc[r][g] = in_register(acc[r][g] + m * xs[(int64_t)r * nb + b]);                        \
-                }                                                                                            \
-            }                                                                                                \
-        }                                                                                                    \
-        for (int r = 0; r < ROWS; r++) store_group(y + r * ldy, acc[r], cols);                               \
-    }                                                                                                        \
-    static void q8_rows##ROWS(int K, const int16_t *v, const float *s, const float *xs, const uint8_t *group,  \
-                              float *y, int64_t ldy, int cols) {                                             \
-        (void)xs;                                                                                            \
-        const int nb = K / BLOCK;                                                                            \
-        vf acc[ROWS][NG];                                                                                    \
-        for (int r = 0; r < ROWS; r++)                                                                       \
-            for (int g = 0; g < NG; g++) acc[r][g] = (vf){0};                                                \
-        for (int b = 0; b < nb; b++) {                                                                       \
-            const uint8_t *blk = group + (int64_t)b * Q8_BYTES;                                              \
-            vi dot[ROWS][NG];                                                                                \
-            for (int r = 0; r < ROWS; r++)                                                                   \
-                for (int g = 0; g < NG; g++) dot[r][g] = (vi){0};                                            \
-            for (int j = 0; j < BLOCK / 2; j++) {                                                            \
-                vw w[NG];                                                                                    \
-                for (int g = 0; g < NG; g++) w[g] = load_s8(blk + 2 * GROUP + 32 * j + 2 * VL * g);          \
-                for (int r = 0; r < ROWS; r++) {                                                             \
-                    int32_t a = pair_at(v + (int64_t)r * K + b * BLOCK + 2 * j);                             \
-                    for (int g = 0; g < NG; g++) dot[r][g] = chained(madd(dot[r][g], w[g], a));                       \
-                }                                                                                            \
-            }                                                                                                \
-            for (int g = 0; g < NG; g++) {                                                                   \
-                vf d = load_halves(blk + 2 * VL * g);                                                        \
-                for (int r = 0; r < ROWS; r++) {                                                             \
-                    vf f = __builtin_convertvector(dot[r][g], vf);                                           \
-                    acc[r][g] = in_register(acc[r][g] + f * in_register(d * s[(int64_t)r * nb + b]));        \
+                    vf d = load_halves(blk + 2 * VL * g);                                                    \
+                    vf m = FMT == 0 ? load_halves(blk + 2 * GROUP + 2 * VL * g) : (vf){0};                   \
+                    for (int r = 0; r < ROWS; r++) {                                                         \
+                        vf f = __builtin_convertvector(sums[bb][r][g], vf);                                  \
+                        acc[r][g] = in_register(acc[r][g] + f * in_register(d * s[(int64_t)r * nb + b]));    \
+                        if (FMT == 0) acc[r][g] = in_register(acc[r][g] + m * xs[(int64_t)r * nb + b]);      \
+                    }                                                                                        \
                 }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
         for (int r = 0; r < ROWS; r++) store_group(y + r * ldy, acc[r], cols);                               \
     }
+#define ROW_BLOCKS(ROWS) ROW_BLOCK(0, q4_rows##ROWS, ROWS) ROW_BLOCK(1, q8_rows##ROWS, ROWS)
 
 static inline void store_group(float *y, const vf *acc, int cols) {
+    if (cols == GROUP) {  // (a memcpy of variable size is a libc call: 5% of a 16-row step)
+        for (int g = 0; g < NG; g++) storev(y + VL * g, acc[g]);
+        return;
+    }
     float tmp[GROUP];
     memcpy(tmp, acc, sizeof tmp);
-    memcpy(y, tmp, sizeof(float) * (size_t)cols);
+    for (int c = 0; c < cols; c++) y[c] = tmp[c];
 }
 
-ROW_BLOCK(1)
+ROW_BLOCKS(1)
 #if MAX_ROWS >= 4
-ROW_BLOCK(2)
-ROW_BLOCK(3)
-ROW_BLOCK(4)
+ROW_BLOCKS(2)
+ROW_BLOCKS(3)
+ROW_BLOCKS(4)
 #endif
 #if MAX_ROWS >= 8
-ROW_BLOCK(5)
-ROW_BLOCK(6)
-ROW_BLOCK(7)
-ROW_BLOCK(8)
+ROW_BLOCKS(5)
+ROW_BLOCKS(6)
+ROW_BLOCKS(7)
+ROW_BLOCKS(8)
 #endif
 
 typedef void (*rows_fn)(int, const int16_t *, const float *, const float *, const uint8_t *, float *, int64_t, int);
@@ -212,25 +211,44 @@ static const rows_fn ROWS_FN[2][MAX_ROWS + 1] = {{0, q4_rows1}, {0, q8_rows1}};
 
 // x rounded per block: v [M, K] int16, s [M, K / 32] (amax / 32767; NaN when the block holds NaN or an
 // infinity, which then reaches every output of the row, as in the float kernels), xs [M, K / 32] = the
-// block's plain k-ordered sum of x (for Q4_1's minimum)
+// block's sum of x, halves folded onto each other (16, 8, 4, 2, 1: the same order at every VL)
 static void quantize_row(int K, const float *x, int16_t *v, float *s, float *xs) {
+    const vi magnitude = (vi){0} + 0x7fffffff;
     for (int b = 0; b < K / BLOCK; b++) {
         const float *xb = x + b * BLOCK;
-        float amax = 0, sum = 0;
-        for (int k = 0; k < BLOCK; k++) {
-            amax = fabsf(xb[k]) > amax || isnan(xb[k]) ? fabsf(xb[k]) : amax;
-            sum += xb[k];
+        vf amax = {0};
+        vi nonfinite = {0};
+        for (int i = 0; i < BLOCK / VL; i++) {
+            vf a = loadf(xb + VL * i), m;
+            vi bits;
+            memcpy(&bits, &a, sizeof bits);
+            bits &= magnitude;
+            memcpy(&m, &bits, sizeof m);
+            nonfinite |= bits >= 0x7f800000;  // infinity or NaN
+            amax = vmaxv(m, amax);
         }
-        float inv = amax > 0 && isfinite(amax) ? 32767.0f / amax : 0.0f;
+        int finite = 1;
+        for (int i = 0; i < VL; i++) finite &= nonfinite[i] == 0;
+        float am = maxv(amax);
+        float inv = finite && am > 0 ? 32767.0f / am : 0.0f;
         __asm__("" : "+m"(inv));  // rounded once: -fassociative-math would turn x * (c / a) into x * c / a
-        for (int k = 0; k < BLOCK; k++) v[b * BLOCK + k] = (int16_t)lrintf(xb[k] * inv);
-        s[b] = isfinite(amax) ? amax / 32767.0f : NAN;
-        xs[b] = sum;
+        for (int i = 0; i < BLOCK / VL; i++) {
+            vf t = in_register(loadf(xb + VL * i) * inv);  // |t| <= 32767 (rounded: not fused into the next add)
+            t = in_register(t + 12582912.0f) - 12582912.0f;  // to the nearest integer, ties to even (1.5 2^23)
+            vi q = __builtin_convertvector(t, vi);
+            for (int l = 0; l < VL; l++) v[b * BLOCK + VL * i + l] = (int16_t)q[l];
+        }
+        float t[BLOCK];
+        memcpy(t, xb, sizeof t);
+        for (int w = BLOCK / 2; w >= 1; w /= 2)
+            for (int i = 0; i < w; i++) t[i] += t[i + w];
+        s[b] = finite ? am / 32767.0f : NAN;
+        xs[b] = t[0];
     }
 }
 
 struct i16_job {
-    int format, M, N, K, items;  // items: of ITEM_GROUPS groups, per chunk of rows
+    int format, M, N, K, items, item_groups;  // items (of item_groups groups) per chunk of rows
     const float *x;
     const uint8_t *Wp;
     float *y;
@@ -258,12 +276,21 @@ static void chunk_group(const struct i16_job *j, int r0, int rows, int g) {
     }
 }
 
-// item = (chunk of rows, ITEM_GROUPS consecutive groups), chunk-major: consecutive items share rows
+// item = (chunk of rows, item_groups consecutive groups), chunk-major: consecutive items share rows
 static void group_item(void *ctx, int item) {
     struct i16_job *j = ctx;
-    int groups = (j->N + GROUP - 1) / GROUP, chunk = item / j->items, g0 = item % j->items * ITEM_GROUPS;
+    int groups = (j->N + GROUP - 1) / GROUP, chunk = item / j->items, g0 = item % j->items * j->item_groups;
     int r0 = chunk * CHUNK_ROWS, rows = j->M - r0 < CHUNK_ROWS ? j->M - r0 : CHUNK_ROWS;
-    for (int g = g0; g < g0 + ITEM_GROUPS && g < groups; g++) chunk_group(j, r0, rows, g);
+    for (int g = g0; g < g0 + j->item_groups && g < groups; g++) chunk_group(j, r0, rows, g);
+}
+
+// groups per item: ITEM_GROUPS, or fewer when that gives every thread the same number of items (576
+// columns = 36 groups: 9 items of 4 leave a thread idle for one item; 12 items of 3 do not)
+static int item_groups(int groups) {
+    int threads = pool_threads();
+    for (int n = ITEM_GROUPS; n > ITEM_GROUPS / 2; n--)
+        if ((groups + n - 1) / n % threads == 0) return n;
+    return ITEM_GROUPS;
 }
 
 static __thread void *scratch;  // the calling thread's rounded activations, grown as needed
@@ -281,8 +308,8 @@ int linear_grid_i16(int format, int M, int N, int K, const float *x, const uint8
         if (!scratch) return 2;
     }
     float *s = scratch;
-    int groups = (N + GROUP - 1) / GROUP;
-    struct i16_job job = {format, M, N, K, (groups + ITEM_GROUPS - 1) / ITEM_GROUPS, x, Wp, y,
+    int groups = (N + GROUP - 1) / GROUP, per_item = item_groups(groups);
+    struct i16_job job = {format, M, N, K, (groups + per_item - 1) / per_item, per_item, x, Wp, y,
                           (int16_t *)(s + 2 * (size_t)M * nb), s, s + (size_t)M * nb};
     if (M <= 4) {  // not worth waking the pool's workers for
         for (int r = 0; r < M; r++) quantize_item(&job, r);

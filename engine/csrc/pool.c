@@ -66,6 +66,8 @@ static void *worker_main(void *arg) {
     return 0;
 }
 
+int pool_threads(void) { return num_workers + 1; }
+
 int pool_start(int threads) {
     if (num_workers || threads <= 1) return num_workers;
     int want = threads - 1 > MAX_WORKERS ? MAX_WORKERS : threads - 1;

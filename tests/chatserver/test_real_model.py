@@ -1,10 +1,12 @@
 """End to end with the real model through the real server process (`python -m chatserver serve`)."""
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 import torch
@@ -19,16 +21,18 @@ CONVERSATIONS = [
     ["Give me three tips for learning Python.", "Explain the second tip in more detail.", "Thanks! Summarize in one sentence."],
 ]
 MAX_TOKENS = 48
+ADMIN = "real-model-admin"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from serving(tmp_path_factory.mktemp("data"))  # default settings: float16 KV
+    yield from serving(tmp_path_factory.mktemp("data"), "--admin-token", ADMIN)  # defaults: float16 KV, int16 activations
 
 
 @pytest.fixture(scope="module")
 def exact_server(tmp_path_factory):
-    yield from serving(tmp_path_factory.mktemp("data"), "--kv-dtype", "float32")
+    yield from serving(tmp_path_factory.mktemp("data"), "--kv-dtype", "float32", "--activations", "float32",
+                       "--admin-token", ADMIN)
 
 
 def _generate_from_scratch(real_model, history: list[ChatMessage], max_tokens: int = MAX_TOKENS) -> str:
@@ -39,12 +43,24 @@ def _generate_from_scratch(real_model, history: list[ChatMessage], max_tokens: i
     return real_model.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
 
 
-@pytest.mark.parametrize("kv", ["float16", "float32"])
+def _weight_formats(srv) -> dict:
+    request = urllib.request.Request(srv.url + "/api/stats", headers={"Authorization": f"Bearer {ADMIN}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)["engine"]["weights"]["formats"]
+
+
+def test_the_default_reads_the_gguf_codes_with_int16_activations(server, exact_server):
+    layers = 30 * 4  # SmolLM2-135M: qkv, o, gate_up, down per layer; the tied LM head is Q8_0
+    assert _weight_formats(server) == {"q4_1+int16": layers, "q8_0+int16": 1}
+    assert _weight_formats(exact_server) == {"q4_1": layers, "q8_0": 1}
+
+
+@pytest.mark.parametrize("mode", ["defaults", "exact"])
 @pytest.mark.parametrize("conversation", CONVERSATIONS, ids=["capital", "haiku", "python"])
-async def test_greedy_parity_with_kv_reuse(server, exact_server, real_model, conversation, kv):
-    """Float32 KV equals transformers by construction; float16 KV on these conversations too (59/60 of
-    bench/agreement.py's set)."""
-    chat, _ = await WsChat.open((server if kv == "float16" else exact_server).ws_url)
+async def test_greedy_parity_with_kv_reuse(server, exact_server, real_model, conversation, mode):
+    """With float32 KV and activations (exact_server) the answers equal transformers by construction; with the
+    defaults (float16 KV, int16 activations) on these conversations too (60/60 of bench/agreement.py's set)."""
+    chat, _ = await WsChat.open((server if mode == "defaults" else exact_server).ws_url)
     history: list[ChatMessage] = []
     previous = None
     for user in conversation:
