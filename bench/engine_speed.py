@@ -2,15 +2,17 @@
 
 For each: one-session decode (ms per step, tokens/s), 16 sessions decoding together (aggregate
 tokens/s), and the prefill of a 2,000-token prompt (seconds, tokens/s). Ours is ModelRunner (packed
-batch, C kernels, float32 by default: weights read from their exact Q4_1/Q8_0 codes, and again from
-float32 panels to show what the codes bring); the baseline is transformers' model(...) with its KV cache,
+batch, C kernels, the server's defaults: weights read from their exact Q4_1/Q8_0 codes against int16
+activations; again with float32 activations (bit-exact) and from float32 panels, to show what each
+brings); the baseline is transformers' model(...) with its KV cache,
 float32, greedy, the way `generate` steps. Medians of --repeats; ratios are baseline time / ours.
 
 With --llama-bench PATH (llama.cpp's llama-bench binary, built on this machine) the same run also
 measures llama.cpp on the model's own GGUF file (tg: one sequence decoding, pp: prompt processing of
 the same prompt length), so that the peer's figures come from this machine too.
 
-Run: .venv/bin/python bench/engine_speed.py [--dtype float32|bfloat16] [--kv-dtype float16|float32] [--steps 32]
+Run: .venv/bin/python bench/engine_speed.py [--dtype float32|bfloat16] [--kv-dtype float16|float32]
+     [--activations int16|float32] [--steps 32]
      [--repeats 3] [--llama-bench PATH]
 """
 
@@ -37,6 +39,7 @@ from transformers import DynamicCache  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from step_profile import MachineFloors, machine_line, print_profile, profile, weights_label  # noqa: E402
 
+from engine.grid_weights import ACTIVATIONS  # noqa: E402
 from engine.kv_cache import KV_DTYPES  # noqa: E402
 from engine.loader import load_model  # noqa: E402
 from engine.runner import ForwardItem, ModelRunner  # noqa: E402
@@ -90,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", choices=sorted(MATMUL_DTYPES), default="float32")
     parser.add_argument("--kv-dtype", choices=sorted(KV_DTYPES), default="float16", help="the server's default")
+    parser.add_argument("--activations", choices=ACTIVATIONS, default="int16", help="the server's default")
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prefill-tokens", type=int, default=2000)
@@ -115,10 +119,12 @@ def main() -> None:
     hf1, hf16, hf_p = json.loads(child.stdout.strip().splitlines()[-1])
     peer = llama_cpp(args.llama_bench, n, args.repeats) if args.llama_bench else None
 
-    variants = {"ours": ModelRunner(loaded.model, MATMUL_DTYPES[args.dtype], kv_dtype=KV_DTYPES[args.kv_dtype])}
-    if variants["ours"]._lm_head.grid is not None:  # also without the grid codes, to show what they bring
-        variants["ours, float32 panels"] = ModelRunner(loaded.model, MATMUL_DTYPES[args.dtype],
-                                                       kv_dtype=KV_DTYPES[args.kv_dtype], grid_codes=False)
+    dtype, kv = MATMUL_DTYPES[args.dtype], KV_DTYPES[args.kv_dtype]
+    variants = {"ours": ModelRunner(loaded.model, dtype, kv_dtype=kv, activations=args.activations)}
+    if variants["ours"]._lm_head.grid is not None:  # also the other activations, and without the grid codes
+        other = "float32" if args.activations == "int16" else "int16"
+        variants[f"ours, {other} activations"] = ModelRunner(loaded.model, dtype, kv_dtype=kv, activations=other)
+        variants["ours, float32 panels"] = ModelRunner(loaded.model, dtype, kv_dtype=kv, grid_codes=False)
     rows = []
     for label, runner in variants.items():
         runner.warmup()

@@ -34,6 +34,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import engine.runner as runner_module  # noqa: E402
 from engine.attention import RaggedAttention  # noqa: E402
+from engine.grid_weights import ACTIVATIONS  # noqa: E402
 from engine.kv_cache import KV_DTYPES  # noqa: E402
 from engine.layer_ops import LayerOps  # noqa: E402
 from engine.linear import Linear  # noqa: E402
@@ -181,11 +182,13 @@ def main() -> None:
     parser.add_argument("--kv-dtype", choices=sorted(KV_DTYPES), default="float16")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-grid-codes", action="store_true", help="float32 panels even for weights on a GGUF grid")
+    parser.add_argument("--activations", choices=ACTIVATIONS, default="int16", help="the server's default")
     parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parents[1] / ".cache" / "models")
     args = parser.parse_args()
     torch.set_num_threads(2)
     runner = ModelRunner(load_model(None, args.model_cache).model, MATMUL_DTYPES[args.dtype],
-                         kv_dtype=KV_DTYPES[args.kv_dtype], grid_codes=not args.no_grid_codes)
+                         kv_dtype=KV_DTYPES[args.kv_dtype], grid_codes=not args.no_grid_codes,
+                         activations=args.activations)
     runner.warmup()
     floors = MachineFloors.measure({torch.float32, runner.matmul_dtype})
     print(machine_line(floors))
@@ -194,7 +197,7 @@ def main() -> None:
 
 def weights_label(runner: ModelRunner) -> str:
     if runner._lm_head.grid is not None:
-        return "float32 weights read from their Q4_1/Q8_0 grid codes"
+        return f"weights read from their Q4_1/Q8_0 grid codes, {runner.activations} activations"
     return f"{str(runner.matmul_dtype).removeprefix('torch.')} weight panels"
 
 
