@@ -91,19 +91,6 @@ static inline vw load_s8(const uint8_t *p) {
 #endif
 }
 
-// an int32 sum kept as one chain in a register (integer sums are exact in any order, but GCC's
-// reassociation into trees spilled the partial products to the stack)
-static inline vi chained(vi v) {
-#if (VL == 16 && !defined(__AVX512F__)) || (VL == 8 && !defined(__AVX__))
-    __asm__("" : "+m"(v));
-#elif defined(__AVX512F__)
-    __asm__("" : "+v"(v));
-#else
-    __asm__("" : "+x"(v));
-#endif
-    return v;
-}
-
 static inline int32_t pair_at(const int16_t *v) {
     int32_t p;
     memcpy(&p, v, sizeof p);
@@ -154,7 +141,7 @@ static inline int32_t pair_at(const int16_t *v) {
                         for (int g = 0; g < NG; g++) {                                                       \
                             dot[r][g] = madd(dot[r][g], w0[g], a0);                                          \
                             if (FMT == 0) dot[r][g] = madd(dot[r][g], w1[g], pair_at(vr + 2));               \
-                            dot[r][g] = chained(dot[r][g]);                                                  \
+                            dot[r][g] = in_register_int(dot[r][g]); /* one chain (vec.h) */                  \
                         }                                                                                    \
                     }                                                                                        \
                 }                                                                                            \

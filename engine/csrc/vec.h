@@ -46,14 +46,21 @@ static inline void storev(float *p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
 // matmuls bound by loads (linear.c: 12 loads per 8 FMAs at 4 rows, 1.3x slower than 5 rows); (2) with
 // -fassociative-math it may rewrite a * (q * d) as (a * d) * q, which rounds differently (seen in the
 // 4-lane build of linear_grid.c): a rebuilt weight must be exactly the float32 the model holds.
-static inline vf in_register(vf v) {
+// in_register_int: the same for int32 lanes (linear_i16.c keeps each integer sum one chain with it).
 #if (VL == 16 && !defined(__AVX512F__)) || (VL == 8 && !defined(__AVX__))
-    __asm__("" : "+m"(v));  // a width forced wider than the machine's (CHATSERVER_VL): several registers
+#define IN_REGISTER "+m"  // a width forced wider than the machine's (CHATSERVER_VL): several registers
 #elif defined(__AVX512F__)
-    __asm__("" : "+v"(v));
+#define IN_REGISTER "+v"
 #else
-    __asm__("" : "+x"(v));
+#define IN_REGISTER "+x"
 #endif
+static inline vf in_register(vf v) {
+    __asm__("" : IN_REGISTER(v));
+    return v;
+}
+
+static inline vi in_register_int(vi v) {
+    __asm__("" : IN_REGISTER(v));
     return v;
 }
 

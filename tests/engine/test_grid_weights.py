@@ -65,13 +65,19 @@ def test_a_matrix_off_the_grid_keeps_the_float32_path():
     assert lin.grid is None and lin.packed is not None
 
 
-def test_a_model_on_the_grid_gives_the_same_logits_and_caches_as_float32(tiny_model):
-    """The default model's case in small: every decoder matrix Q4_1, the tied embedding / LM head Q8_0."""
-    model = copy.deepcopy(tiny_model.model)
+def on_the_grid(model):
+    """A copy of the model with every decoder matrix snapped to Q4_1, the tied embedding / LM head to Q8_0."""
+    model = copy.deepcopy(model)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 2:
                 p.copy_(q8_0(p) if "embed" in name else q4_1(p))
+    return model
+
+
+def test_a_model_on_the_grid_gives_the_same_logits_and_caches_as_float32(tiny_model):
+    """The default model's case in small: every decoder matrix Q4_1, the tied embedding / LM head Q8_0."""
+    model = on_the_grid(tiny_model.model)
     coded, plain = ModelRunner(model, kv_dtype=torch.float16), ModelRunner(model, kv_dtype=torch.float16,
                                                                             grid_codes=False)
     assert all(lin.grid is not None for w in coded._layers for lin in (w.qkv, w.o, w.gate_up, w.down))
@@ -146,11 +152,7 @@ def test_int16_activations_keep_nan_and_infinity_to_their_row():
 
 
 def test_a_model_with_int16_activations_is_batch_invariant_and_close_to_float32(tiny_model):
-    model = copy.deepcopy(tiny_model.model)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.copy_(q8_0(p) if "embed" in name else q4_1(p))
+    model = on_the_grid(tiny_model.model)
     i16 = ModelRunner(model, kv_dtype=torch.float16, activations="int16")
     exact = ModelRunner(model, kv_dtype=torch.float16)
     layers = len(i16._layers) * 4
