@@ -26,6 +26,11 @@ def _int_env(name: str, default: int) -> int:
     return int(_env(name, default))
 
 
+# serve options with a fixed set of values; argparse checks a value given on the command line, not an
+# environment default, so main() checks those
+_CHOICES = {"dtype": sorted(MATMUL_DTYPES), "kv_dtype": sorted(KV_DTYPES), "activations": list(ACTIVATIONS)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from chatserver.config import ServerConfig
 
@@ -38,17 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", ".data")))
     serve.add_argument("--model", default=_env("MODEL"), help="HF model directory or .gguf file (default: SmolLM2-135M-Instruct)")
     serve.add_argument("--model-cache", type=Path, default=_env("MODEL_CACHE"), help="converted weights (default: DATA_DIR/models)")
-    serve.add_argument("--dtype", choices=sorted(MATMUL_DTYPES), default=_env("DTYPE", "float32"),
+    serve.add_argument("--dtype", choices=_CHOICES["dtype"], default=_env("DTYPE", "float32"),
                        help="weights of the linear layers: float32 (answers equal transformers'; the default "
                             "model's are read from their exact Q4_1/Q8_0 codes) or bfloat16 (CPUs with AVX-512 "
                             "BF16 only; 53/60 greedy answers equal float32's, docs/BENCHMARKS.md)")
-    serve.add_argument("--kv-dtype", choices=sorted(KV_DTYPES), default=_env("KV_DTYPE", "float16"),
+    serve.add_argument("--kv-dtype", choices=_CHOICES["kv_dtype"], default=_env("KV_DTYPE", "float16"),
                        help="KV caches in RAM and on disk: float16 (half the memory, 60/60 greedy answers equal "
                             "float32's, docs/BENCHMARKS.md) or float32 (answers equal transformers')")
-    serve.add_argument("--activations", choices=ACTIVATIONS, default=_env("ACTIVATIONS", "int16"),
+    serve.add_argument("--activations", choices=_CHOICES["activations"], default=_env("ACTIVATIONS", "int16"),
                        help="inputs of the matmuls on the default model's Q4_1/Q8_0 codes: int16 per block of 32 "
-                            "(integer dot products, 1.2-2x faster matmuls, 60/60 greedy answers equal float32's, "
-                            "docs/BENCHMARKS.md) or float32 (with --kv-dtype float32: answers equal transformers')")
+                            "(integer dot products: decode steps 1.1-1.3x faster, prefill the same; 60/60 greedy answers "
+                            "equal float32's, docs/BENCHMARKS.md) or float32 (with --kv-dtype float32: answers equal "
+                            "transformers')")
     serve.add_argument("--database-url", default=_env("DATABASE_URL"), help="SQLAlchemy async URL (default: SQLite in DATA_DIR)")
     serve.add_argument("--no-migrate", action="store_true", default=_env("NO_MIGRATE") == "1",
                        help="do not apply database migrations at start-up")
@@ -115,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
+        for name, choices in _CHOICES.items():
+            if getattr(args, name) not in choices:
+                print(f"chatserver: CHATSERVER_{name.upper()} must be one of {', '.join(choices)}, not "
+                      f"{getattr(args, name)!r}", file=sys.stderr)
+                return 2
         return _serve(args)
     if args.command == "chat":
         from chatserver.client import run_chat

@@ -1,5 +1,6 @@
 """Command line: options, their CHATSERVER_* environment equivalents, and `db upgrade`."""
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +25,16 @@ def test_embedded_defaults(monkeypatch):
         monkeypatch.delenv(f"CHATSERVER_{name}", raising=False)
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port, args.data_dir, args.model, args.admin_token) == ("127.0.0.1", 8080, Path(".data"), None, None)
+
+
+def test_a_bad_choice_from_the_environment_is_refused_before_anything_starts(tmp_path):
+    env = {**os.environ, "CHATSERVER_ACTIVATIONS": "int8"}
+    run = subprocess.run([sys.executable, "-m", "chatserver", "serve", "--data-dir", str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 2
+    assert "CHATSERVER_ACTIVATIONS must be one of float32, int16, not 'int8'" in run.stderr
+    assert not (tmp_path / "chat.db").exists()  # nothing was created
+    assert build_parser().parse_args(["serve"]).activations == "int16"  # the embedded default
 
 
 def test_db_upgrade_creates_the_schema(tmp_path):
