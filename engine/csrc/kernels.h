@@ -4,6 +4,7 @@
 
 int linear_packed_f32(int M, int N, int K, const float *x, const float *Wp, float *y);
 int linear_grid_f32(int format, int M, int N, int K, const float *x, const uint8_t *Wp, float *y);
+int linear_i16_tiles(int use);
 int linear_grid_i16(int format, int M, int N, int K, const float *x, const uint8_t *Wp, float *y);
 int linear_packed_bf16(int M, int N, int K, const float *x, const uint16_t *Wp, float *y);
 int add_rms_norm_f32(int T, int H, float eps, float *hidden, const float *delta, const float *weight, float *out);

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "amx.h"
 #include "pool.h"
 #include "vec.h"
 
@@ -49,6 +50,7 @@
 typedef int16_t vw __attribute__((vector_size(VL * 4)));   // VL lanes (columns) x 2 consecutive k
 typedef uint8_t vub __attribute__((vector_size(VL * 2)));  // the codes of one vw
 typedef int8_t vsb __attribute__((vector_size(VL * 2)));
+typedef int16_t vh __attribute__((vector_size(VL * 2)));  // one vi narrowed
 
 // acc + per lane (w[2i] * a[k] + w[2i + 1] * a[k + 1]), pair = a[k] | a[k + 1] << 16: exact
 static inline vi madd(vi acc, vw w, int32_t pair) {
@@ -203,8 +205,9 @@ static const rows_fn ROWS_FN[2][MAX_ROWS + 1] = {{0, q4_rows1}, {0, q8_rows1}};
 
 // x rounded per block: v [M, K] int16, s [M, K / 32] (amax / 32767; NaN when the block holds NaN or an
 // infinity, which then reaches every output of the row, as in the float kernels), xs [M, K / 32] = the
-// block's sum of x, halves folded onto each other (16, 8, 4, 2, 1: the same order at every VL)
-static void quantize_row(int K, const float *x, int16_t *v, float *s, float *xs) {
+// block's sum of x, halves folded onto each other (16, 8, 4, 2, 1: the same order at every VL); when lo
+// is not NULL, also v split into bytes for linear_amx.c: lo = v & 255, hi = v >> 8 (v = 256 hi + lo)
+static void quantize_row(int K, const float *x, int16_t *v, float *s, float *xs, uint8_t *lo, int8_t *hi) {
     const vi magnitude = (vi){0} + 0x7fffffff;
     for (int b = 0; b < K / BLOCK; b++) {
         const float *xb = x + b * BLOCK;
@@ -228,14 +231,21 @@ static void quantize_row(int K, const float *x, int16_t *v, float *s, float *xs)
             vf t = in_register(loadf(xb + VL * i) * inv);  // |t| <= 32767 (rounded: not fused into the next add)
             t = in_register(t + 12582912.0f) - 12582912.0f;  // to the nearest integer, ties to even (1.5 2^23)
             vi q = __builtin_convertvector(t, vi);
-            for (int l = 0; l < VL; l++) v[b * BLOCK + VL * i + l] = (int16_t)q[l];
+            vh q16 = __builtin_convertvector(q, vh);
+            memcpy(v + b * BLOCK + VL * i, &q16, sizeof q16);
+            if (lo) {
+                vu8 low = __builtin_convertvector(q & 255, vu8);
+                vs8 high = __builtin_convertvector(q >> 8, vs8);
+                memcpy(lo + b * BLOCK + VL * i, &low, sizeof low);
+                memcpy(hi + b * BLOCK + VL * i, &high, sizeof high);
+            }
         }
-        float t[BLOCK];
-        memcpy(t, xb, sizeof t);
-        for (int w = BLOCK / 2; w >= 1; w /= 2)
-            for (int i = 0; i < w; i++) t[i] += t[i + w];
+        vf part[BLOCK / VL];  // the sum by halving folds: across this block's vectors, then within one
+        for (int i = 0; i < BLOCK / VL; i++) part[i] = loadf(xb + VL * i);
+        for (int n = BLOCK / VL; n > 1; n /= 2)
+            for (int i = 0; i < n / 2; i++) part[i] += part[i + n / 2];
         s[b] = finite ? am / 32767.0f : NAN;
-        xs[b] = t[0];
+        xs[b] = sumv(part[0]);
     }
 }
 
@@ -246,13 +256,15 @@ struct i16_job {
     float *y;
     int16_t *v;
     float *s, *xs;
+    uint8_t *lo;  // NULL: no tiles; else v split in bytes for linear_amx.c ([M, K] each)
+    int8_t *hi;
 };
 
 static void quantize_item(void *ctx, int r) {
     struct i16_job *j = ctx;
     int nb = j->K / BLOCK;
     quantize_row(j->K, j->x + (int64_t)r * j->K, j->v + (int64_t)r * j->K, j->s + (int64_t)r * nb,
-                 j->xs + (int64_t)r * nb);
+                 j->xs + (int64_t)r * nb, j->lo ? j->lo + (int64_t)r * j->K : 0, j->hi ? j->hi + (int64_t)r * j->K : 0);
 }
 
 // one chunk of up to CHUNK_ROWS rows against one group of 16 columns, in passes of as even a size as possible
@@ -268,12 +280,62 @@ static void chunk_group(const struct i16_job *j, int r0, int rows, int g) {
     }
 }
 
+static __thread uint8_t *converted;  // the calling thread's codes rewritten as B tiles (linear_amx.c)
+static __thread size_t converted_bytes;
+
+// the first rows / 16 * 16 rows of a chunk on AMX tiles, groups g0 .. g1 - 1 (converted once, then
+// in pairs against every 16 rows); returns the rows done (0 when out of memory)
+static int tile_rows(const struct i16_job *j, int r0, int rows, int g0, int g1) {
+    int nb = j->K / BLOCK, tiles = rows / 16;
+    size_t need = (size_t)(g1 - g0) * nb * AMX_B_BYTES;
+    if (converted_bytes < need) {
+        free(converted);
+        converted = aligned_alloc(64, (need + 63) / 64 * 64);
+        converted_bytes = converted ? need : 0;
+        if (!converted) return 0;
+    }
+    const int64_t group_bytes = (int64_t)nb * (j->format == 0 ? Q4_BYTES : Q8_BYTES);
+    for (int g = g0; g < g1; g++)
+        amx_convert(j->format, j->K, j->Wp + g * group_bytes, converted + (size_t)(g - g0) * nb * AMX_B_BYTES);
+    amx_begin();
+    for (int t = 0; t < tiles; t++) {
+        int r = r0 + 16 * t;
+        for (int g = g0; g < g1; g += 2) {
+            int n = g1 - g < 2 ? 1 : 2, cols[2];
+            const uint8_t *groups[2], *conv[2];
+            for (int i = 0; i < n; i++) {
+                int c0 = (g + i) * GROUP;
+                cols[i] = j->N - c0 < GROUP ? j->N - c0 : GROUP;
+                groups[i] = j->Wp + (g + i) * group_bytes;
+                conv[i] = converted + (size_t)(g + i - g0) * nb * AMX_B_BYTES;
+            }
+            amx_rows16(j->format, j->K, j->lo + (int64_t)r * j->K, j->hi + (int64_t)r * j->K, j->s + (int64_t)r * nb,
+                       j->xs + (int64_t)r * nb, groups, conv, n, j->y + (int64_t)r * j->N + g * GROUP, j->N, cols);
+        }
+    }
+    amx_end();
+    return 16 * tiles;
+}
+
 // item = (chunk of rows, item_groups consecutive groups), chunk-major: consecutive items share rows
 static void group_item(void *ctx, int item) {
     struct i16_job *j = ctx;
     int groups = (j->N + GROUP - 1) / GROUP, chunk = item / j->items, g0 = item % j->items * j->item_groups;
-    int r0 = chunk * CHUNK_ROWS, rows = j->M - r0 < CHUNK_ROWS ? j->M - r0 : CHUNK_ROWS;
-    for (int g = g0; g < g0 + j->item_groups && g < groups; g++) chunk_group(j, r0, rows, g);
+    int g1 = g0 + j->item_groups < groups ? g0 + j->item_groups : groups;
+    int r0 = chunk * CHUNK_ROWS, rows = j->M - r0 < CHUNK_ROWS ? j->M - r0 : CHUNK_ROWS, done = 0;
+    if (j->lo && rows >= 16) done = tile_rows(j, r0, rows, g0, g1);
+    if (done < rows)
+        for (int g = g0; g < g1; g++) chunk_group(j, r0 + done, rows - done, g);
+}
+
+// AMX tiles for 16 rows at a time: -1 until first asked, then 0 or 1 (linear_i16_tiles)
+static int use_tiles = -1;
+
+// use: 1 = AMX tiles where the machine has them (the default), 0 = vector units only, -1 = ask;
+// returns whether tiles are used (the results are the same bits either way: a test and benchmark knob)
+int linear_i16_tiles(int use) {
+    if (use >= 0 || use_tiles < 0) use_tiles = use != 0 && amx_ready();
+    return use_tiles;
 }
 
 // groups per item: ITEM_GROUPS, or fewer when that gives every thread the same number of items (576
@@ -292,7 +354,8 @@ static __thread size_t scratch_bytes;
 // out of memory.
 int linear_grid_i16(int format, int M, int N, int K, const float *x, const uint8_t *Wp, float *y) {
     if (K % BLOCK) return 1;
-    size_t nb = (size_t)(K / BLOCK), need = (size_t)M * (2 * (size_t)K + 8 * nb);
+    int tiles = M >= 16 && linear_i16_tiles(-1);
+    size_t nb = (size_t)(K / BLOCK), need = (size_t)M * ((tiles ? 4 : 2) * (size_t)K + 8 * nb);
     if (scratch_bytes < need) {
         free(scratch);
         scratch = malloc(need);
@@ -302,7 +365,11 @@ int linear_grid_i16(int format, int M, int N, int K, const float *x, const uint8
     float *s = scratch;
     int groups = (N + GROUP - 1) / GROUP, per_item = item_groups(groups);
     struct i16_job job = {format, M, N, K, (groups + per_item - 1) / per_item, per_item, x, Wp, y,
-                          (int16_t *)(s + 2 * (size_t)M * nb), s, s + (size_t)M * nb};
+                          (int16_t *)(s + 2 * (size_t)M * nb), s, s + (size_t)M * nb, 0, 0};
+    if (tiles) {
+        job.lo = (uint8_t *)(job.v + (size_t)M * K);
+        job.hi = (int8_t *)(job.lo + (size_t)M * K);
+    }
     if (M <= 4) {  // not worth waking the pool's workers for
         for (int r = 0; r < M; r++) quantize_item(&job, r);
     } else {
