@@ -37,6 +37,7 @@
 #define Q4_BYTES (4 * GROUP + BLOCK * GROUP / 2)
 #define Q8_BYTES (2 * GROUP + BLOCK * GROUP)
 #define CHUNK_ROWS 64  // rows of one work item (their int16 activations stay in L2)
+#define TILE_CHUNK_ROWS 256  // the same with AMX tiles: a group's codes are converted once per chunk
 #define ITEM_GROUPS 4  // groups of a work item, at most: 64 columns, 23 KB of codes for K = 576 (one group,
                        // 5.8 KB, was 1.2x slower than linear_grid.c streaming the weights from RAM at 1 row)
 #if VL == 16
@@ -51,6 +52,7 @@ typedef int16_t vw __attribute__((vector_size(VL * 4)));   // VL lanes (columns)
 typedef uint8_t vub __attribute__((vector_size(VL * 2)));  // the codes of one vw
 typedef int8_t vsb __attribute__((vector_size(VL * 2)));
 typedef int16_t vh __attribute__((vector_size(VL * 2)));  // one vi narrowed
+typedef uint32_t vu32 __attribute__((vector_size(VL * 4)));
 
 // acc + per lane (w[2i] * a[k] + w[2i + 1] * a[k + 1]), pair = a[k] | a[k + 1] << 16: exact
 static inline vi madd(vi acc, vw w, int32_t pair) {
@@ -205,9 +207,9 @@ static const rows_fn ROWS_FN[2][MAX_ROWS + 1] = {{0, q4_rows1}, {0, q8_rows1}};
 
 // x rounded per block: v [M, K] int16, s [M, K / 32] (amax / 32767; NaN when the block holds NaN or an
 // infinity, which then reaches every output of the row, as in the float kernels), xs [M, K / 32] = the
-// block's sum of x, halves folded onto each other (16, 8, 4, 2, 1: the same order at every VL); when lo
-// is not NULL, also v split into bytes for linear_amx.c: lo = v & 255, hi = v >> 8 (v = 256 hi + lo)
-static void quantize_row(int K, const float *x, int16_t *v, float *s, float *xs, uint8_t *lo, int8_t *hi) {
+// block's sum of x, halves folded onto each other (16, 8, 4, 2, 1: the same order at every VL); when hi
+// is not NULL, also v as linear_amx.c's bfloat16 planes: 256 hi and lo for v = 256 hi + lo, lo = v & 255
+static void quantize_row(int K, const float *x, int16_t *v, float *s, float *xs, uint16_t *hi, uint16_t *lo) {
     const vi magnitude = (vi){0} + 0x7fffffff;
     for (int b = 0; b < K / BLOCK; b++) {
         const float *xb = x + b * BLOCK;
@@ -233,11 +235,14 @@ static void quantize_row(int K, const float *x, int16_t *v, float *s, float *xs,
             vi q = __builtin_convertvector(t, vi);
             vh q16 = __builtin_convertvector(q, vh);
             memcpy(v + b * BLOCK + VL * i, &q16, sizeof q16);
-            if (lo) {
-                vu8 low = __builtin_convertvector(q & 255, vu8);
-                vs8 high = __builtin_convertvector(q >> 8, vs8);
-                memcpy(lo + b * BLOCK + VL * i, &low, sizeof low);
-                memcpy(hi + b * BLOCK + VL * i, &high, sizeof high);
+            if (hi) {  // both exact in float32 and bfloat16 (8 significant bits): the top halves
+                vf high = __builtin_convertvector(q - (q & 255), vf), low = __builtin_convertvector(q & 255, vf);
+                vu32 hb, lb;
+                memcpy(&hb, &high, sizeof hb);
+                memcpy(&lb, &low, sizeof lb);
+                vh h16 = __builtin_convertvector(hb >> 16, vh), l16 = __builtin_convertvector(lb >> 16, vh);
+                memcpy(hi + b * BLOCK + VL * i, &h16, sizeof h16);
+                memcpy(lo + b * BLOCK + VL * i, &l16, sizeof l16);
             }
         }
         vf part[BLOCK / VL];  // the sum by halving folds: across this block's vectors, then within one
@@ -251,20 +256,20 @@ static void quantize_row(int K, const float *x, int16_t *v, float *s, float *xs,
 
 struct i16_job {
     int format, M, N, K, items, item_groups;  // items (of item_groups groups) per chunk of rows
+    int chunk_rows;
     const float *x;
     const uint8_t *Wp;
     float *y;
     int16_t *v;
     float *s, *xs;
-    uint8_t *lo;  // NULL: no tiles; else v split in bytes for linear_amx.c ([M, K] each)
-    int8_t *hi;
+    uint16_t *hi, *lo;  // NULL: no tiles; else v as linear_amx.c's bfloat16 planes [M, K]
 };
 
 static void quantize_item(void *ctx, int r) {
     struct i16_job *j = ctx;
     int nb = j->K / BLOCK;
     quantize_row(j->K, j->x + (int64_t)r * j->K, j->v + (int64_t)r * j->K, j->s + (int64_t)r * nb,
-                 j->xs + (int64_t)r * nb, j->lo ? j->lo + (int64_t)r * j->K : 0, j->hi ? j->hi + (int64_t)r * j->K : 0);
+                 j->xs + (int64_t)r * nb, j->hi ? j->hi + (int64_t)r * j->K : 0, j->hi ? j->lo + (int64_t)r * j->K : 0);
 }
 
 // one chunk of up to CHUNK_ROWS rows against one group of 16 columns, in passes of as even a size as possible
@@ -283,8 +288,8 @@ static void chunk_group(const struct i16_job *j, int r0, int rows, int g) {
 static __thread uint8_t *converted;  // the calling thread's codes rewritten as B tiles (linear_amx.c)
 static __thread size_t converted_bytes;
 
-// the first rows / 16 * 16 rows of a chunk on AMX tiles, groups g0 .. g1 - 1 (converted once, then
-// in pairs against every 16 rows); returns the rows done (0 when out of memory)
+// the first rows / 16 * 16 rows of a chunk (Q4_1) on AMX tiles, groups g0 .. g1 - 1 (converted once,
+// then in pairs); returns the rows done (0 when out of memory)
 static int tile_rows(const struct i16_job *j, int r0, int rows, int g0, int g1) {
     int nb = j->K / BLOCK, tiles = rows / 16;
     size_t need = (size_t)(g1 - g0) * nb * AMX_B_BYTES;
@@ -294,23 +299,23 @@ static int tile_rows(const struct i16_job *j, int r0, int rows, int g0, int g1) 
         converted_bytes = converted ? need : 0;
         if (!converted) return 0;
     }
-    const int64_t group_bytes = (int64_t)nb * (j->format == 0 ? Q4_BYTES : Q8_BYTES);
+    const int64_t group_bytes = (int64_t)nb * Q4_BYTES;
     for (int g = g0; g < g1; g++)
-        amx_convert(j->format, j->K, j->Wp + g * group_bytes, converted + (size_t)(g - g0) * nb * AMX_B_BYTES);
+        amx_convert(j->K, j->Wp + g * group_bytes, converted + (size_t)(g - g0) * nb * AMX_B_BYTES);
     amx_begin();
-    for (int t = 0; t < tiles; t++) {
-        int r = r0 + 16 * t;
-        for (int g = g0; g < g1; g += 2) {
-            int n = g1 - g < 2 ? 1 : 2, cols[2];
-            const uint8_t *groups[2], *conv[2];
+    for (int t = 0; t < tiles; t++) {  // each 16 rows against every group (their activations stay in L1)
+        int64_t r = r0 + 16 * t;
+        for (int g = g0; g < g1; g += 3) {
+            int n = g1 - g < 3 ? g1 - g : 3, cols[3];
+            const uint8_t *groups[3], *conv[3];
             for (int i = 0; i < n; i++) {
                 int c0 = (g + i) * GROUP;
                 cols[i] = j->N - c0 < GROUP ? j->N - c0 : GROUP;
                 groups[i] = j->Wp + (g + i) * group_bytes;
                 conv[i] = converted + (size_t)(g + i - g0) * nb * AMX_B_BYTES;
             }
-            amx_rows16(j->format, j->K, j->lo + (int64_t)r * j->K, j->hi + (int64_t)r * j->K, j->s + (int64_t)r * nb,
-                       j->xs + (int64_t)r * nb, groups, conv, n, j->y + (int64_t)r * j->N + g * GROUP, j->N, cols);
+            amx_rows(j->K, j->hi + r * j->K, j->lo + r * j->K, j->s + r * nb, j->xs + r * nb, groups, conv, n,
+                     j->y + r * j->N + g * GROUP, j->N, cols);
         }
     }
     amx_end();
@@ -322,8 +327,8 @@ static void group_item(void *ctx, int item) {
     struct i16_job *j = ctx;
     int groups = (j->N + GROUP - 1) / GROUP, chunk = item / j->items, g0 = item % j->items * j->item_groups;
     int g1 = g0 + j->item_groups < groups ? g0 + j->item_groups : groups;
-    int r0 = chunk * CHUNK_ROWS, rows = j->M - r0 < CHUNK_ROWS ? j->M - r0 : CHUNK_ROWS, done = 0;
-    if (j->lo && rows >= 16) done = tile_rows(j, r0, rows, g0, g1);
+    int r0 = chunk * j->chunk_rows, rows = j->M - r0 < j->chunk_rows ? j->M - r0 : j->chunk_rows, done = 0;
+    if (j->hi && rows >= 16) done = tile_rows(j, r0, rows, g0, g1);
     if (done < rows)
         for (int g = g0; g < g1; g++) chunk_group(j, r0 + done, rows - done, g);
 }
@@ -354,8 +359,8 @@ static __thread size_t scratch_bytes;
 // out of memory.
 int linear_grid_i16(int format, int M, int N, int K, const float *x, const uint8_t *Wp, float *y) {
     if (K % BLOCK) return 1;
-    int tiles = M >= 16 && linear_i16_tiles(-1);
-    size_t nb = (size_t)(K / BLOCK), need = (size_t)M * ((tiles ? 4 : 2) * (size_t)K + 8 * nb);
+    int tiles = format == 0 && M >= 16 && linear_i16_tiles(-1);
+    size_t nb = (size_t)(K / BLOCK), need = (size_t)M * ((tiles ? 6 : 2) * (size_t)K + 8 * nb);
     if (scratch_bytes < need) {
         free(scratch);
         scratch = malloc(need);
@@ -364,17 +369,17 @@ int linear_grid_i16(int format, int M, int N, int K, const float *x, const uint8
     }
     float *s = scratch;
     int groups = (N + GROUP - 1) / GROUP, per_item = item_groups(groups);
-    struct i16_job job = {format, M, N, K, (groups + per_item - 1) / per_item, per_item, x, Wp, y,
+    struct i16_job job = {format, M, N, K, (groups + per_item - 1) / per_item, per_item, tiles ? TILE_CHUNK_ROWS : CHUNK_ROWS, x, Wp, y,
                           (int16_t *)(s + 2 * (size_t)M * nb), s, s + (size_t)M * nb, 0, 0};
     if (tiles) {
-        job.lo = (uint8_t *)(job.v + (size_t)M * K);
-        job.hi = (int8_t *)(job.lo + (size_t)M * K);
+        job.hi = (uint16_t *)(job.v + (size_t)M * K);
+        job.lo = job.hi + (size_t)M * K;
     }
     if (M <= 4) {  // not worth waking the pool's workers for
         for (int r = 0; r < M; r++) quantize_item(&job, r);
     } else {
         pool_run(M, quantize_item, &job);
     }
-    pool_run(((M + CHUNK_ROWS - 1) / CHUNK_ROWS) * job.items, group_item, &job);
+    pool_run(((M + job.chunk_rows - 1) / job.chunk_rows) * job.items, group_item, &job);
     return 0;
 }
