@@ -48,6 +48,14 @@ def grid_kernel(activations: str = "float32"):
     return native.function(name, [ctypes.c_int] * 4 + [_P] * 3)
 
 
+def amx_tiles(use: bool | None = None) -> bool:
+    """Whether linear_i16.c computes Q4_1 products of 32+ rows on AMX tiles (engine/csrc/linear_amx.c):
+    True on CPUs with AMX-BF16 whose kernel lets the process use them. `use` False/True switches the
+    tiles off/on again (the same bits either way: for tests and benchmarks)."""
+    fn = native.function("linear_i16_tiles", [ctypes.c_int])
+    return bool(fn(-1 if use is None else int(use))) if fn is not None else False
+
+
 @functools.cache
 def strip_width() -> int:
     """Columns of the float32 kernel's strips (engine/csrc/strip.h: 64 with AVX-512, 16 with AVX2)."""

@@ -3,12 +3,13 @@ otherwise, and read from their codes with results bit-identical to the float32 k
 activations (engine/csrc/linear_i16.c), equal to their definition and batch-invariant."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
 from engine.grid_weights import find_grid
-from engine.linear import Linear
+from engine.linear import Linear, amx_tiles
 from engine.runner import ForwardItem, ModelRunner
 
 
@@ -137,6 +138,33 @@ def test_int16_activations_compute_their_definition_whatever_the_batch(snap, fmt
         for rows in (1, 2, 3, 4, 5, 8, 9, 16, 63, 64, 65, 200):  # every row as in the batch of 300
             assert same_bits(lin(x[:rows]), y[:rows]), (out_features, in_features, rows)
         assert same_bits(lin(x[150:153]), y[150:153])
+
+
+def amx_machine() -> bool:
+    flags = Path("/proc/cpuinfo").read_text().split()
+    return "amx_bf16" in flags and "amx_tile" in flags and "avx512bw" in flags
+
+
+@pytest.mark.skipif(not amx_machine(), reason="needs a CPU with AMX-BF16 tiles (Xeon Sapphire Rapids or later)")
+def test_amx_tiles_are_used_and_give_the_vector_paths_bits():
+    assert amx_tiles()  # the default where the CPU has them
+    torch.manual_seed(4)
+    try:
+        for out_features, in_features in [(960, 576), (576, 1536), (100, 64), (7, 32), (300, 96)]:
+            w = q4_1(torch.randn(out_features, in_features) * 0.05)
+            w[:5] = torch.tensor([1.0] * 31 + [0.0]).repeat(in_features // 32)  # 31 codes of 15 per block
+            lin = Linear(w, activations="int16")
+            x = torch.randn(300, in_features) * 3
+            x[:3] = torch.tensor([1.0, -1.0, 0.5])[:, None]  # every v = +-32767: the largest dot products
+            x[40, :32], x[41], x[42, 7] = 0, x[41] * 1e-30, float("nan")
+            tiled = lin(x)
+            assert amx_tiles(False) is False
+            vector = lin(x)
+            assert amx_tiles(True) is True
+            assert same_bits(tiled, vector), (out_features, in_features)
+            assert tiled[42].isnan().all() and not tiled[43].isnan().any()
+    finally:
+        amx_tiles(True)
 
 
 def test_int16_activations_keep_nan_and_infinity_to_their_row():
