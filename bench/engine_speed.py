@@ -3,7 +3,7 @@
 For each: one-session decode (ms per step, tokens/s), 16 sessions decoding together (aggregate
 tokens/s), and the prefill of a 2,000-token prompt (seconds, tokens/s). Ours is ModelRunner (packed
 batch, C kernels, the server's defaults: weights read from their exact Q4_1/Q8_0 codes against int16
-activations; again with float32 activations (bit-exact) and from float32 panels, to show what each
+activations; again with float32 activations (bit-exact) and from float32 panels, and on AMX machines the prefill without the tiles, to show what each
 brings); the baseline is transformers' model(...) with its KV cache,
 float32, greedy, the way `generate` steps. Medians of --repeats; ratios are baseline time / ours.
 
@@ -41,6 +41,7 @@ from step_profile import MachineFloors, machine_line, print_profile, profile, we
 
 from engine.grid_weights import ACTIVATIONS  # noqa: E402
 from engine.kv_cache import KV_DTYPES  # noqa: E402
+from engine.linear import amx_tiles  # noqa: E402
 from engine.loader import load_model  # noqa: E402
 from engine.runner import ForwardItem, ModelRunner  # noqa: E402
 from engine.weights import MATMUL_DTYPES  # noqa: E402
@@ -135,6 +136,14 @@ def main() -> None:
                      f"{16000 / ours16:.0f} vs {16000 / hf16:.0f} tok/s aggregate"))
         ours_p = median(ours_prefill, runner, n)
         rows.append((f"{label}: {n}-token prefill, s", ours_p, hf_p, f"{n / ours_p:.0f} vs {n / hf_p:.0f} tok/s"))
+        if label == "ours" and runner.activations == "int16" and amx_tiles():  # what the tiles bring
+            amx_tiles(False)
+            try:
+                vector_p = median(ours_prefill, runner, n)
+            finally:
+                amx_tiles(True)
+            rows.append((f"{label}, vector units only (no AMX tiles): {n}-token prefill, s", vector_p, hf_p,
+                         f"{n / vector_p:.0f} vs {n / hf_p:.0f} tok/s"))
 
     runner = variants["ours"]
     floors = MachineFloors.measure({torch.float32, runner.matmul_dtype})
