@@ -12,10 +12,11 @@
 //   A: 16 rows x 32 k of the 256 hi or the lo plane (written by linear_i16.c, [M, K] uint16 each)
 //   B: 16 k pairs x 16 columns x (q[2p], q[2p + 1]): amx_convert rewrites a group's codes, 1 KB per block
 //   C: 16 x 16 float32, stored to L1 and scaled by the vector units while the next block multiplies
-// Even and odd blocks use separate tiles (A hi, A lo, B, C: 0-3 and 4-7), so one block's products
-// overlap the previous one's store; a group's 16 x 16 float32 sums stay in registers over all blocks.
-// (Versions that kept the sums in memory, or split v in int8 halves for AMX-INT8 with twice the sums to
-// store, were 1.0-1.2x the vector path at 512 rows.)
+// A block's two A tiles serve 3 groups (B, C tiles 2-7), and the epilogue of the block before runs on the
+// vector units while this block's tiles multiply. Measured on cached Q4_1 3072 x 576 against the vector
+// path: 1.66x at 512 rows, 1.43x at 64, 0.97x at 16 (linear_i16.c uses the tiles from 32 rows). Versions
+// that loaded the A tiles once per group, or split v in int8 halves for AMX-INT8 (twice the sums to
+// store), were 1.0-1.2x at 512 rows (docs/BENCHMARKS.md, session 9).
 #include <stdint.h>
 #include <string.h>
 

@@ -256,7 +256,7 @@ static void quantize_row(int K, const float *x, int16_t *v, float *s, float *xs,
 
 struct i16_job {
     int format, M, N, K, items, item_groups;  // items (of item_groups groups) per chunk of rows
-    int chunk_rows;
+    int chunk_rows;  // CHUNK_ROWS, or TILE_CHUNK_ROWS with AMX tiles
     const float *x;
     const uint8_t *Wp;
     float *y;
@@ -289,7 +289,7 @@ static __thread uint8_t *converted;  // the calling thread's codes rewritten as 
 static __thread size_t converted_bytes;
 
 // the first rows / 16 * 16 rows of a chunk (Q4_1) on AMX tiles, groups g0 .. g1 - 1 (converted once,
-// then in pairs); returns the rows done (0 when out of memory)
+// then 3 at a time); returns the rows done (0 when out of memory)
 static int tile_rows(const struct i16_job *j, int r0, int rows, int g0, int g1) {
     int nb = j->K / BLOCK, tiles = rows / 16;
     size_t need = (size_t)(g1 - g0) * nb * AMX_B_BYTES;
