@@ -36,6 +36,7 @@
 #define NG (GROUP / VL)  // vectors per group of columns: 1 (AVX-512), 2 (AVX2), 4
 #define Q4_BYTES (4 * GROUP + BLOCK * GROUP / 2)
 #define Q8_BYTES (2 * GROUP + BLOCK * GROUP)
+_Static_assert(Q4_BYTES == AMX_Q4_BYTES, "linear_amx.c reads this Q4_1 layout");
 #define CHUNK_ROWS 64  // rows of one work item (their int16 activations stay in L2)
 #define TILE_CHUNK_ROWS 256  // the same with AMX tiles: a group's codes are converted once per chunk
 #define ITEM_GROUPS 4  // groups of a work item, at most: 64 columns, 23 KB of codes for K = 576 (one group,
