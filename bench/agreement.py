@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine.chat_format import ChatFormat, ChatMessage  # noqa: E402
-from engine.linear import Linear  # noqa: E402
-from engine.loader import load_model  # noqa: E402
-from engine.runner import ForwardItem, ModelRunner  # noqa: E402
+from engine.model.chat_format import ChatFormat, ChatMessage  # noqa: E402
+from engine.kernels.linear import Linear  # noqa: E402
+from engine.model.loader import load_model  # noqa: E402
+from engine.model.runner import ForwardItem, ModelRunner  # noqa: E402
 
 TOPICS = ["the ocean", "mountains", "coffee", "trains", "gardening", "chess", "the moon", "bicycles", "rain",
           "libraries", "volcanoes", "bread", "music", "winter", "robots", "bees", "glaciers", "paper",

@@ -1,9 +1,9 @@
 """Attention kernels against their references, interleaved in one process (this machine is noisy).
 
-  * long prefill chunks: engine/csrc/chunk_attention.c against SDPA with a prefix-causal mask (what the
+  * long prefill chunks: engine/kernels/csrc/chunk_attention.c against SDPA with a prefix-causal mask (what the
     engine falls back to), one layer of a 512-token chunk after 0..1,536 cached tokens; GFLOP/s counts
     the causal work (4 x head_dim FLOPs per query head and visible key);
-  * decoding: the ragged kernel (engine/csrc/attention.c) for 16 sessions x 30 layers at 300..2,000
+  * decoding: the ragged kernel (engine/kernels/csrc/attention.c) for 16 sessions x 30 layers at 300..2,000
     cached tokens, as GB/s of KV read, next to this machine's read bandwidth (a 1 GiB sum).
 
 SmolLM2-135M's shapes (9 query heads, 3 KV heads, head_dim 64), float16 KV (the server's default).
@@ -25,8 +25,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.step_profile import MachineFloors, machine_line  # noqa: E402
-from engine.attention import RaggedAttention, prefill_attention  # noqa: E402
-from engine.kv_cache import SessionKV  # noqa: E402
+from engine.kernels.attention import RaggedAttention, prefill_attention  # noqa: E402
+from engine.kv.session_kv import SessionKV  # noqa: E402
 
 HQ, HKV, D, LAYERS = 9, 3, 64, 30
 

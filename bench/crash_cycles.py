@@ -29,8 +29,8 @@ import torch
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine.chat_format import ChatFormat, ChatMessage  # noqa: E402
-from engine.loader import load_model  # noqa: E402
+from engine.model.chat_format import ChatFormat, ChatMessage  # noqa: E402
+from engine.model.loader import load_model  # noqa: E402
 from tests.real_server import RealServer  # noqa: E402
 
 ADMIN = "crash-admin"

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 # Each side under its best OpenMP setting: ours as `python -m chatserver` runs it (workers sleep between
-# torch operations, leaving the cores to engine/csrc/pool.c); the transformers baseline in a child
+# torch operations, leaving the cores to engine/kernels/csrc/pool.c); the transformers baseline in a child
 # process with OpenMP's default (spinning workers suit its long chains of torch operations).
 if "--baseline-only" not in sys.argv:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -39,12 +39,12 @@ from transformers import DynamicCache  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from step_profile import MachineFloors, machine_line, print_profile, profile, weights_label  # noqa: E402
 
-from engine.grid_weights import ACTIVATIONS  # noqa: E402
-from engine.kv_cache import KV_DTYPES  # noqa: E402
-from engine.linear import amx_tiles  # noqa: E402
-from engine.loader import load_model  # noqa: E402
-from engine.runner import ForwardItem, ModelRunner  # noqa: E402
-from engine.weights import MATMUL_DTYPES  # noqa: E402
+from engine.kernels.grid import ACTIVATIONS  # noqa: E402
+from engine.kv.session_kv import KV_DTYPES  # noqa: E402
+from engine.kernels.linear import amx_tiles  # noqa: E402
+from engine.model.loader import load_model  # noqa: E402
+from engine.model.runner import ForwardItem, ModelRunner  # noqa: E402
+from engine.model.weights import MATMUL_DTYPES  # noqa: E402
 
 PROMPT = 40  # tokens already cached before decoding starts
 
@@ -165,7 +165,7 @@ def main() -> None:
 
 def llama_cpp(binary: Path, prompt: int, repeats: int) -> tuple[float, float]:
     """(tg128 tok/s, pp<prompt> tok/s) from llama-bench on the default model's GGUF file."""
-    from engine.loader import default_gguf_path
+    from engine.model.loader import default_gguf_path
 
     out = subprocess.run([str(binary), "-m", str(default_gguf_path()), "-t", "2", "-p", str(prompt), "-n", "128",
                           "-r", str(repeats), "-o", "json"], check=True, capture_output=True, text=True).stdout

@@ -32,15 +32,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as python -m chatserver d
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import engine.runner as runner_module  # noqa: E402
-from engine.attention import RaggedAttention  # noqa: E402
-from engine.grid_weights import ACTIVATIONS  # noqa: E402
-from engine.kv_cache import KV_DTYPES  # noqa: E402
-from engine.layer_ops import LayerOps  # noqa: E402
-from engine.linear import Linear  # noqa: E402
-from engine.loader import load_model  # noqa: E402
-from engine.runner import ForwardItem, ModelRunner  # noqa: E402
-from engine.weights import MATMUL_DTYPES  # noqa: E402
+import engine.model.runner as runner_module  # noqa: E402
+from engine.kernels.attention import RaggedAttention  # noqa: E402
+from engine.kernels.grid import ACTIVATIONS  # noqa: E402
+from engine.kv.session_kv import KV_DTYPES  # noqa: E402
+from engine.kernels.layer_ops import LayerOps  # noqa: E402
+from engine.kernels.linear import Linear  # noqa: E402
+from engine.model.loader import load_model  # noqa: E402
+from engine.model.runner import ForwardItem, ModelRunner  # noqa: E402
+from engine.model.weights import MATMUL_DTYPES  # noqa: E402
 
 CONTEXT = 40  # cached tokens of each decoding session
 
@@ -87,7 +87,7 @@ def _seconds(fn) -> float:
 
 
 def machine_line(floors: MachineFloors) -> str:
-    from engine.linear import strip_width
+    from engine.kernels.linear import strip_width
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     flags = next((line.split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"

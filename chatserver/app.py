@@ -13,21 +13,21 @@ from aiohttp import web
 
 from chatserver import keys, routes
 from chatserver.config import ServerConfig
-from chatserver.limits import ConnectionGate, TurnRate
-from chatserver.metrics import Metrics
-from chatserver.sessions import SessionManager
-from chatserver.turns import TurnService
-from chatserver.ws import close_all, turn_service_key
-from engine.chat_format import ChatFormat
+from chatserver.ops.limits import ConnectionGate, TurnRate
+from chatserver.ops.metrics import Metrics
+from chatserver.chat.sessions import SessionManager
+from chatserver.chat.service import TurnService
+from chatserver.chat.websocket import close_all, turn_service_key
+from engine.model.chat_format import ChatFormat
 from engine.engine import Engine
-from engine.kv_cache import KV_DTYPES
-from engine.loader import LoadedModel, load_model
-from engine.runner import ModelRunner
-from engine.weights import MATMUL_DTYPES
+from engine.kv.session_kv import KV_DTYPES
+from engine.model.loader import LoadedModel, load_model
+from engine.model.runner import ModelRunner
+from engine.model.weights import MATMUL_DTYPES
 from storage import migrations
 from storage.db import create_engine, sessionmaker
 from storage.kv_files import KVFileStore, KVLayout
-from storage.sessions import SessionRepository
+from storage.transcripts import SessionRepository
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine.config import EngineConfig
-from engine.kv_cache import KV_DTYPES
-from engine.kv_store import KVStoreConfig
-from engine.grid_weights import ACTIVATIONS
-from engine.weights import MATMUL_DTYPES
+from engine.kv.session_kv import KV_DTYPES
+from engine.kv.store import KVStoreConfig
+from engine.kernels.grid import ACTIVATIONS
+from engine.model.weights import MATMUL_DTYPES
 
 
 def _env(name: str, default=None):
@@ -147,7 +147,7 @@ def _serve(args: argparse.Namespace) -> int:
     import torch
 
     from chatserver.config import ServerConfig
-    from engine.linear import native_kernel
+    from engine.kernels.linear import native_kernel
 
     if args.dtype == "bfloat16" and native_kernel(torch.bfloat16) is None:
         print("chatserver: --dtype bfloat16 needs a CPU with AVX-512 BF16 (and a C compiler); without them bf16 "

@@ -7,13 +7,13 @@ import weakref
 from aiohttp import web
 
 from chatserver.config import ServerConfig
-from chatserver.limits import ConnectionGate, TurnRate
-from chatserver.metrics import Metrics
-from chatserver.sessions import SessionManager
+from chatserver.ops.limits import ConnectionGate, TurnRate
+from chatserver.ops.metrics import Metrics
+from chatserver.chat.sessions import SessionManager
 from engine.engine import Engine
-from engine.loader import LoadedModel
+from engine.model.loader import LoadedModel
 from storage.kv_files import KVFileStore
-from storage.sessions import SessionRepository
+from storage.transcripts import SessionRepository
 
 config = web.AppKey("config", ServerConfig)
 model = web.AppKey("model", LoadedModel)

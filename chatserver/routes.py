@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from chatserver import admin, openai_api, views
-from chatserver.ws import websocket_handler
+from chatserver import pages
+from chatserver.admin import routes as admin
+from chatserver.chat.websocket import websocket_handler
+from chatserver.openai import routes as openai_api
+from chatserver.ops import views as ops
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/", views.index)
-    app.router.add_get("/admin", views.admin_page)
     app.router.add_get("/ws", websocket_handler)
-    app.router.add_get("/healthz", views.healthz)
-    app.router.add_get("/readyz", views.readyz)
-    app.router.add_get("/metrics", views.metrics)
+    app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/readyz", ops.readyz)
+    app.router.add_get("/metrics", ops.metrics)
     admin.setup(app)
     openai_api.setup(app)
-    app.router.add_static("/static/", views.WEB_DIR, name="static")
+    pages.setup(app)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.kv_store import KVStoreConfig
+from engine.kv.store import KVStoreConfig
 
 
 @dataclass(frozen=True)

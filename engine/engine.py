@@ -14,14 +14,14 @@ import threading
 import time
 from dataclasses import asdict
 
-from engine.chat_format import ChatFormat
+from engine.model.chat_format import ChatFormat
 from engine.config import EngineConfig
-from engine.detokenizer import IncrementalDetokenizer
-from engine.disk_tier import DiskTier
+from engine.model.detokenizer import IncrementalDetokenizer
+from engine.kv.disk_tier import DiskTier
 from engine.errors import EngineStopped, Overloaded
-from engine.kv_cache import common_prefix_length
-from engine.kv_store import KVStore
-from engine.runner import ForwardItem, ModelRunner
+from engine.kv.session_kv import common_prefix_length
+from engine.kv.store import KVStore
+from engine.model.runner import ForwardItem, ModelRunner
 from engine.sampling import sample_rows
 from engine.scheduler import Scheduler
 from engine.stats import EngineStats

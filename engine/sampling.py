@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine import native
+from engine.kernels import build as native
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ _CANDIDATES = 256  # the nucleus is looked for among this many most likely token
 
 @functools.cache
 def _kernel():
-    """engine/csrc/sampling.c's sample_rows_f32, or None (no compiler)."""
+    """engine/kernels/csrc/sampling.c's sample_rows_f32, or None (no compiler)."""
     p, i = ctypes.c_void_p, ctypes.c_int
     return native.function("sample_rows_f32", [i, i] + [p] * 7)
 

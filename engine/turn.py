@@ -9,8 +9,8 @@ from typing import Callable
 
 import torch
 
-from engine.detokenizer import IncrementalDetokenizer
-from engine.kv_cache import SessionKV
+from engine.model.detokenizer import IncrementalDetokenizer
+from engine.kv.session_kv import SessionKV
 from engine.sampling import SamplingParams
 
 _ids = itertools.count(1)

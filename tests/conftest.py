@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from engine.loader import LoadedModel, load_model
+from engine.model.loader import LoadedModel, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 # Converted weights are kept between runs (the GGUF dequantization takes ~15 s once).

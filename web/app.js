@@ -20,7 +20,7 @@ for (const [key, isInt] of [["max_tokens", 1], ["temperature", 0], ["top_p", 0],
 }
 
 // ---- this browser's sessions: [{session_id, resume_token, title, updated, notes: {turnNo: note}}]
-const STORE = "chatserver.sessions", CURRENT = "chatserver.current";
+const STORE = "chatserver.chat.sessions", CURRENT = "chatserver.current";
 
 function loadSessions() {
   try {

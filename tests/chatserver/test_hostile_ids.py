@@ -87,5 +87,5 @@ def test_no_pickle_or_torch_load_anywhere_in_the_project():
             text = path.read_text()
             offenders += [f"{path.relative_to(root)}: {word}" for word in forbidden if word in text]
     assert offenders == []
-    loader = (root / "engine" / "loader.py").read_text()
+    loader = (root / "engine" / "model" / "loader.py").read_text()
     assert "use_safetensors=True" in loader

@@ -6,7 +6,7 @@ from chatserver import keys
 from chatserver.app import create_app
 from chatserver.config import ServerConfig
 from engine.config import EngineConfig
-from engine.kv_store import KVStoreConfig
+from engine.kv.store import KVStoreConfig
 from tests.chatserver.conftest import Chat
 
 

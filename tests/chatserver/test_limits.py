@@ -8,7 +8,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from chatserver import keys
-from chatserver.limits import TurnRate
+from chatserver.ops.limits import TurnRate
 from tests.chatserver.conftest import Chat
 
 

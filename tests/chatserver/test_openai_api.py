@@ -9,7 +9,7 @@ import openai
 import pytest
 import torch
 
-from engine.chat_format import ChatFormat, ChatMessage
+from engine.model.chat_format import ChatFormat, ChatMessage
 from tests.conftest import MODEL_CACHE
 from tests.real_server import RealServer, serving
 

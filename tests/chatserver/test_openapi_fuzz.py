@@ -9,7 +9,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
-from chatserver.openapi import openapi_document
+from chatserver.admin.openapi import openapi_document
 from tests.conftest import MODEL_CACHE
 from tests.real_server import RealServer, WsChat
 

@@ -8,7 +8,7 @@ import openai
 import pytest
 import torch
 
-from engine.chat_format import ChatFormat, ChatMessage
+from engine.model.chat_format import ChatFormat, ChatMessage
 from tests.real_server import WsChat, serving
 
 ADMIN = "admin-secret"

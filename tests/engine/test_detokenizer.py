@@ -1,4 +1,4 @@
-from engine.detokenizer import IncrementalDetokenizer
+from engine.model.detokenizer import IncrementalDetokenizer
 
 TEXTS = [
     "Hello, world! The capital of France is Paris.",

@@ -5,11 +5,11 @@ import time
 
 import pytest
 
-from engine.chat_format import ChatFormat
+from engine.model.chat_format import ChatFormat
 from engine.config import EngineConfig
 from engine.engine import Engine
 from engine.errors import Overloaded
-from engine.runner import ModelRunner
+from engine.model.runner import ModelRunner
 from engine.sampling import SamplingParams
 from engine.turn import DoneEvent, TurnRequest
 

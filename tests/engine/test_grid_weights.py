@@ -1,6 +1,6 @@
-"""Weights on a GGUF grid (engine/grid_weights.py, engine/csrc/linear_grid.c): found exactly, refused
+"""Weights on a GGUF grid (engine/kernels/grid.py, engine/kernels/csrc/linear_grid.c): found exactly, refused
 otherwise, and read from their codes with results bit-identical to the float32 kernel's; or, with int16
-activations (engine/csrc/linear_i16.c), equal to their definition and batch-invariant."""
+activations (engine/kernels/csrc/linear_i16.c), equal to their definition and batch-invariant."""
 
 import copy
 import os
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.grid_weights import find_grid
-from engine.linear import Linear, amx_tiles
-from engine.runner import ForwardItem, ModelRunner
+from engine.kernels.grid import find_grid
+from engine.kernels.linear import Linear, amx_tiles
+from engine.model.runner import ForwardItem, ModelRunner
 
 
 def q4_1(w: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The C kernels at the vector widths this machine does not use natively, so that no width ships untested.
 
-engine/csrc is written once in native-width vectors (vec.h: 16 lanes with AVX-512, 8 with AVX2, 4
+engine/kernels/csrc is written once in native-width vectors (vec.h: 16 lanes with AVX-512, 8 with AVX2, 4
 without AVX, e.g. on ARM) and CHATSERVER_KERNEL_LANES forces another width at build time: wider than the
 machine's, GCC splits each vector into several registers (slow, same arithmetic). Each other width must
 pass the same kernel tests as the native build: matmuls from grid codes bit-identical to float32, the
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.linear import strip_width
+from engine.kernels.linear import strip_width
 
 REPO = Path(__file__).resolve().parents[2]
 KERNEL_TESTS = ["tests/engine/test_kernels.py", "tests/engine/test_grid_weights.py",
@@ -34,7 +34,7 @@ def _run(lanes: int, *args: str, timeout: float) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("lanes", sorted(set(STRIP_OF_LANES) - {NATIVE_LANES}))
 def test_the_kernel_tests_pass_at_another_vector_width(lanes):
-    built = _run(lanes, "-c", "from engine.linear import strip_width; print(strip_width())", timeout=300)
+    built = _run(lanes, "-c", "from engine.kernels.linear import strip_width; print(strip_width())", timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
     assert int(built.stdout.split()[-1]) == STRIP_OF_LANES[lanes]  # the width really is forced
     tests = _run(lanes, "-m", "pytest", "-q", "-p", "no:cacheprovider", *KERNEL_TESTS, timeout=1200)
@@ -43,5 +43,5 @@ def test_the_kernel_tests_pass_at_another_vector_width(lanes):
 
 
 def test_a_bad_width_is_refused_with_a_clear_error():
-    bad = _run(12, "-c", "from engine.linear import strip_width; strip_width()", timeout=120)
+    bad = _run(12, "-c", "from engine.kernels.linear import strip_width; strip_width()", timeout=120)
     assert bad.returncode != 0 and "CHATSERVER_KERNEL_LANES must be 4, 8 or 16" in bad.stderr

@@ -1,15 +1,15 @@
-"""The C kernels (engine/csrc/): built on this machine, equal to torch's results, batch-invariant."""
+"""The C kernels (engine/kernels/csrc/): built on this machine, equal to torch's results, batch-invariant."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.attention import RaggedAttention, chunk_kernel_for, prefill_attention
-from engine.kv_cache import SessionKV
-from engine.layer_ops import LayerOps
-from engine.linear import Linear
-from engine.native import kernels
-from engine.runner import ForwardItem, ModelRunner
+from engine.kernels.attention import RaggedAttention, chunk_kernel_for, prefill_attention
+from engine.kv.session_kv import SessionKV
+from engine.kernels.layer_ops import LayerOps
+from engine.kernels.linear import Linear
+from engine.kernels.build import kernels
+from engine.model.runner import ForwardItem, ModelRunner
 
 
 def test_the_kernels_build_here():
@@ -25,7 +25,7 @@ def test_the_kernels_compile_for_every_vector_width(march, tmp_path):
     import shutil
     import subprocess
 
-    from engine import native
+    from engine.kernels import build as native
 
     assert platform.machine() == "x86_64" and shutil.which("gcc"), "CI machines are x86-64 with gcc"
     flags = [f for f in native._FLAGS if f != "-march=native"] + [f"-march={march}"]
@@ -53,7 +53,7 @@ def _cpu_has(flag: str) -> bool:
 def test_bfloat16_linear_matches_torch_on_the_same_rounded_operands():
     """--dtype bfloat16: weights and activations rounded to bfloat16, products summed in float32 (our
     kernel, on CPUs with AVX-512 BF16; elsewhere torch's bf16 matmul, whose outputs are bf16 too)."""
-    from engine.linear import native_kernel
+    from engine.kernels.linear import native_kernel
 
     has_bf16 = _cpu_has("avx512_bf16")
     assert (native_kernel(torch.bfloat16) is not None) == has_bf16, "the kernel builds exactly where the CPU has it"
@@ -224,7 +224,7 @@ def test_ragged_attention_of_short_chunks_matches_causal_sdpa(head_dim, kv_dtype
 @pytest.mark.parametrize("weights,kv_dtype", [(torch.float32, torch.float32), (torch.float32, torch.float16),
                                               (torch.bfloat16, torch.float16)])
 def test_one_call_for_all_layers_is_bit_identical_to_the_per_operation_loop(tiny_model, weights, kv_dtype):
-    """engine/csrc/layers.c chains the same kernels as ModelRunner's loop: same logits, same caches."""
+    """engine/kernels/csrc/layers.c chains the same kernels as ModelRunner's loop: same logits, same caches."""
     fused = ModelRunner(tiny_model.model, weights, kv_dtype=kv_dtype)
     looped = ModelRunner(tiny_model.model, weights, kv_dtype=kv_dtype)
     if weights == torch.bfloat16 and not _cpu_has("avx512_bf16"):
@@ -262,7 +262,7 @@ def test_float16_kv_takes_half_the_bytes_and_stays_close_to_float32(tiny_model):
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("head_dim,hq,hkv", [(64, 9, 3), (128, 4, 1), (16, 6, 2)])
 def test_blocked_attention_of_long_chunks_matches_causal_sdpa(head_dim, hq, hkv, kv_dtype):
-    """A long prefill chunk (engine/csrc/chunk_attention.c): row r sees its cache and new rows 0..r,
+    """A long prefill chunk (engine/kernels/csrc/chunk_attention.c): row r sees its cache and new rows 0..r,
     across key blocks, query blocks and a shared prefix. (head_dim 16 is narrower than the kernel's
     64-column strip with AVX-512: there it goes to SDPA, and must agree just the same.)"""
     torch.manual_seed(head_dim + hq)

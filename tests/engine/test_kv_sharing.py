@@ -2,7 +2,7 @@
 
 import torch
 
-from engine.runner import ForwardItem, ModelRunner
+from engine.model.runner import ForwardItem, ModelRunner
 
 SYSTEM = list(range(200, 290))  # the shared part (a "system prompt")
 

@@ -9,8 +9,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from engine.kv_cache import SessionKV
-from engine.kv_store import KVStore, KVStoreConfig
+from engine.kv.session_kv import SessionKV
+from engine.kv.store import KVStore, KVStoreConfig
 from storage.kv_files import KVFileStore, KVLayout
 
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=1, head_dim=4, dtype=torch.float32, fingerprint="m")

@@ -3,8 +3,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.kv_cache import common_prefix_length
-from engine.prefix_index import PrefixIndex
+from engine.kv.session_kv import common_prefix_length
+from engine.kv.prefix_index import PrefixIndex
 
 
 def test_longest_prefix_across_entries():

@@ -2,8 +2,8 @@
 
 import torch
 
-from engine.kv_cache import common_prefix_length
-from engine.runner import ForwardItem, ModelRunner
+from engine.kv.session_kv import common_prefix_length
+from engine.model.runner import ForwardItem, ModelRunner
 
 
 def _hf_logits(model, ids):

@@ -1,8 +1,8 @@
 """Scheduling rules, without a model: decode first, prefill in chunks within the token budget."""
 
 from engine.config import EngineConfig
-from engine.detokenizer import IncrementalDetokenizer
-from engine.kv_cache import SessionKV
+from engine.model.detokenizer import IncrementalDetokenizer
+from engine.kv.session_kv import SessionKV
 from engine.sampling import SamplingParams
 from engine.scheduler import Scheduler
 from engine.turn import Turn, TurnRequest

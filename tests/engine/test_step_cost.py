@@ -3,8 +3,8 @@
 import torch
 
 from engine.config import EngineConfig
-from engine.detokenizer import IncrementalDetokenizer
-from engine.kv_cache import SessionKV
+from engine.model.detokenizer import IncrementalDetokenizer
+from engine.kv.session_kv import SessionKV
 from engine.sampling import SamplingParams
 from engine.scheduler import Scheduler
 from engine.step_cost import StepCostModel

@@ -7,7 +7,7 @@ import pytest
 
 from storage import migrations
 from storage.db import create_engine, sessionmaker, sqlite_url
-from storage.sessions import SessionRepository
+from storage.transcripts import SessionRepository
 
 
 @pytest.fixture

@@ -263,7 +263,7 @@ def test_a_message_sent_before_the_session_is_ready_is_sent_when_it_is(page: Pag
 
 def test_chats_in_the_sidebar_new_open_delete_and_a_forgotten_one(page: Page, server):
     page.add_init_script("""try {
-        localStorage.setItem('chatserver.sessions', JSON.stringify([
+        localStorage.setItem('chatserver.chat.sessions', JSON.stringify([
             {session_id: 'gone', resume_token: 'x', title: 'Forgotten chat', updated: Date.now(), notes: {}}]));
         localStorage.setItem('chatserver.current', 'gone');
     } catch (e) {}""")  # a chat this browser remembers but the server does not know

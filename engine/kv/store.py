@@ -5,7 +5,7 @@ RAM accounting: a session costs SessionKV.nbytes, its allocated capacity (not it
 the moment it is reserved: a restore reserves its bytes before the file is read, and a turn
 reserves the capacity for prompt + max_tokens before it starts, so running turns never grow past
 what was counted. A spilling session still counts until its file is written and its tensor freed.
-A shared prefix (engine/kv_sharing.py) counts once, however many sessions read it.
+A shared prefix (engine/kv/sharing.py) counts once, however many sessions read it.
 `ram_bytes <= max_ram_bytes` holds at all times; a turn that would break it waits (acquire
 returns None) while idle sessions spill.
 
@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.disk_tier import DiskTier
-from engine.kv_cache import SessionKV, SharedPrefix
-from engine.kv_sharing import PrefixSharing
-from engine.prefix_index import PrefixIndex
+from engine.kv.disk_tier import DiskTier
+from engine.kv.session_kv import SessionKV, SharedPrefix
+from engine.kv.sharing import PrefixSharing
+from engine.kv.prefix_index import PrefixIndex
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from functools import cache
 
 from pydantic.json_schema import models_json_schema
 
-from chatserver.admin_models import ErrorResponse, EvictResult, SessionDetail, SessionPage
+from chatserver.admin.schemas import ErrorResponse, EvictResult, SessionDetail, SessionPage
 
 _ID = {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
 

@@ -1,14 +1,14 @@
 """Linear layers of a step: y = x @ W.T in float32 through our C kernel, else torch.
 
-engine/csrc/linear.c reads W pre-packed into 64-column panels and computes every output as the plain
+engine/kernels/csrc/linear.c reads W pre-packed into 64-column panels and computes every output as the plain
 k-ordered sum whatever the batch, so a sequence's logits do not depend on what shares its step
 (batch-invariant). Measured against MKL's sgemm on the AVX-512 machine, whole model (bench/engine_speed.py):
 2.8x faster at 1 row, 2.6x at 16, 1.2-1.4x at 128-512 rows. bfloat16 weights go to
-engine/csrc/linear_bf16.c (pair-packed panels, AVX-512 BF16); without it, or without a C compiler,
+engine/kernels/csrc/linear_bf16.c (pair-packed panels, AVX-512 BF16); without it, or without a C compiler,
 to torch's F.linear. Float32 weights that are exactly GGUF Q4_1 / Q8_0 blocks (the default model's) are
-kept as those codes instead (engine/grid_weights.py) and read through engine/csrc/linear_grid.c:
+kept as those codes instead (engine/kernels/grid.py) and read through engine/kernels/csrc/linear_grid.c:
 results bit-identical to the float32 kernel's, from 5.6x fewer bytes for the default model. With
-activations="int16", those codes go to engine/csrc/linear_i16.c instead: each matmul's input rounded to
+activations="int16", those codes go to engine/kernels/csrc/linear_i16.c instead: each matmul's input rounded to
 int16 per block of 32 (~16 bits), exact integer dot products with the codes, float32 scales and sums.
 """
 
@@ -20,10 +20,10 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from engine import native
-from engine.grid_weights import ACTIVATIONS, FORMATS, GridWeights, find_grid
+from engine.kernels import build as native
+from engine.kernels.grid import ACTIVATIONS, FORMATS, GridWeights, find_grid
 
-PANEL = 64  # output columns per packed panel (engine/csrc/linear.c)
+PANEL = 64  # output columns per packed panel (engine/kernels/csrc/linear.c)
 
 _P = ctypes.c_void_p
 
@@ -42,14 +42,14 @@ def native_kernel(dtype: torch.dtype = torch.float32):
 
 @functools.cache
 def grid_kernel(activations: str = "float32"):
-    """The kernel for grid codes with these activations: engine/csrc/linear_grid.c's linear_grid_f32, or
+    """The kernel for grid codes with these activations: engine/kernels/csrc/linear_grid.c's linear_grid_f32, or
     linear_i16.c's linear_grid_i16; None (no compiler)."""
     name = {"float32": "linear_grid_f32", "int16": "linear_grid_i16"}[activations]
     return native.function(name, [ctypes.c_int] * 4 + [_P] * 3)
 
 
 def amx_tiles(use: bool | None = None) -> bool:
-    """Whether linear_i16.c computes Q4_1 products of 32+ rows on AMX tiles (engine/csrc/linear_amx.c):
+    """Whether linear_i16.c computes Q4_1 products of 32+ rows on AMX tiles (engine/kernels/csrc/linear_amx.c):
     True on CPUs with AMX-BF16 whose kernel lets the process use them. `use` False/True switches the
     tiles off/on again (the same bits either way: for tests and benchmarks)."""
     fn = native.function("linear_i16_tiles", [ctypes.c_int])
@@ -58,7 +58,7 @@ def amx_tiles(use: bool | None = None) -> bool:
 
 @functools.cache
 def strip_width() -> int:
-    """Columns of the float32 kernel's strips (engine/csrc/strip.h: 64 with AVX-512, 16 with AVX2)."""
+    """Columns of the float32 kernel's strips (engine/kernels/csrc/strip.h: 64 with AVX-512, 16 with AVX2)."""
     fn = native.function("linear_strip_width", [])
     return fn() if fn is not None else PANEL
 
@@ -85,7 +85,7 @@ class Linear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, native: bool = True,
                  grid_codes: bool = True, activations: str = "float32"):
-        """grid_codes: look for exact Q4_1 / Q8_0 codes of float32 weights (engine/grid_weights.py);
+        """grid_codes: look for exact Q4_1 / Q8_0 codes of float32 weights (engine/kernels/grid.py);
         activations: what a matmul on those codes rounds its input to, "float32" (exact) or "int16" (weights
         not on a grid always compute in float32)."""
         if activations not in ACTIVATIONS:

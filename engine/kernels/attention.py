@@ -1,11 +1,11 @@
-"""Attention of one packed step against each sequence's own KV buffer (engine/kv_cache.py layout).
+"""Attention of one packed step against each sequence's own KV buffer (engine/kv/session_kv.py layout).
 
 Two kinds of sequences share a step:
   * decoding ones (one new token each) and short prefill chunks (up to SHORT_CHUNK new tokens, e.g.
     the next message of a conversation): one call per layer for all of them, to the C kernel
-    engine/csrc/attention.c when it could be built (no per-sequence Python, reads each cache in
+    engine/kernels/csrc/attention.c when it could be built (no per-sequence Python, reads each cache in
     place), else a per-sequence SDPA loop;
-  * long prefill chunks: one call per sequence and layer to engine/csrc/chunk_attention.c (blocked,
+  * long prefill chunks: one call per sequence and layer to engine/kernels/csrc/chunk_attention.c (blocked,
     online softmax: compute-bound matrix products, 1.5-2x SDPA with a prefix-causal mask on an AVX2
     machine, bench/attention_kernels.py), else SDPA.
 """
@@ -18,11 +18,11 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from engine import native
-from engine.kv_cache import SessionKV
+from engine.kernels import build as native
+from engine.kv.session_kv import SessionKV
 
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
-_KERNEL_DTYPES = {torch.float32, torch.float16}  # KV dtypes engine/csrc/attention.c reads
+_KERNEL_DTYPES = {torch.float32, torch.float16}  # KV dtypes engine/kernels/csrc/attention.c reads
 SHORT_CHUNK = 64  # new tokens of a sequence up to which its attention goes to the ragged kernel
 
 

@@ -12,15 +12,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from chatserver.config import ServerConfig
 from chatserver.errors import BadRequest, StorageUnavailable
-from chatserver.protocol import User
-from chatserver.sessions import LiveSession, SessionManager
-from engine.chat_format import ChatFormat, ChatMessage
+from chatserver.chat.protocol import User
+from chatserver.chat.sessions import LiveSession, SessionManager
+from engine.model.chat_format import ChatFormat, ChatMessage
 from engine.engine import Engine
 from engine.errors import ContextTooLong
 from engine.sampling import SamplingParams
 from engine.stream import TurnStream
 from engine.turn import DoneEvent, ErrorEvent, TokenEvent, TurnRequest
-from storage.sessions import SessionRepository
+from storage.transcripts import SessionRepository
 
 log = logging.getLogger(__name__)
 

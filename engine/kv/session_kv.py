@@ -24,7 +24,7 @@ _CAPACITY_STEP = 256
 class SharedPrefix:
     """KV of a token prefix, read by several sessions; never written after creation.
 
-    refs counts the SessionKVs reading it; its owner (engine/kv_store.py) frees it at zero."""
+    refs counts the SessionKVs reading it; its owner (engine/kv/store.py) frees it at zero."""
 
     def __init__(self, data: torch.Tensor, token_ids: list[int]):
         assert data.shape[3] == len(token_ids)

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from storage.models import ChatSession, Message, utcnow
+from storage.tables import ChatSession, Message, utcnow
 
 
 @dataclass(frozen=True)

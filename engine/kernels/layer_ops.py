@@ -1,5 +1,5 @@
 """The small per-token operations of a decoder layer: residual add + RMSNorm, rotary embedding of q/k,
-SiLU-gated product. Through engine/csrc/layer_ops.c when it is built (one call each, no per-operation
+SiLU-gated product. Through engine/kernels/csrc/layer_ops.c when it is built (one call each, no per-operation
 torch overhead: ~7 ms of a 16-sequence decode step), else the same formulas in torch.
 
 Shapes: hidden [T, H]; qkv [T, Hq + 2 Hkv, D]; cos/sin [T, D]; gate_up [T, 2 I]. float32, contiguous.
@@ -13,7 +13,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from engine import native
+from engine.kernels import build as native
 
 _P, _I = ctypes.c_void_p, ctypes.c_int
 

@@ -1,8 +1,8 @@
-"""Build and load the engine's C kernels (engine/csrc/*.c) with the system C compiler, through ctypes.
+"""Build and load the engine's C kernels (engine/kernels/csrc/*.c) with the system C compiler, through ctypes.
 
 Plain C (no torch headers), so a build takes about a second; the shared library is cached under
 `cache_dir` keyed by the sources, the compiler, the flags and the CPU (it is built for this CPU).
-The kernels run on their own small thread pool (engine/csrc/pool.c), started once with one thread
+The kernels run on their own small thread pool (engine/kernels/csrc/pool.c), started once with one thread
 per core available to the process, the calling (engine) thread included.
 
 Anything going wrong (no compiler, failed build) returns None: callers fall back to torch operations.
@@ -78,7 +78,7 @@ def threads() -> int:
 
 
 def load_library(name: str, cache_dir: Path | None = None) -> ctypes.CDLL | None:
-    """Compile all of engine/csrc/*.c into lib<name> (once per sources/compiler/CPU) and load it;
+    """Compile all of engine/kernels/csrc/*.c into lib<name> (once per sources/compiler/CPU) and load it;
     None if impossible."""
     sources = sorted(_SOURCES.glob("*.c"))
     text = "".join(p.read_text() for p in sorted(_SOURCES.iterdir()) if p.suffix in (".c", ".h"))

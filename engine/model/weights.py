@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from engine.linear import Linear
+from engine.kernels.linear import Linear
 
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -37,7 +37,7 @@ class LayerWeights:
 def fuse_layers(model: PreTrainedModel, matmul_dtype: torch.dtype, native: bool = True,
                 grid_codes: bool = True, activations: str = "float32") -> tuple[list[LayerWeights], Linear]:
     """Per-layer fused weights and the LM head [vocab, hidden], in matmul_dtype (native, grid_codes,
-    activations: engine/linear.py)."""
+    activations: engine/kernels/linear.py)."""
     layers = []
 
     def linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Linear:

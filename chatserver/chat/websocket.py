@@ -1,4 +1,4 @@
-"""GET /ws: one chat connection. Frames in chatserver/protocol.py, documented in docs/PROTOCOL.md."""
+"""GET /ws: one chat connection. Frames in chatserver/chat/protocol.py, documented in docs/PROTOCOL.md."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from chatserver import keys
 from chatserver.errors import BadRequest, Busy, SessionNotFound, error_frame
-from chatserver.protocol import Cancel, Hello, System, User, parse_frame, session_frame
-from chatserver.sessions import LiveSession
-from chatserver.turns import TurnService
+from chatserver.chat.protocol import Cancel, Hello, System, User, parse_frame, session_frame
+from chatserver.chat.sessions import LiveSession
+from chatserver.chat.service import TurnService
 from engine.errors import EngineError
 
 log = logging.getLogger(__name__)

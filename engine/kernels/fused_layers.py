@@ -1,4 +1,4 @@
-"""All decoder layers of a step in one C call (engine/csrc/layers.c), for steps whose attention all
+"""All decoder layers of a step in one C call (engine/kernels/csrc/layers.c), for steps whose attention all
 goes to the ragged kernel (decode rows and short prefill chunks: nearly every step while people chat).
 
 Bit-identical to ModelRunner's per-operation loop (same kernels, same order; tested); it saves ~10
@@ -13,12 +13,12 @@ import ctypes
 
 import torch
 
-from engine import native
-from engine.attention import RaggedAttention
-from engine.grid_weights import FORMATS
-from engine.layer_ops import LayerOps
-from engine.linear import Linear
-from engine.weights import LayerWeights
+from engine.kernels import build as native
+from engine.kernels.attention import RaggedAttention
+from engine.kernels.grid import FORMATS
+from engine.kernels.layer_ops import LayerOps
+from engine.kernels.linear import Linear
+from engine.model.weights import LayerWeights
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 

@@ -1,7 +1,7 @@
-"""KV reuse across sessions, part of the KV store (engine/kv_store.py): a stateless request taking
+"""KV reuse across sessions, part of the KV store (engine/kv/store.py): a stateless request taking
 over the KV its conversation left, and sessions starting alike sharing that beginning's KV.
 
-Both look up the store's radix index (engine/prefix_index.py) of every cached conversation's
+Both look up the store's radix index (engine/kv/prefix_index.py) of every cached conversation's
 token ids; docs/ENGINE.md "Prefixes shared across sessions" describes the policy.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from engine.kv_cache import common_prefix_length
+from engine.kv.session_kv import common_prefix_length
 
 if TYPE_CHECKING:
-    from engine.kv_store import KVStore
+    from engine.kv.store import KVStore
 
 # Sharing pays as soon as it saves a few prefill tokens (~1.3 ms each on 2 cores) against one copy of
 # those positions; 16 covers a chat template's default system prompt (~30 tokens for SmolLM2).

@@ -3,7 +3,7 @@
 Stateless clients resend the whole conversation; the engine still prefills only what it has not
 cached: a request tied to a session (`X-Session-Id` header or `session_id` field) keeps its KV under
 that id, and an untied request takes over the KV that an earlier request of the same conversation
-left (engine/kv_store.py `adopt`). `usage.prompt_tokens_details.cached_tokens` reports the reuse.
+left (engine/kv/store.py `adopt`). `usage.prompt_tokens_details.cached_tokens` reports the reuse.
 Nothing is written to the transcript database: the client owns the conversation. docs/OPENAI.md.
 """
 
@@ -21,9 +21,9 @@ from aiohttp import web
 from chatserver import keys
 from chatserver.auth import bearer_matches
 from chatserver.errors import BadRequest
-from chatserver.openai_models import ChatCompletionRequest, parse_request
-from chatserver.ws import turn_service_key
-from engine.chat_format import ChatMessage
+from chatserver.openai.schemas import ChatCompletionRequest, parse_request
+from chatserver.chat.websocket import turn_service_key
+from engine.model.chat_format import ChatMessage
 from engine.errors import ContextTooLong, EngineStopped, Overloaded
 from engine.stream import TurnStream
 from engine.turn import DoneEvent, ErrorEvent, TokenEvent, TurnRequest

@@ -1,25 +1,15 @@
-"""Plain HTTP views: the page, health, readiness, metrics."""
+"""Operator endpoints: GET /healthz (alive), GET /readyz (ready to serve, or why not), GET /metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 from aiohttp import web
 
 from chatserver import keys
 
-WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 STALL_SECONDS = 30.0  # an engine loop silent for this long while turns wait is not ready
-
-
-async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(WEB_DIR / "index.html")
-
-
-async def admin_page(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(WEB_DIR / "admin.html")
 
 
 async def healthz(request: web.Request) -> web.Response:

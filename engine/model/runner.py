@@ -3,10 +3,10 @@
 All new tokens of all sequences in a step are concatenated into one [T, hidden] tensor, so the
 weight matmuls (the cost on CPU) run once per step for everyone. Decoding sequences (one new token)
 and short prefill chunks share one attention call per layer; long prefill chunks attend per sequence
-(engine/attention.py). Sessions with different cached lengths and different numbers of new tokens
+(engine/kernels/attention.py). Sessions with different cached lengths and different numbers of new tokens
 share one pass without padding.
 
-Weights are the Hugging Face model's, fused per layer (engine/weights.py); embeddings, rotary
+Weights are the Hugging Face model's, fused per layer (engine/model/weights.py); embeddings, rotary
 embedding and final norm are the model's own modules.
 """
 
@@ -17,15 +17,15 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from engine.attention import (
+from engine.kernels.attention import (
     SHORT_CHUNK,
     RaggedAttention,
     prefill_attention,
 )
-from engine.fused_layers import FusedLayers
-from engine.kv_cache import KV_DTYPES, SessionKV
-from engine.layer_ops import LayerOps
-from engine.weights import fuse_layers
+from engine.kernels.fused_layers import FusedLayers
+from engine.kv.session_kv import KV_DTYPES, SessionKV
+from engine.kernels.layer_ops import LayerOps
+from engine.model.weights import fuse_layers
 
 
 _MAX_TABLE_POSITIONS = 16384  # rotary table rows kept (4-8 MB); later positions are computed per step
@@ -41,12 +41,12 @@ class ForwardItem:
 class ModelRunner:
     def __init__(self, model: PreTrainedModel, matmul_dtype: torch.dtype = torch.float32, native: bool = True,
                  kv_dtype: torch.dtype = torch.float32, grid_codes: bool = True, activations: str = "float32"):
-        """matmul_dtype: dtype of the linear layers' weights (engine/weights.py); kv_dtype: what the KV
+        """matmul_dtype: dtype of the linear layers' weights (engine/model/weights.py); kv_dtype: what the KV
         caches store, float32 or float16 (half the bytes; attention still computes in float32).
         native: use the C kernels when they can be built. grid_codes: read float32 weights that are exact
-        GGUF Q4_1/Q8_0 blocks from those codes (engine/grid_weights.py; bit-identical results).
+        GGUF Q4_1/Q8_0 blocks from those codes (engine/kernels/grid.py; bit-identical results).
         activations: "int16" rounds the input of every matmul on grid codes to int16 per block of 32
-        (engine/csrc/linear_i16.c: integer dot products, faster, not bit-identical); "float32" is exact."""
+        (engine/kernels/csrc/linear_i16.c: integer dot products, faster, not bit-identical); "float32" is exact."""
         self.model = model
         cfg = model.config
         self.num_layers = cfg.num_hidden_layers

@@ -1,4 +1,4 @@
-"""Float32 weights that are exactly GGUF-dequantized blocks, kept as their codes (engine/csrc/linear_grid.c).
+"""Float32 weights that are exactly GGUF-dequantized blocks, kept as their codes (engine/kernels/csrc/linear_grid.c).
 
 The default model ships as a Q4_1 GGUF file: every decoder weight is, per block of 32 consecutive
 inputs of one output, q * d + m with a 4-bit q and float16 d, m, and the tied embedding / LM head is
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 BLOCK = 32  # inputs per quantization block (GGUF Q4_1 / Q8_0)
-PANEL = 64  # outputs per packed panel (as engine/linear.py)
+PANEL = 64  # outputs per packed panel (as engine/kernels/linear.py)
 GROUP = 16  # outputs per packed group (int16 activations)
 FORMATS = {"q4_1": 0, "q8_0": 1}  # linear_grid_f32's / linear_grid_i16's format argument
 ACTIVATIONS = ("float32", "int16")  # what the grid kernel rounds each matmul's input to

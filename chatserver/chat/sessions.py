@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from chatserver.auth import hash_token, new_resume_token, new_session_id, token_matches
 from chatserver.errors import SessionNotFound, Unauthorized
-from engine.chat_format import ChatMessage
-from storage.sessions import SessionRepository
+from engine.model.chat_format import ChatMessage
+from storage.transcripts import SessionRepository
 
 
 @dataclass(eq=False)
@@ -25,7 +25,7 @@ class LiveSession:
     pending_system: str | None = None  # system prompt sent before the first turn, stored with it
     is_busy: bool = False
     is_deleted: bool = False  # by an operator: nothing more is stored or accepted
-    connections: set = field(default_factory=set)  # chatserver.ws.Connection
+    connections: set = field(default_factory=set)  # chatserver.chat.websocket.Connection
 
     @property
     def has_turns(self) -> bool:

@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from chatserver import keys
-from chatserver.admin_models import (
+from chatserver.admin.schemas import (
     EvictResult,
     KVPlacement,
     Message,
@@ -21,8 +21,8 @@ from chatserver.admin_models import (
     SessionSummary,
 )
 from chatserver.auth import bearer_matches
-from chatserver.openapi import openapi_document
-from storage.sessions import SessionRecord
+from chatserver.admin.openapi import openapi_document
+from storage.transcripts import SessionRecord
 
 MAX_PAGE = 100
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")  # chatserver/auth.new_session_id
