@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.model.chat_format import ChatFormat, ChatMessage  # noqa: E402
 from engine.kernels.linear import Linear  # noqa: E402
 from engine.model.loader import load_model  # noqa: E402
+from engine.model.reference import greedy_ids  # noqa: E402
 from engine.model.runner import ForwardItem, ModelRunner  # noqa: E402
 
 TOPICS = ["the ocean", "mountains", "coffee", "trains", "gardening", "chess", "the moon", "bicycles", "rain",
@@ -150,9 +151,7 @@ def main() -> None:
                             (2, "two int8 limbs per 32 (~15-bit activations, emulated) vs float32")):
             modes[name] = greedy_rounded(ModelRunner(loaded.model, torch.float32, kv_dtype=torch.float16), limbs,
                                          prompts, args.tokens, fmt.stop_token_ids)
-    with torch.inference_mode():
-        hf = [loaded.model.generate(torch.tensor([p]), max_new_tokens=args.tokens, do_sample=False)[0, len(p):].tolist()
-              for p in prompts]
+    hf = [greedy_ids(loaded, p, args.tokens) for p in prompts]
     hf_same = sum(h[:len(r)] == r for h, r in zip(hf, ref))
 
     print(f"\n{len(convs)} conversations, greedy, {args.tokens} tokens\n")

@@ -25,13 +25,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-import torch
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine.model.chat_format import ChatFormat, ChatMessage  # noqa: E402
+from engine.model.chat_format import ChatMessage  # noqa: E402
+from engine.model.reference import greedy_answer  # noqa: E402
 from engine.model.loader import load_model  # noqa: E402
-from tests.real_server import RealServer  # noqa: E402
+from tests.helpers.real_server import RealServer  # noqa: E402
 
 ADMIN = "crash-admin"
 LONG = "Here are my notes from the meeting about the harbour project. " * 40  # a longer prompt: bigger spills
@@ -150,10 +150,7 @@ async def _greedy_check(url: str, s: dict, model) -> list[str]:
             elif f["type"] in ("done", "error"):
                 break
         s["acked"].append(question)
-    ids = ChatFormat(model.tokenizer, model.model.generation_config).render(history + [ChatMessage("user", question)])
-    with torch.inference_mode():
-        out = model.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)
-    want = model.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+    want = greedy_answer(model, history + [ChatMessage("user", question)], 12)
     return [] if text == want else [f"{s['id']}: greedy answer after restart {text!r} != transformers {want!r}"]
 
 

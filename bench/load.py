@@ -27,7 +27,7 @@ from pathlib import Path
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.real_server import RealServer  # noqa: E402
+from tests.helpers.real_server import RealServer  # noqa: E402
 
 TOPICS = ["the ocean", "mountains", "a city at night", "coffee", "trains", "gardening", "chess", "the moon",
           "bicycles", "rain", "libraries", "volcanoes", "bread", "music", "winter", "robots"]

@@ -23,7 +23,7 @@ from pathlib import Path
 import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.real_server import RealServer  # noqa: E402
+from tests.helpers.real_server import RealServer  # noqa: E402
 
 SYSTEM = "You are a patient cooking teacher. Explain things step by step, with practical tips."
 TURNS = ["I want to learn to bake bread at home. Where do I start?", "What flour should I buy?",

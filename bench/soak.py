@@ -21,7 +21,7 @@ from pathlib import Path
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.real_server import RealServer  # noqa: E402
+from tests.helpers.real_server import RealServer  # noqa: E402
 
 ADMIN = "soak-admin-token"
 QUESTIONS = ["Name a color.", "Say hello.", "Name a fruit.", "Count to three.", "Name an animal."]

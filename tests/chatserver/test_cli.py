@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from chatserver.cli import build_parser
-from tests.real_server import REPO
+from tests.helpers.paths import REPO
 
 
 def test_environment_sets_defaults_and_the_command_line_wins(monkeypatch):

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chatserver.conftest import ADMIN_AUTH, Chat
+from tests.helpers.admin import ADMIN_AUTH
+from tests.helpers.chat import Chat
 
 AUTH = ADMIN_AUTH
 HOSTILE = ["../x", "..%2f..%2fetc%2fpasswd", "%2e%2e", "%2e%2e%2f%2e%2e%2fchat.db", "a\x00b", "/etc/passwd",

@@ -12,8 +12,11 @@ import pytest
 import torch
 
 from engine.model.chat_format import ChatFormat, ChatMessage
-from tests.conftest import MODEL_CACHE
-from tests.real_server import REPO, RealServer, WsChat, serving
+from engine.model.reference import greedy_answer
+from tests.helpers.paths import MODEL_CACHE, REPO
+from tests.helpers.real_server import RealServer, WsChat, serving
+
+pytestmark = [pytest.mark.real_server, pytest.mark.slow]
 
 CONVERSATIONS = [
     ["What is the capital of France?", "What is it famous for?", "Name one museum there."],
@@ -38,10 +41,7 @@ def exact_server(tmp_path_factory):
 
 def _generate_from_scratch(real_model, history: list[ChatMessage], max_tokens: int = MAX_TOKENS) -> str:
     """What transformers' own generate() answers when the whole conversation is recomputed."""
-    ids = ChatFormat(real_model.tokenizer, real_model.model.generation_config).render(history)
-    with torch.inference_mode():
-        out = real_model.model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False)
-    return real_model.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+    return greedy_answer(real_model, history, max_tokens)
 
 
 def _weight_formats(srv) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.real_server import RealServer
+from tests.helpers.real_server import RealServer
 
 # Playwright cannot download its own browsers here; scripts/setup.sh --test installs Debian's.
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

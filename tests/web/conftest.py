@@ -7,7 +7,7 @@ import os
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.conftest import MODEL_CACHE
+from tests.helpers.paths import MODEL_CACHE
 from tests.web.browser import CHROMIUM, RestartableServer, launch
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
-from tests.conftest import MODEL_CACHE
-from tests.real_server import REPO
+from tests.helpers.paths import MODEL_CACHE
+from tests.helpers.paths import REPO
 from tests.web.browser import RestartableServer, launch
 
 OUT = REPO / "docs" / "screenshots"

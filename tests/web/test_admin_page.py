@@ -5,9 +5,11 @@ import asyncio
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.conftest import MODEL_CACHE
-from tests.real_server import WsChat
+from tests.helpers.paths import MODEL_CACHE
+from tests.helpers.real_server import WsChat
 from tests.web.browser import RestartableServer
+
+pytestmark = [pytest.mark.browser, pytest.mark.real_server]
 
 TOKEN = "page-token"
 

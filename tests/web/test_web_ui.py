@@ -10,8 +10,12 @@ import json
 import re
 import time
 
+import pytest
+
 from playwright.sync_api import Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+pytestmark = [pytest.mark.browser, pytest.mark.real_server, pytest.mark.slow]
 
 SLOW = 30_000  # ms: a turn of the real model on a busy 2-core machine
 ALLOWED_TAGS = {"P", "UL", "OL", "LI", "SPAN", "CODE", "PRE", "STRONG", "EM", "H3", "H4", "H5", "H6", "BLOCKQUOTE",
@@ -358,7 +362,7 @@ def test_markdown_renders_structure_with_dom_nodes_only(page: Page, server):
 
 
 def test_scripts_never_parse_strings_as_html():
-    from tests.real_server import REPO
+    from tests.helpers.paths import REPO
 
     for name in ("app.js", "markdown.js"):
         code = re.sub(r"//[^\n]*", "", (REPO / "web" / name).read_text())  # comments may name them

@@ -7,11 +7,13 @@ import urllib.request
 
 import openai
 import pytest
-import torch
 
-from engine.model.chat_format import ChatFormat, ChatMessage
-from tests.conftest import MODEL_CACHE
-from tests.real_server import RealServer, serving
+from engine.model.chat_format import ChatMessage
+from engine.model.reference import greedy_answer
+from tests.helpers.paths import MODEL_CACHE
+from tests.helpers.real_server import RealServer, serving
+
+pytestmark = [pytest.mark.real_server]
 
 KEY = "sk-test-key"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -38,11 +40,7 @@ def model_id(client) -> str:
 
 
 def _generate(real_model, messages: list[dict], max_tokens: int) -> str:
-    ids = ChatFormat(real_model.tokenizer, real_model.model.generation_config).render(
-        [ChatMessage(m["role"], m["content"]) for m in messages])
-    with torch.inference_mode():
-        out = real_model.model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False)
-    return real_model.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+    return greedy_answer(real_model, [ChatMessage(m["role"], m["content"]) for m in messages], max_tokens)
 
 
 def test_models_are_listed_and_unknown_ones_are_404(client, model_id):

@@ -1,7 +1,7 @@
 """Hostile WebSocket frames against the real server: hypothesis-generated JSON of every shape (wrong
-types, huge numbers, NaN, long strings), non-JSON text, binary frames, oversized frames. Each gets a
-typed error frame, or a turn when the frame happens to be valid, or a close with 1009 when too large;
-never an internal error. Meanwhile another session's answer is unaffected and the engine keeps going."""
+types, huge numbers, NaN, long strings, nesting deeper than the JSON parser's recursion limit), non-JSON
+text, binary frames, oversized frames. Each gets a typed error frame, or a turn when the frame happens
+to be valid, or a close with 1009 when too large; never an internal error. Meanwhile another session's answer is unaffected and the engine keeps going."""
 
 import asyncio
 import json
@@ -12,11 +12,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import connect
 
-from tests.real_server import WsChat, serving
+from tests.helpers.real_server import WsChat, serving
+
+pytestmark = [pytest.mark.real_server, pytest.mark.slow]
 
 TYPED = {"bad_request", "busy", "unauthorized", "session_not_found", "context_length_exceeded", "overloaded",
          "rate_limited", "storage_unavailable"}
-MAX_FRAME = 4096
+MAX_FRAME = 256 << 10  # room for nesting the parser refuses: 1000 levels of '{"a":' are 5 KB
 # resumes a session that does not exist: session_not_found, or busy while a turn the fuzz frame started runs
 SENTINEL = json.dumps({"type": "hello", "session_id": "0" * 32, "resume_token": "x"})
 
@@ -30,7 +32,12 @@ frames = st.fixed_dictionaries({"type": st.sampled_from(["hello", "user", "syste
                                optional={"content": st.text(max_size=200) | values,
                                          "max_tokens": st.integers(min_value=-5, max_value=2**64) | values}
                                ).flatmap(lambda d: st.dictionaries(fields, values, max_size=3).map(lambda x: {**x, **d}))
+# "[[[..." , '{"a":{"a":...', "[[...]]" alone or as an ignored field of a valid frame: 1000 to 200000 levels
+nested = st.tuples(st.integers(1000, 200_000), st.sampled_from(["[", '{"a":', "[]"])).map(
+    lambda a: "[" * a[0] + "]" * a[0] if a[1] == "[]" else a[1] * a[0])
 messages = (frames.map(lambda f: ("text", json.dumps(f, allow_nan=True)))
+            | nested.map(lambda n: ("text", n))
+            | nested.map(lambda n: ("text", '{"type": "user", "content": "hi", "x": ' + n + "}"))
             | values.map(lambda v: ("text", json.dumps(v, allow_nan=True)))
             | st.text(max_size=200).map(lambda t: ("text", t))
             | st.binary(max_size=200).map(lambda b: ("binary", b))
@@ -60,6 +67,7 @@ def test_hostile_frames_get_typed_answers_and_disturb_no_one(server):
     @given(messages)
     @example(("text", json.dumps({"type": "system", "content": "Be brief."})))  # valid, and never answered
     @example(("text", json.dumps({"type": "user", "content": "hi", "temperature": float("nan")})))
+    @example(("text", "[" * 100_000))  # 100 KB, under the frame limit
     def one(message):
         kind, payload = message
         with connect(server.ws_url, max_size=None) as ws:

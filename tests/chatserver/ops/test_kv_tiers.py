@@ -1,13 +1,13 @@
 """Session KV across disconnects and restarts, through the app (tiny model)."""
 
-import asyncio
 
 from chatserver import keys
 from chatserver.app import create_app
 from chatserver.config import ServerConfig
 from engine.config import EngineConfig
 from engine.kv.store import KVStoreConfig
-from tests.chatserver.conftest import Chat
+from tests.helpers.chat import Chat
+from tests.helpers.polling import wait_until
 
 
 def _config(tmp_path, **kv) -> ServerConfig:
@@ -17,14 +17,6 @@ def _config(tmp_path, **kv) -> ServerConfig:
 async def _open(client, **hello):
     chat = Chat(await client.ws_connect("/ws"))
     return chat, await chat.hello(**hello)
-
-
-async def _wait_for(predicate, timeout=10.0):
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 async def test_restart_resumes_warm_from_disk_and_a_corrupt_file_recomputes(aiohttp_client, tiny_model, tmp_path):
@@ -69,10 +61,10 @@ async def test_spill_on_disconnect_and_prefetch_on_resume(aiohttp_client, tiny_m
     await chat.turn("hello", max_tokens=4, temperature=0)
     await chat.ws.close()
     sid = session["session_id"]
-    await _wait_for(lambda: store.tier_of(sid) == "disk")
+    await wait_until(lambda: store.tier_of(sid) == "disk")
 
     chat, _ = await _open(client, session_id=sid, resume_token=session["resume_token"])
-    await _wait_for(lambda: store.stats.restores == 1)  # read back before any turn was sent
+    await wait_until(lambda: store.stats.restores == 1)  # read back before any turn was sent
     _, done = await chat.turn("again", max_tokens=4, temperature=0)
     assert done["cache"] == "disk" and done["usage"]["cached_tokens"] > 0
 

@@ -1,13 +1,13 @@
 """The WebSocket protocol through the real aiohttp app (tiny random model for speed)."""
 
-import asyncio
 import json
 
 import pytest
 from aiohttp import WSMsgType
 
 from chatserver import keys
-from tests.chatserver.conftest import Chat
+from tests.helpers.chat import Chat
+from tests.helpers.polling import wait_until
 
 
 async def test_new_session_streams_tokens_and_reports_usage(connect):
@@ -111,6 +111,11 @@ BAD_FRAMES = [
     (json.dumps({"type": "hello", "session_id": 12}), "bad_request"),
     (json.dumps({"type": "cancel"}), "bad_request"),  # nothing running
     (json.dumps({"type": "user", "content": "hello " * 1000}), "context_length_exceeded"),
+    # nesting too deep for the JSON parser (100 KB and 500 KB, under the 1 MiB frame limit)
+    ("[" * 100_000, "bad_request"),
+    ('{"a":' * 100_000, "bad_request"),
+    (json.dumps({"type": "user", "content": "hi"})[:-1] + ', "x": ' + "[" * 5000 + "]" * 5000 + "}", "bad_request"),
+    ('{"type": ' + "[" * 900 + "]" * 900 + "}", "bad_request"),  # parses; an unknown type, not echoed whole
 ]
 
 
@@ -206,12 +211,13 @@ async def test_client_vanishing_mid_turn_stores_the_partial_answer(client, conne
     assert (await chat.recv())["type"] == "token"
     await chat.ws.close()
     repo = client.app[keys.repository]
-    for _ in range(100):
+
+    async def answer_stored():
         stored = await repo.messages(session["session_id"])
-        if stored[-1].role == "assistant":
-            break
-        await asyncio.sleep(0.05)
-    assert stored[-1].role == "assistant" and stored[-1].finish_reason == "cancelled"
+        return stored[-1] if stored[-1].role == "assistant" else None
+
+    stored = await wait_until(answer_stored, what="the cancelled answer stored")
+    assert stored.finish_reason == "cancelled"
     assert client.app[keys.engine].num_admitted == 0
 
 

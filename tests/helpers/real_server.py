@@ -6,13 +6,15 @@ import json
 import os
 import signal
 import subprocess
+import queue
 import sys
+import threading
 import time
 from pathlib import Path
 
 import websockets
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import MODEL_CACHE, REPO
 
 
 class RealServer:
@@ -20,20 +22,37 @@ class RealServer:
         self.data_dir, self.model_cache, self.args = data_dir, model_cache, args
         self.proc: subprocess.Popen | None = None
         self.url = ""
+        self._lines: queue.Queue[str | None] = queue.Queue()  # the server's stdout; None at its end
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "chatserver", "serve", "--port", "0", "--data-dir", str(self.data_dir),
+                "--model-cache", str(self.model_cache), "--log-level", "WARNING", *self.args]
 
     def start(self, timeout: float = 300) -> RealServer:
-        cmd = [sys.executable, "-m", "chatserver", "serve", "--port", "0", "--data-dir", str(self.data_dir),
-               "--model-cache", str(self.model_cache), "--log-level", "WARNING", *self.args]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ})
+        """Start the server and wait for its ready line; a server that is not ready after `timeout`
+        seconds is killed and TimeoutError raised (stdout is read by a thread, so a silent server
+        cannot hold this call past its deadline)."""
+        self.proc = subprocess.Popen(self.command(), cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ})
+        threading.Thread(target=self._read_stdout, args=(self.proc.stdout,), daemon=True).start()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
                 raise RuntimeError(f"server exited with {self.proc.wait()} before it was ready")
             if line.startswith("chatserver ready on "):
                 self.url = line.split()[-1]
                 return self
-        raise TimeoutError("server did not become ready")
+        self.proc.kill()
+        self.proc.wait()
+        raise TimeoutError(f"server did not become ready within {timeout} s")
+
+    def _read_stdout(self, stdout) -> None:
+        for line in stdout:
+            self._lines.put(line)
+        self._lines.put(None)
 
     @property
     def ws_url(self) -> str:
@@ -42,15 +61,11 @@ class RealServer:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        self.proc.stdout.close()
-        return code
+        return self.proc.wait(timeout)
 
 
 def serving(data_dir: Path, *args: str):
     """For module fixtures: `yield from serving(dir, *args)` starts the real server and stops it after."""
-    from tests.conftest import MODEL_CACHE
-
     srv = RealServer(data_dir, MODEL_CACHE, *args).start()
     try:
         yield srv

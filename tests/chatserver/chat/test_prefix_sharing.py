@@ -1,15 +1,17 @@
 """Sessions that start alike share that beginning's KV, held once (real server, real model)."""
 
-import asyncio
 import json
 import urllib.request
 
 import openai
 import pytest
-import torch
 
 from engine.model.chat_format import ChatFormat, ChatMessage
-from tests.real_server import WsChat, serving
+from engine.model.reference import greedy_answer
+from tests.helpers.polling import wait_until
+from tests.helpers.real_server import WsChat, serving
+
+pytestmark = [pytest.mark.real_server]
 
 ADMIN = "admin-secret"
 # a long system prompt (about 500 tokens), as products put in front of every conversation
@@ -34,13 +36,6 @@ def _stats(server) -> dict:
     return _admin(server, "GET", "/api/stats")
 
 
-def _generate(real_model, messages: list[ChatMessage], max_tokens: int) -> str:
-    ids = ChatFormat(real_model.tokenizer, real_model.model.generation_config).render(messages)
-    with torch.inference_mode():
-        out = real_model.model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False)
-    return real_model.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
-
-
 async def test_two_sessions_with_one_system_prompt_share_its_kv(server, real_model):
     fmt = ChatFormat(real_model.tokenizer, real_model.model.generation_config)
     system_tokens = len(fmt.render([ChatMessage("system", SYSTEM)]))
@@ -56,7 +51,7 @@ async def test_two_sessions_with_one_system_prompt_share_its_kv(server, real_mod
     # the second session's first turn did not compute the system prompt again...
     assert done2["usage"]["cached_tokens"] >= system_tokens - 10
     # ...answers exactly as if it had...
-    assert text == _generate(real_model, [ChatMessage("system", SYSTEM),
+    assert text == greedy_answer(real_model, [ChatMessage("system", SYSTEM),
                                           ChatMessage("user", "How long is the warranty on brakes?")], 24)
     # ...and the store holds that prompt once
     ram = _stats(server)["kv"]["ram"]
@@ -73,10 +68,7 @@ async def test_two_sessions_with_one_system_prompt_share_its_kv(server, real_mod
     # the server reads one of them back and shares its beginning
     for hello in (hello1, hello2):
         _admin(server, "POST", f"/api/sessions/{hello['session_id']}/evict")
-    for _ in range(100):
-        if _stats(server)["kv"]["ram"]["sessions"] == 0:
-            break
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: _stats(server)["kv"]["ram"]["sessions"] == 0, interval=0.1, what="both sessions on disk")
     assert _stats(server)["kv"]["ram"]["shared_prefixes"] == 0
     third, _ = await WsChat.open(server.ws_url)
     await third.ws.send(json.dumps({"type": "system", "content": SYSTEM}))

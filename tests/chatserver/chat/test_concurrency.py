@@ -3,7 +3,7 @@
 import asyncio
 
 from chatserver import keys
-from tests.chatserver.conftest import Chat
+from tests.helpers.chat import Chat
 
 
 async def test_many_concurrent_clients_all_complete_and_are_stored(client):

@@ -13,15 +13,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from engine.kernels.linear import strip_width
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
-KERNEL_TESTS = ["tests/engine/test_kernels.py", "tests/engine/test_grid_weights.py",
-                "tests/engine/test_runner.py", "tests/engine/test_sampling.py"]
+pytestmark = [pytest.mark.slow]
+
+KERNEL_TESTS = ["tests/engine/kernels/test_kernels.py", "tests/engine/kernels/test_grid_weights.py",
+                "tests/engine/model/test_runner.py", "tests/engine/test_sampling.py"]
 STRIP_OF_LANES = {16: 64, 8: 16, 4: 8}  # strip.h: columns of the matmuls' register block
 NATIVE_LANES = {strip: lanes for lanes, strip in STRIP_OF_LANES.items()}[strip_width()]
 

@@ -1,22 +1,46 @@
+"""Shared fixtures, loaded as a pytest plugin (pyproject: -p tests.plugin): the real model (loaded once
+per run), a tiny random Llama for speed, and in-process servers on the tiny model."""
+
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from chatserver.app import create_app
 from chatserver.config import ServerConfig
 from engine.config import EngineConfig
+from engine.model.loader import LoadedModel, load_model
+from tests.helpers.admin import ADMIN_TOKEN
+from tests.helpers.chat import Chat
+from tests.helpers.paths import MODEL_CACHE
+
+
+
+@pytest.fixture(scope="session")
+def real_model() -> LoadedModel:
+    return load_model(None, MODEL_CACHE)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(real_model: LoadedModel) -> LoadedModel:
+    """A 2-layer random Llama sharing SmolLM2's tokenizer and chat template (same vocabulary)."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(real_model.tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    model = LlamaForCausalLM(config).eval().requires_grad_(False)
+    model.generation_config.eos_token_id = 2
+    return LoadedModel(model, real_model.tokenizer, "tiny-llama", real_model.path, "tiny")
 
 
 @pytest.fixture
 def server_config(tmp_path) -> ServerConfig:
     return ServerConfig(data_dir=tmp_path, engine=EngineConfig(max_context=1024, max_new_tokens=64, max_queue=8))
-
-
-ADMIN_TOKEN = "operator-secret"
-ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture
@@ -40,35 +64,6 @@ def make_client(aiohttp_client, tiny_model, tmp_path):
         return await aiohttp_client(create_app(config, model=tiny_model))
 
     return make
-
-
-class Chat:
-    """A test-side WebSocket chat: send frames, collect answers."""
-
-    def __init__(self, ws):
-        self.ws = ws
-
-    async def send(self, **frame):
-        await self.ws.send_str(json.dumps(frame))
-
-    async def recv(self) -> dict:
-        msg = await self.ws.receive(timeout=60)
-        return json.loads(msg.data)
-
-    async def hello(self, **kw) -> dict:
-        await self.send(type="hello", **kw)
-        return await self.recv()
-
-    async def turn(self, content: str, **kw) -> tuple[str, dict]:
-        """Send a user frame; return (streamed text, done or error frame)."""
-        await self.send(type="user", content=content, **kw)
-        text = ""
-        while True:
-            frame = await self.recv()
-            if frame["type"] == "token":
-                text += frame["text"]
-            else:
-                return text, frame
 
 
 @pytest.fixture

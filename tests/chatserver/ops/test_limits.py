@@ -9,7 +9,8 @@ from aiohttp import WSMsgType
 
 from chatserver import keys
 from chatserver.ops.limits import TurnRate
-from tests.chatserver.conftest import Chat
+from tests.helpers.chat import Chat
+from tests.helpers.polling import wait_until
 
 
 async def _refused_status(client) -> int:
@@ -25,10 +26,8 @@ async def test_connections_per_client_address_are_capped_and_freed_on_close(make
     chat = Chat(second)
     assert (await chat.hello())["type"] == "session"  # the admitted ones keep working
     await first.close()
-    for _ in range(50):  # the server notices the close asynchronously
-        if client.app[keys.connection_gate].total < 2:
-            break
-        await asyncio.sleep(0.02)
+    # the server notices the close asynchronously
+    await wait_until(lambda: client.app[keys.connection_gate].total < 2, what="the closed connection released")
     third = Chat(await client.ws_connect("/ws"))
     assert (await third.hello())["type"] == "session"
 
@@ -92,11 +91,7 @@ async def test_a_client_that_stops_answering_pings_is_disconnected(make_client):
         assert msg.type == WSMsgType.PING
     else:
         pytest.fail("the server kept a client that never answered its pings")
-    for _ in range(100):
-        if client.app[keys.connection_gate].total == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert client.app[keys.connection_gate].total == 0, "the dead connection's place was not freed"
+    await wait_until(lambda: client.app[keys.connection_gate].total == 0, what="the dead connection's place freed")
 
 
 async def test_allowed_origins_extend_the_same_host_rule(make_client):

@@ -10,8 +10,10 @@ from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
 from chatserver.admin.openapi import openapi_document
-from tests.conftest import MODEL_CACHE
-from tests.real_server import RealServer, WsChat
+from tests.helpers.paths import MODEL_CACHE
+from tests.helpers.real_server import RealServer, WsChat
+
+pytestmark = [pytest.mark.real_server, pytest.mark.slow]
 
 TOKEN = "fuzz-token"
 # positive generation only: the API deliberately ignores unknown query parameters and headers

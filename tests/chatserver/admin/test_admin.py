@@ -1,12 +1,13 @@
 """Session-admin REST API, metrics and health (tiny model, through the app)."""
 
-import asyncio
 import json
 import re
 
 import pytest
 
-from tests.chatserver.conftest import ADMIN_AUTH, ADMIN_TOKEN, Chat
+from tests.helpers.admin import ADMIN_AUTH, ADMIN_TOKEN
+from tests.helpers.chat import Chat
+from tests.helpers.polling import wait_until
 
 TOKEN, AUTH = ADMIN_TOKEN, ADMIN_AUTH
 
@@ -106,11 +107,7 @@ async def test_delete_removes_transcript_and_kv_and_disconnects_the_client(admin
     assert frame["type"] == "error" and frame["code"] == "session_deleted"
     closing = await chat.ws.receive(timeout=5)
     assert closing.type.name == "CLOSE" and closing.data == 4004
-    for _ in range(50):
-        if not list((tmp_path / "kv").glob("*.safetensors")):
-            break
-        await asyncio.sleep(0.05)
-    assert not list((tmp_path / "kv").glob("*.safetensors"))
+    await wait_until(lambda: not list((tmp_path / "kv").glob("*.safetensors")), what="the KV file deleted")
     assert (await admin.get(f"/api/sessions/{sid}", headers=AUTH)).status == 404
     other = Chat(await admin.ws_connect("/ws"))
     assert (await other.hello(session_id=sid, resume_token=session["resume_token"]))["code"] == "session_not_found"

@@ -6,7 +6,8 @@ import errno
 import os
 
 from storage import kv_files
-from tests.chatserver.conftest import ADMIN_AUTH, Chat
+from tests.helpers.admin import ADMIN_AUTH
+from tests.helpers.chat import Chat
 
 AUTH = ADMIN_AUTH
 
