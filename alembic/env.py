@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 
-from storage.db import create_engine
+from storage.db import create_db_engine
 from storage.tables import Base
 
 config = context.config
@@ -27,10 +27,10 @@ def do_run_migrations(connection: Connection) -> None:
 
 
 async def run_async_migrations() -> None:
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
-    async with engine.connect() as connection:
+    db_engine = create_db_engine(config.get_main_option("sqlalchemy.url"))
+    async with db_engine.connect() as connection:
         await connection.run_sync(do_run_migrations)
-    await engine.dispose()
+    await db_engine.dispose()
 
 
 if context.is_offline_mode():

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from step_profile import MachineFloors, machine_line, print_profile, profile, weights_label  # noqa: E402
 
 from engine.kernels.grid import ACTIVATIONS  # noqa: E402
-from engine.kv.session_kv import KV_DTYPES  # noqa: E402
+from engine.kv import KV_DTYPES  # noqa: E402
 from engine.kernels.linear import amx_tiles  # noqa: E402
 from engine.model.loader import load_model  # noqa: E402
 from engine.model.runner import ForwardItem, ModelRunner  # noqa: E402

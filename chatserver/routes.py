@@ -1,21 +1,15 @@
-"""URL map."""
+"""URL map: each package adds its own routes."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from chatserver import pages
-from chatserver.admin import routes as admin
-from chatserver.chat.websocket import websocket_handler
-from chatserver.openai import routes as openai_api
-from chatserver.ops import views as ops
+from chatserver import admin, chat, openai, ops, pages
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/ws", websocket_handler)
-    app.router.add_get("/healthz", ops.healthz)
-    app.router.add_get("/readyz", ops.readyz)
-    app.router.add_get("/metrics", ops.metrics)
-    admin.setup(app)
-    openai_api.setup(app)
-    pages.setup(app)
+    chat.setup(app)  # /ws
+    ops.setup(app)  # /healthz, /readyz, /metrics
+    admin.setup(app)  # /api/...
+    openai.setup(app)  # /v1/...
+    pages.setup(app)  # /, /admin, /static/

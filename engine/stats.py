@@ -1,13 +1,18 @@
-"""Engine statistics: counters and recent-sample distributions, written by the engine thread only.
-
-Readers on other threads take `snapshot()`, which copies under the GIL; values may be a step
-old, never torn in a way that matters for monitoring.
+"""Engine statistics: counters and recent-sample distributions, written and read on the engine thread
+only; other threads get a snapshot of plain values through Engine.query(Engine.stats_snapshot).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.admission import Admission
+    from engine.kv import KVStore
+    from engine.model import ModelRunner
+    from engine.scheduler import Scheduler
 
 
 MS_BUCKETS = (5, 10, 25, 50, 100, 150, 250, 500, 1000, 2500, 5000, 10000, 30000)
@@ -88,3 +93,23 @@ class EngineStats:
             else:
                 out[name] = dict(value) if isinstance(value, dict) else value
         return out
+
+
+def engine_snapshot(stats: EngineStats, scheduler: Scheduler, admission: Admission, store: KVStore,
+                    runner: ModelRunner, with_buckets: bool = False) -> dict:
+    """Engine and KV store statistics as plain values (engine thread)."""
+    cfg, disk, budget = store.config, store.disk, store.budget
+    return {
+        "engine": {**stats.snapshot(with_buckets), "queue_depth": len(scheduler.waiting),
+                   "running": len(scheduler.running), "admitted": admission.num_admitted,
+                   "weights": runner.weights_summary()},
+        "kv": {
+            "ram": {"sessions": len(store.entries), "bytes": budget.ram_bytes,
+                    "shared_prefixes": budget.num_shared, "shared_bytes": budget.shared_bytes,
+                    "max_bytes": cfg.max_ram_bytes, "max_sessions": cfg.max_ram_sessions},
+            "disk": {"sessions": disk.num_files if disk else 0, "bytes": disk.total_bytes if disk else 0,
+                     "max_bytes": disk.max_bytes if disk else 0},
+            **asdict(store.stats),
+            "files": asdict(disk.stats) if disk else {},
+        },
+    }

@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 
+from engine.admission import Ticket
 from engine.model.detokenizer import IncrementalDetokenizer
 from engine.kv.session_kv import SessionKV
 from engine.sampling import SamplingParams
@@ -18,11 +19,11 @@ _ids = itertools.count(1)
 
 @dataclass(frozen=True)
 class TurnRequest:
-    session_key: str  # owner of the KV; one running turn per key at a time
+    session_id: str  # owner of the KV; one running turn per session at a time
     prompt_ids: list[int]  # whole conversation rendered with the chat template
     sampling: SamplingParams
-    # stateless clients (OpenAI API): when session_key has no KV, the turn may take over the KV of an
-    # idle session whose key starts with this prefix and whose tokens its prompt continues ("" = never)
+    # stateless clients (OpenAI API): when session_id has no KV, the turn may take over the KV of an
+    # idle session whose id starts with this prefix and whose tokens its prompt continues ("" = never)
     adopt_prefix: str = ""
 
 
@@ -70,6 +71,7 @@ class Turn:
     request: TurnRequest
     emit: Callable[[TurnEvent], None]  # thread-safe; called from the engine thread
     detokenizer: IncrementalDetokenizer
+    ticket: Ticket | None = None  # its admitted place (engine/admission.py), released when it ends
     id: int = field(default_factory=lambda: next(_ids))
     generator: torch.Generator | None = None
     kv: SessionKV | None = None
@@ -84,8 +86,8 @@ class Turn:
     t_last_token: float = 0.0
 
     @property
-    def session_key(self) -> str:
-        return self.request.session_key
+    def session_id(self) -> str:
+        return self.request.session_id
 
     @property
     def prompt_ids(self) -> list[int]:

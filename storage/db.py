@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 
-def sqlite_url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
-
-
-def create_engine(url: str) -> AsyncEngine:
-    engine = create_async_engine(url)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-    return engine
+def create_db_engine(url: str) -> AsyncEngine:
+    db_engine = create_async_engine(url)
+    if db_engine.dialect.name == "sqlite":
+        event.listen(db_engine.sync_engine, "connect", _sqlite_pragmas)
+    return db_engine
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -28,5 +22,6 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def db_sessionmaker(db_engine: AsyncEngine) -> async_sessionmaker:
+    """Database sessions (SQLAlchemy's unit of work; not chat sessions)."""
+    return async_sessionmaker(db_engine, expire_on_commit=False)

@@ -1,12 +1,8 @@
-"""The disk tier of session KV: one safetensors file per session (format in docs/KV_FORMAT.md).
-
-Files are written and read by streaming each [positions, head_dim] slab straight between the
-session's RAM tensor and the file, so a spill or restore never holds a second copy of the KV in
-RAM and releases the GIL for the I/O. The result is a standard safetensors file (tensor "kv",
-shape [layers, 2, kv_heads, tokens, head_dim]) that the safetensors library reads as well.
+"""The disk tier of session KV: one file per session (storage/kv_format.py) in one directory, bounded in
+bytes (least recently used files go first), listed at start-up without reading any KV.
 
 Thread-safety: every method may be called from any thread; the index is guarded by a lock.
-Disk I/O happens in write() and read(); callers keep them off the event loop and the model thread.
+Disk I/O happens in write() and read_into(); callers keep them off the event loop and the model thread.
 """
 
 from __future__ import annotations
@@ -22,36 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import xxhash
 
-FORMAT_VERSION = "1"
-SUFFIX = ".safetensors"
-TMP_SUFFIX = ".tmp"
-_MAX_HEADER = 16 << 20  # bytes; token ids of a 100k-token session fit easily
-_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-
-
-class KVFileInvalid(Exception):
-    """A KV file that must not be used. `reason` is one of: missing, truncated, corrupt,
-    format_version, model_mismatch, layout_mismatch."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class KVLayout:
-    """What every file of this server must match: [layers, 2, kv_heads, tokens, head_dim] of dtype."""
-
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    dtype: torch.dtype
-    fingerprint: str  # the model's (weights, config, tokenizer, chat template)
-
-    def token_bytes(self) -> int:
-        return self.num_layers * 2 * self.num_kv_heads * self.head_dim * torch.tensor([], dtype=self.dtype).element_size()
+from storage.errors import KVFileInvalid
+from storage.kv_format import SUFFIX, TMP_SUFFIX, KVLayout, read_kv, read_metadata, write_kv
 
 
 @dataclass
@@ -84,17 +53,17 @@ class KVFileStore:
 
     # ---- index ----
 
-    def file_name(self, key: str) -> str:
-        """Never derived from client text directly: a hash of the session key."""
-        return hashlib.sha256(key.encode()).hexdigest()[:40] + SUFFIX
+    def file_name(self, session_id: str) -> str:
+        """Never derived from client text directly: a hash of the session id."""
+        return hashlib.sha256(session_id.encode()).hexdigest()[:40] + SUFFIX
 
-    def contains(self, key: str) -> bool:
+    def contains(self, session_id: str) -> bool:
         with self._lock:
-            return self.file_name(key) in self._index
+            return self.file_name(session_id) in self._index
 
-    def nbytes(self, key: str) -> int:
+    def nbytes(self, session_id: str) -> int:
         with self._lock:
-            entry = self._index.get(self.file_name(key))
+            entry = self._index.get(self.file_name(session_id))
             return entry[0] if entry else 0
 
     @property
@@ -122,7 +91,7 @@ class KVFileStore:
         self._enforce_limit()
 
     def scan_prefixes(self) -> list[tuple[str, list[int]]]:
-        """(session key, token ids) of every file written for this model (headers only; at start-up,
+        """(session id, token ids) of every file written for this model (headers only; at start-up,
         so the engine's prefix index covers the disk tier too). Unreadable headers are skipped here
         and rejected when read."""
         found = []
@@ -130,21 +99,17 @@ class KVFileStore:
             names = list(self._index)
         for name in names:
             try:
-                with open(self.directory / name, "rb") as f:
-                    (header_len,) = struct.unpack("<Q", f.read(8))
-                    if header_len > _MAX_HEADER:
-                        continue
-                    meta = json.loads(f.read(header_len))["__metadata__"]
-                key = meta["session_key"]
-                if meta.get("model_fingerprint") == self.layout.fingerprint and self.file_name(key) == name:
-                    found.append((key, json.loads(meta["token_ids"])))
+                meta = read_metadata(self.directory / name)
+                session_id = meta["session_key"]
+                if meta.get("model_fingerprint") == self.layout.fingerprint and self.file_name(session_id) == name:
+                    found.append((session_id, json.loads(meta["token_ids"])))
             except (OSError, ValueError, KeyError, TypeError, struct.error):
                 continue
         return found
 
     # ---- write ----
 
-    def write(self, key: str, data: torch.Tensor | list[torch.Tensor], token_ids: list[int]) -> int:
+    def write(self, session_id: str, data: torch.Tensor | list[torch.Tensor], token_ids: list[int]) -> int:
         """Atomically store KV covering `token_ids`: `data` [layers, 2, kv_heads, capacity, head_dim]
         (positions < len(token_ids) are written), or consecutive pieces [layers, 2, kv_heads, n_i, head_dim]
         with sum(n_i) == len(token_ids) (a shared prefix and a session's own part).
@@ -153,43 +118,13 @@ class KVFileStore:
         files if the tier is over max_bytes.
         """
         start = time.perf_counter()
-        n = len(token_ids)
-        L = self.layout
-        pieces = [data[:, :, :, :n]] if isinstance(data, torch.Tensor) else data
-        assert sum(p.shape[3] for p in pieces) == n
-        for p in pieces:
-            assert p.shape[:3] == (L.num_layers, 2, L.num_kv_heads) and p.shape[4] == L.head_dim and p.dtype == L.dtype
-        slabs = [p[layer, kv, head] for layer in range(L.num_layers) for kv in range(2)
-                 for head in range(L.num_kv_heads) for p in pieces if p.shape[3]]
-        checksum = xxhash.xxh3_128()
-        for slab in slabs:
-            checksum.update(_raw(slab))
-        payload = n * L.token_bytes()
-        metadata = {
-            "format_version": FORMAT_VERSION,
-            "model_fingerprint": L.fingerprint,
-            "dtype": _DTYPES[L.dtype],
-            "shape": json.dumps([L.num_layers, 2, L.num_kv_heads, n, L.head_dim]),
-            "token_ids": json.dumps(token_ids),
-            "session_key": key,
-            "checksum": "xxh3_128:" + checksum.hexdigest(),
-        }
-        header = {
-            "__metadata__": metadata,
-            "kv": {"dtype": _DTYPES[L.dtype], "shape": [L.num_layers, 2, L.num_kv_heads, n, L.head_dim],
-                   "data_offsets": [0, payload]},
-        }
-        header_bytes = json.dumps(header, separators=(",", ":")).encode()
-        header_bytes += b" " * (-len(header_bytes) % 8)  # the spec pads the header to 8-byte alignment
-        name = self.file_name(key)
+        pieces = [data[:, :, :, :len(token_ids)]] if isinstance(data, torch.Tensor) else data
+        name = self.file_name(session_id)
         final = self.directory / name
         tmp = self.directory / f"{name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}"
         try:
             with open(tmp, "wb") as f:
-                f.write(struct.pack("<Q", len(header_bytes)))
-                f.write(header_bytes)
-                for slab in slabs:
-                    f.write(_raw(slab))
+                size = write_kv(f, self.layout, session_id, pieces, token_ids)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, final)
@@ -201,7 +136,6 @@ class KVFileStore:
                 self.write_error = f"{type(exc).__name__}: {exc}"
             raise
         self.write_error = None
-        size = 8 + len(header_bytes) + payload
         with self._lock:
             self._index[name] = (size, time.time())
             self._index.move_to_end(name)
@@ -231,17 +165,17 @@ class KVFileStore:
 
     # ---- read ----
 
-    def read_into(self, key: str, allocate) -> tuple[torch.Tensor, list[int]]:
-        """Load and verify the file of `key`. `allocate(num_tokens)` returns the destination tensor
+    def read_into(self, session_id: str, allocate) -> tuple[torch.Tensor, list[int]]:
+        """Load and verify the file of `session_id`. `allocate(num_tokens)` returns the destination tensor
         [layers, 2, kv_heads, capacity >= num_tokens, head_dim]; the payload is read straight into it.
 
         Raises KVFileInvalid (the file is then deleted) when the file must not be used.
         """
         start = time.perf_counter()
-        name = self.file_name(key)
+        name = self.file_name(session_id)
         path = self.directory / name
         try:
-            data, token_ids, size = self._read_verified(path, allocate)
+            data, token_ids, size = read_kv(path, self.layout, allocate)
         except KVFileInvalid as exc:
             path.unlink(missing_ok=True)
             with self._lock:
@@ -260,69 +194,18 @@ class KVFileStore:
             self.stats.read_seconds += time.perf_counter() - start
         return data, token_ids
 
-    def _read_verified(self, path: Path, allocate) -> tuple[torch.Tensor, list[int], int]:
-        L = self.layout
-        try:
-            f = open(path, "rb")
-        except FileNotFoundError:
-            raise KVFileInvalid("missing") from None
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(8)
-            if len(head) < 8:
-                raise KVFileInvalid("truncated", "no header")
-            (header_len,) = struct.unpack("<Q", head)
-            if header_len > _MAX_HEADER or 8 + header_len > size:
-                raise KVFileInvalid("truncated", "header")
-            try:
-                header = json.loads(f.read(header_len))
-                meta = header["__metadata__"]
-                version = meta["format_version"]
-                fingerprint = meta["model_fingerprint"]
-                token_ids = json.loads(meta["token_ids"])
-                shape = json.loads(meta["shape"])
-                checksum = meta["checksum"]
-                tensor = header["kv"]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise KVFileInvalid("corrupt", f"header: {exc}") from None
-            if version != FORMAT_VERSION:
-                raise KVFileInvalid("format_version", str(version))
-            if fingerprint != L.fingerprint:
-                raise KVFileInvalid("model_mismatch")
-            n = len(token_ids)
-            expected = [L.num_layers, 2, L.num_kv_heads, n, L.head_dim]
-            if shape != expected or tensor.get("shape") != expected or tensor.get("dtype") != _DTYPES[L.dtype]:
-                raise KVFileInvalid("layout_mismatch", f"{tensor.get('dtype')} {tensor.get('shape')}")
-            payload = n * L.token_bytes()
-            if tensor.get("data_offsets") != [0, payload] or not all(isinstance(t, int) for t in token_ids):
-                raise KVFileInvalid("corrupt", "offsets")
-            if size != 8 + header_len + payload:
-                raise KVFileInvalid("truncated", f"{size} bytes, expected {8 + header_len + payload}")
-            data = allocate(n)
-            digest = xxhash.xxh3_128()
-            for layer in range(L.num_layers):
-                for kv in range(2):
-                    for head in range(L.num_kv_heads):
-                        slab = _raw(data[layer, kv, head, :n])
-                        if f.readinto(slab) != slab.nbytes:
-                            raise KVFileInvalid("truncated", "payload")
-                        digest.update(slab)
-            if "xxh3_128:" + digest.hexdigest() != checksum:
-                raise KVFileInvalid("corrupt", "checksum")
-        return data, token_ids, size
-
     # ---- delete ----
 
-    def delete(self, key: str) -> bool:
-        name = self.file_name(key)
+    def delete(self, session_id: str) -> bool:
+        name = self.file_name(session_id)
         with self._lock:
             existed = self._index.pop(name, None) is not None
         (self.directory / name).unlink(missing_ok=True)
         return existed
 
-    def rename(self, key: str, new_key: str) -> bool:
-        """The file of `key` now belongs to `new_key` (its contents name no key). False if absent."""
-        name, new_name = self.file_name(key), self.file_name(new_key)
+    def rename(self, session_id: str, new_id: str) -> bool:
+        """The file of `session_id` now belongs to `new_id` (its contents name no session_id). False if absent."""
+        name, new_name = self.file_name(session_id), self.file_name(new_id)
         with self._lock:
             entry = self._index.pop(name, None)
             if entry is None:
@@ -354,12 +237,6 @@ class KVFileStore:
             (self.directory / name).unlink(missing_ok=True)
             total -= size
             self.stats.num_evicted += 1
-
-
-def _raw(slab: torch.Tensor):
-    """Bytes of a contiguous [tokens, head_dim] slab, as a writable numpy view (no copy; any dtype)."""
-    assert slab.is_contiguous()
-    return slab.view(torch.uint8).numpy()
 
 
 def _fsync_dir(directory: Path) -> None:

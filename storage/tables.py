@@ -16,7 +16,7 @@ class Base(DeclarativeBase):
     pass
 
 
-class ChatSession(Base):
+class SessionRow(Base):
     __tablename__ = "sessions"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # public id
@@ -27,12 +27,12 @@ class ChatSession(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
-    messages: Mapped[list[Message]] = relationship(
-        back_populates="session", order_by="Message.seq", cascade="all, delete-orphan", passive_deletes=True
+    messages: Mapped[list[MessageRow]] = relationship(
+        back_populates="session", order_by="MessageRow.seq", cascade="all, delete-orphan", passive_deletes=True
     )
 
 
-class Message(Base):
+class MessageRow(Base):
     __tablename__ = "messages"
     __table_args__ = (UniqueConstraint("session_id", "seq"),)
 
@@ -47,4 +47,4 @@ class Message(Base):
     finish_reason: Mapped[str | None] = mapped_column(String(16))  # assistant: stop | length | cancelled | error
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    session: Mapped[ChatSession] = relationship(back_populates="messages")
+    session: Mapped[SessionRow] = relationship(back_populates="messages")

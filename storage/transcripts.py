@@ -1,14 +1,18 @@
-"""Queries on chat sessions and transcripts. Each method is one short transaction."""
+"""Chat sessions and their transcripts in SQL. Each method is one short transaction; a database that
+refuses (locked, disk full, unreachable) raises StorageUnavailable, and nothing of that call is kept."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from storage.tables import ChatSession, Message, utcnow
+from storage.errors import StorageUnavailable
+from storage.tables import MessageRow, SessionRow, utcnow
 
 
 @dataclass(frozen=True)
@@ -29,51 +33,70 @@ class SessionRecord:
     num_tokens: int
     created_at: datetime
     updated_at: datetime
-    num_messages: int = 0  # filled by list_page() and get(with_counts=True)
+    num_messages: int = 0
 
 
-class SessionRepository:
+def _refusals_typed(method):
+    """The database's own errors (and the OS's, for SQLite) become StorageUnavailable."""
+
+    @functools.wraps(method)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageUnavailable(f"the database refused: {type(exc).__name__}: {exc}") from exc
+
+    return wrapper
+
+
+class TranscriptStore:
     def __init__(self, sessionmaker: async_sessionmaker):
         self._sm = sessionmaker
 
+    @_refusals_typed
     async def create(self, session_id: str, token_hash: str, model: str) -> SessionRecord:
         now = utcnow()
-        row = ChatSession(id=session_id, token_hash=token_hash, model=model, num_tokens=0, created_at=now, updated_at=now)
+        row = SessionRow(id=session_id, token_hash=token_hash, model=model, num_tokens=0, created_at=now, updated_at=now)
         async with self._sm.begin() as db:
             db.add(row)
         return _record(row)
 
+    @_refusals_typed
     async def get(self, session_id: str) -> SessionRecord | None:
         async with self._sm() as db:
-            row = await db.get(ChatSession, session_id)
+            row = await db.get(SessionRow, session_id)
             if row is None:
                 return None
-            count = await db.scalar(select(func.count()).select_from(Message).where(Message.session_id == session_id))
+            count = await db.scalar(select(func.count()).select_from(MessageRow).where(MessageRow.session_id == session_id))
             return _record(row, count)
 
+    @_refusals_typed
     async def list_page(self, limit: int, after: tuple[datetime, str] | None = None) -> list[SessionRecord]:
         """Most recently updated first; `after` = (updated_at, id) of the previous page's last row."""
-        counts = (select(Message.session_id, func.count().label("n")).group_by(Message.session_id).subquery())
-        query = (select(ChatSession, func.coalesce(counts.c.n, 0))
-                 .outerjoin(counts, counts.c.session_id == ChatSession.id)
-                 .order_by(ChatSession.updated_at.desc(), ChatSession.id.desc()).limit(limit))
+        counts = (select(MessageRow.session_id, func.count().label("n")).group_by(MessageRow.session_id).subquery())
+        query = (select(SessionRow, func.coalesce(counts.c.n, 0))
+                 .outerjoin(counts, counts.c.session_id == SessionRow.id)
+                 .order_by(SessionRow.updated_at.desc(), SessionRow.id.desc()).limit(limit))
         if after is not None:
             updated, last_id = after
-            query = query.where((ChatSession.updated_at < updated)
-                                | ((ChatSession.updated_at == updated) & (ChatSession.id < last_id)))
+            query = query.where((SessionRow.updated_at < updated)
+                                | ((SessionRow.updated_at == updated) & (SessionRow.id < last_id)))
         async with self._sm() as db:
             return [_record(row, n) for row, n in (await db.execute(query)).all()]
 
+    @_refusals_typed
     async def ping(self) -> None:
         """Raises if the database cannot be reached."""
         async with self._sm() as db:
             await db.execute(select(1))
 
+    @_refusals_typed
     async def messages(self, session_id: str) -> list[StoredMessage]:
         async with self._sm() as db:
-            rows = await db.scalars(select(Message).where(Message.session_id == session_id).order_by(Message.seq))
+            rows = await db.scalars(select(MessageRow).where(MessageRow.session_id == session_id).order_by(MessageRow.seq))
             return [StoredMessage(m.seq, m.role, m.content, m.finish_reason, m.created_at) for m in rows]
 
+    @_refusals_typed
     async def add_message(
         self,
         session_id: str,
@@ -90,27 +113,28 @@ class SessionRepository:
         """Append a message and touch the session; `title` is set only if the session has none."""
         now = utcnow()
         async with self._sm.begin() as db:
-            seq = await db.scalar(select(func.coalesce(func.max(Message.seq) + 1, 0)).where(Message.session_id == session_id))
-            db.add(Message(
+            seq = await db.scalar(select(func.coalesce(func.max(MessageRow.seq) + 1, 0)).where(MessageRow.session_id == session_id))
+            db.add(MessageRow(
                 session_id=session_id, seq=seq, role=role, content=content, num_tokens=num_tokens,
                 prompt_tokens=prompt_tokens, cached_tokens=cached_tokens, finish_reason=finish_reason, created_at=now,
             ))
             values: dict = {"updated_at": now}
             if session_tokens is not None:
                 values["num_tokens"] = session_tokens
-            await db.execute(update(ChatSession).where(ChatSession.id == session_id).values(**values))
+            await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(**values))
             if title:
                 await db.execute(
-                    update(ChatSession).where(ChatSession.id == session_id, ChatSession.title.is_(None)).values(title=title)
+                    update(SessionRow).where(SessionRow.id == session_id, SessionRow.title.is_(None)).values(title=title)
                 )
 
+    @_refusals_typed
     async def delete(self, session_id: str) -> bool:
         async with self._sm.begin() as db:
-            result = await db.execute(delete(ChatSession).where(ChatSession.id == session_id))
+            result = await db.execute(delete(SessionRow).where(SessionRow.id == session_id))
             return result.rowcount > 0
 
 
-def _record(row: ChatSession, num_messages: int = 0) -> SessionRecord:
+def _record(row: SessionRow, num_messages: int = 0) -> SessionRecord:
     return SessionRecord(row.id, row.token_hash, row.title, row.model, row.num_tokens, _utc(row.created_at),
                          _utc(row.updated_at), num_messages)
 

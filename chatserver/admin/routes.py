@@ -1,4 +1,5 @@
-"""Session-admin REST API under /api (bearer token; disabled, never open, without one)."""
+"""Session-admin REST API under /api (bearer token; disabled, never open, without one). Every error,
+including unknown paths and methods, is JSON: {"error": {"code", "message"}}."""
 
 from __future__ import annotations
 
@@ -12,29 +13,20 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from chatserver import keys
-from chatserver.admin.schemas import (
-    EvictResult,
-    KVPlacement,
-    Message,
-    SessionDetail,
-    SessionPage,
-    SessionSummary,
-)
-from chatserver.auth import bearer_matches
 from chatserver.admin.openapi import openapi_document
-from storage.transcripts import SessionRecord
+from chatserver.admin.schemas import AdminMessage, EvictResult, KVPlacement, SessionDetail, SessionPage, SessionSummary
+from chatserver.auth import bearer_matches
+from chatserver.errors import BadRequest, ChatError, Forbidden, MethodNotAllowed, NotFound, SessionNotFound, Unauthorized
+from chatserver.errors import code_of, message_of, status_of
+from storage import SessionRecord
 
 MAX_PAGE = 100
+_EVICT_WAIT_S = 10.0  # an evict answers within this, with the placement it has then
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")  # chatserver/auth.new_session_id
 
 
-class ApiError(web.HTTPException):
-    """An error with a JSON body {"error": {"code", "message"}}."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
-        self.status_code = status
-        super().__init__(headers=headers, content_type="application/json",
-                         text=json.dumps({"error": {"code": code, "message": message}}))
+class AdminDisabled(Forbidden):
+    code = "admin_disabled"
 
 
 @web.middleware
@@ -42,39 +34,43 @@ async def api_errors(request: web.Request, handler):
     """JSON errors for everything under /api, including unknown paths and methods."""
     if not request.path.startswith("/api/"):
         return await handler(request)
+    headers: dict[str, str] = {}
     try:
         return await handler(request)
-    except ApiError:
-        raise
     except web.HTTPNotFound:
-        raise ApiError(404, "not_found", f"no such endpoint: {request.method} {request.path}") from None
+        error: Exception = NotFound(f"no such endpoint: {request.method} {request.path}")
     except web.HTTPMethodNotAllowed as exc:
-        raise ApiError(405, "method_not_allowed", f"{request.method} not allowed; use {', '.join(sorted(exc.allowed_methods))}",
-                       headers={"Allow": ",".join(sorted(exc.allowed_methods))}) from None
+        allowed = sorted(exc.allowed_methods)
+        error, headers = MethodNotAllowed(f"{request.method} not allowed; use {', '.join(allowed)}"), {"Allow": ",".join(allowed)}
+    except ChatError as exc:
+        error = exc
+        if isinstance(exc, Unauthorized):
+            headers = {"WWW-Authenticate": "Bearer"}
+    body = {"error": {"code": code_of(error), "message": message_of(error)}}
+    return web.json_response(body, status=status_of(error), headers=headers)
 
 
 def _require_admin(request: web.Request) -> None:
-    token = request.app[keys.config].admin_token
+    token = request.app[keys.config].http.admin_token
     if not token:
-        raise ApiError(403, "admin_disabled",
-                       "the admin API is disabled: start the server with --admin-token or CHATSERVER_ADMIN_TOKEN")
+        raise AdminDisabled("the admin API is disabled: start the server with --admin-token or CHATSERVER_ADMIN_TOKEN")
     if not bearer_matches(request.headers.get("Authorization", ""), token):
-        raise ApiError(401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthorized("missing or wrong bearer token")
 
 
 def _json(model: BaseModel, status: int = 200) -> web.Response:
     return web.Response(status=status, text=model.model_dump_json(), content_type="application/json")
 
 
-def _placement(app: web.Application, session_id: str) -> KVPlacement:
-    store = app[keys.engine].store  # single-key reads: safe from the event loop
-    return KVPlacement(tier=store.tier_of(session_id), bytes=store.bytes_of(session_id))
+async def _placements(app: web.Application, session_ids: list[str]) -> dict[str, KVPlacement]:
+    found = await app[keys.engine].kv_placement(session_ids)  # one query on the engine thread
+    return {sid: KVPlacement(tier=tier, bytes=nbytes) for sid, (tier, nbytes) in found.items()}
 
 
-def _summary(app: web.Application, record: SessionRecord) -> SessionSummary:
+def _summary(record: SessionRecord, kv: KVPlacement) -> SessionSummary:
     return SessionSummary(id=record.id, title=record.title, model=record.model, created_at=record.created_at,
                           updated_at=record.updated_at, num_messages=record.num_messages,
-                          num_tokens=record.num_tokens, kv=_placement(app, record.id))
+                          num_tokens=record.num_tokens, kv=kv)
 
 
 def _encode_cursor(record: SessionRecord) -> str:
@@ -87,7 +83,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         updated, session_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         return datetime.fromisoformat(updated), str(session_id)
     except (ValueError, TypeError):
-        raise ApiError(400, "bad_request", "cursor: not a cursor returned by this API") from None
+        raise BadRequest("cursor: not a cursor returned by this API") from None
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -99,17 +95,17 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     except ValueError:
         value = low - 1
     if not low <= value <= high:
-        raise ApiError(400, "bad_request", f"{name}: must be an integer in [{low}, {high}]")
+        raise BadRequest(f"{name}: must be an integer in [{low}, {high}]")
     return value
 
 
 async def _record_or_404(request: web.Request) -> SessionRecord:
     session_id = request.match_info["session_id"]
     if not _SESSION_ID.fullmatch(session_id):  # ours are 32 hex digits: anything else cannot exist
-        raise ApiError(404, "session_not_found", "no such session (session ids are 32 hexadecimal digits)")
-    record = await request.app[keys.repository].get(session_id)
+        raise SessionNotFound("no such session (session ids are 32 hexadecimal digits)")
+    record = await request.app[keys.transcripts].get(session_id)
     if record is None:
-        raise ApiError(404, "session_not_found", f"no session {session_id!r}")
+        raise SessionNotFound(f"no session {session_id!r}")
     return record
 
 
@@ -118,14 +114,13 @@ async def list_sessions(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 20, 1, MAX_PAGE)
     tier = request.query.get("tier")
     if tier not in (None, "ram", "disk", "none"):
-        raise ApiError(400, "bad_request", "tier: must be ram, disk or none")
+        raise BadRequest("tier: must be ram, disk or none")
     after = _decode_cursor(request.query["cursor"]) if "cursor" in request.query else None
     found: list[SessionSummary] = []
     more = False
-    async for record, has_more in _scan(request.app, limit, after):
-        summary = _summary(request.app, record)
-        if tier is None or summary.kv.tier == tier:
-            found.append(summary)
+    async for record, kv, has_more in _scan(request.app, limit, after):
+        if tier is None or kv.tier == tier:
+            found.append(_summary(record, kv))
             if len(found) == limit:
                 more = has_more
                 break
@@ -134,13 +129,14 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 
 async def _scan(app: web.Application, page_size: int, after: tuple[datetime, str] | None):
-    """Sessions newest first from `after`, with whether more rows may follow each one.
-    (A tier filter may need several database pages to fill one API page.)"""
-    repo = app[keys.repository]
+    """Sessions newest first from `after`, with their KV placement and whether more rows may follow each
+    one. (A tier filter may need several database pages to fill one API page.)"""
+    transcripts = app[keys.transcripts]
     while True:
-        page = await repo.list_page(page_size, after)
+        page = await transcripts.list_page(page_size, after)
+        placements = await _placements(app, [record.id for record in page])
         for i, record in enumerate(page):
-            yield record, i < len(page) - 1 or len(page) == page_size
+            yield record, placements[record.id], i < len(page) - 1 or len(page) == page_size
         if len(page) < page_size:
             return
         after = (page[-1].updated_at, page[-1].id)
@@ -149,11 +145,12 @@ async def _scan(app: web.Application, page_size: int, after: tuple[datetime, str
 async def get_session(request: web.Request) -> web.Response:
     _require_admin(request)
     record = await _record_or_404(request)
-    messages = await request.app[keys.repository].messages(record.id)
+    messages = await request.app[keys.transcripts].messages(record.id)
     live = request.app[keys.sessions].get_live(record.id)
+    kv = (await _placements(request.app, [record.id]))[record.id]
     detail = SessionDetail(
-        **_summary(request.app, record).model_dump(),
-        messages=[Message(role=m.role, content=m.content, finish_reason=m.finish_reason, created_at=m.created_at)
+        **_summary(record, kv).model_dump(),
+        messages=[AdminMessage(role=m.role, content=m.content, finish_reason=m.finish_reason, created_at=m.created_at)
                   for m in messages],
         connections=len(live.connections) if live else 0,
     )
@@ -164,8 +161,8 @@ async def delete_session(request: web.Request) -> web.Response:
     _require_admin(request)
     record = await _record_or_404(request)
     await request.app[keys.sessions].terminate(record.id)  # tells connected clients, waits for their turns
-    await request.app[keys.repository].delete(record.id)
-    request.app[keys.engine].drop(record.id)
+    await request.app[keys.transcripts].delete(record.id)
+    await request.app[keys.engine].drop(record.id)
     return web.Response(status=204)
 
 
@@ -174,25 +171,24 @@ async def evict_session(request: web.Request) -> web.Response:
     record = await _record_or_404(request)
     drop = request.query.get("drop", "false").lower()
     if drop not in ("true", "false", "1", "0"):
-        raise ApiError(400, "bad_request", "drop: must be true or false")
+        raise BadRequest("drop: must be true or false")
     engine = request.app[keys.engine]
     if drop in ("true", "1"):
-        engine.drop(record.id)
-        action, wanted = "dropped", ("none",)
+        await engine.drop(record.id)
+        action = "dropped"
     else:
-        engine.spill(record.id)
-        action, wanted = "spilled", ("disk", "none")
-    for _ in range(200):  # the write runs on the KV store's I/O thread; wait for it (bounded)
-        if engine.store.tier_of(record.id) in wanted:
-            break
-        await asyncio.sleep(0.05)
-    return _json(EvictResult(id=record.id, action=action, kv=_placement(request.app, record.id)))
+        try:  # a session whose turn is running spills when the turn ends
+            await asyncio.wait_for(engine.spill(record.id), _EVICT_WAIT_S)
+        except TimeoutError:
+            pass
+        action = "spilled"
+    kv = (await _placements(request.app, [record.id]))[record.id]
+    return _json(EvictResult(id=record.id, action=action, kv=kv))
 
 
 async def stats(request: web.Request) -> web.Response:
     _require_admin(request)
-    engine = request.app[keys.engine]
-    snapshot = await engine.call(engine.stats_snapshot)
+    snapshot = await request.app[keys.engine].stats()
     snapshot["server"] = {"websockets": len(request.app[keys.websockets]),
                           "live_sessions": request.app[keys.sessions].num_live}
     return web.json_response(snapshot)

@@ -24,7 +24,7 @@ class SessionSummary(BaseModel):
     kv: KVPlacement
 
 
-class Message(BaseModel):
+class AdminMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
     content: str
     finish_reason: str | None = None
@@ -32,7 +32,7 @@ class Message(BaseModel):
 
 
 class SessionDetail(SessionSummary):
-    messages: list[Message]
+    messages: list[AdminMessage]
     connections: int = Field(ge=0, description="WebSocket connections open on this session")
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from chatserver.errors import BadRequest
+from engine import DoneEvent
 
 _ID = Annotated[str, Field(min_length=1, max_length=64)]
 _TOKEN = Annotated[str, Field(min_length=1, max_length=256)]
@@ -39,6 +40,11 @@ class User(_Frame):
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None
     seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
+
+    def sampling(self) -> dict:
+        """The sampling fields this turn sets (None: the server's default)."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed,
+                "max_tokens": self.max_tokens}
 
 
 class Cancel(_Frame):
@@ -72,3 +78,16 @@ def parse_frame(text: str) -> Hello | System | User | Cancel:
 def session_frame(session_id: str, resume_token: str, resumed: bool, messages: list[dict], busy: bool) -> dict:
     return {"type": "session", "session_id": session_id, "resume_token": resume_token, "resumed": resumed,
             "messages": messages, "busy": busy}
+
+
+def done_frame(event: DoneEvent) -> dict:
+    u, t = event.usage, event.timings
+    return {
+        "type": "done",
+        "finish_reason": event.finish_reason,
+        "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+                  "cached_tokens": u.cached_tokens},
+        "timings": {"ttft_ms": round(t.ttft_ms, 2), "prefill_ms": round(t.prefill_ms, 2),
+                    "decode_ms": round(t.decode_ms, 2)},
+        "cache": event.cache,
+    }

@@ -1,42 +1,51 @@
-"""One chat turn end to end: validate, render, admit, persist the user message, stream the
-answer, persist the assistant message (also when cancelled or failed)."""
+"""The chat service: the one owner of a turn's life, under every transport.
+
+A turn: check the message, insert the system prompt, render the conversation with the chat template,
+check the context window and clamp max_tokens, admit it to the engine, persist the user message (a
+stored session), stream the answer, persist the answer (also when cancelled or failed), and hold the
+session's busy flag throughout. The WebSocket handler (chat/websocket.py) and the OpenAI API
+(openai/routes.py) only parse requests, call this, and format its events.
+
+Stored sessions keep their transcript in the database; stateless requests (the OpenAI API) bring their
+whole conversation and store nothing, but their KV is kept and reused like any session's.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Awaitable, Callable
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from chatserver.config import ServerConfig
-from chatserver.errors import BadRequest, StorageUnavailable
-from chatserver.chat.protocol import User
-from chatserver.chat.sessions import LiveSession, SessionManager
-from engine.model.chat_format import ChatFormat, ChatMessage
-from engine.engine import Engine
-from engine.errors import ContextTooLong
-from engine.sampling import SamplingParams
-from engine.stream import TurnStream
-from engine.turn import DoneEvent, ErrorEvent, TokenEvent, TurnRequest
-from storage.transcripts import SessionRepository
+from chatserver.chat.sessions import LiveSession, LiveSessions
+from chatserver.config import ChatConfig
+from chatserver.engine_client import EngineClient, TurnStream
+from chatserver.errors import BadRequest, Busy
+from chatserver.ops.limits import TurnRate
+from engine import ChatFormat, ChatMessage, ContextTooLong, DoneEvent, ErrorEvent, SamplingParams, TurnEvent, TurnRequest
+from storage import StorageUnavailable, TranscriptStore
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[dict], Awaitable[None]]
 _TITLE_CHARS = 60
+SESSION_PREFIX = "openai:"  # KV of stateless requests tied to a client-chosen session id
+ANONYMOUS_PREFIX = "openai-anon:"  # KV of untied stateless requests, adoptable by the next request
+_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "seed", "max_tokens")
 
 
-class TurnService:
-    def __init__(self, config: ServerConfig, engine: Engine, chat_format: ChatFormat, repository: SessionRepository,
-                 sessions: SessionManager, max_context: int):
+class ChatService:
+    def __init__(self, config: ChatConfig, engine: EngineClient, chat_format: ChatFormat,
+                 transcripts: TranscriptStore, sessions: LiveSessions, turn_rate: TurnRate, max_new_tokens: int):
         self.config = config
         self.engine = engine
         self.chat_format = chat_format
-        self.repo = repository
+        self.transcripts = transcripts
         self.sessions = sessions
-        self.max_context = max_context  # tokens: prompt + answer
+        self.turn_rate = turn_rate
+        self.max_new_tokens = max_new_tokens  # largest max_tokens a turn may ask for
+
+    # ---- stored sessions ----
 
     def set_system(self, live: LiveSession, content: str) -> None:
         if live.has_turns or any(m.role == "system" for m in live.messages):
@@ -44,48 +53,41 @@ class TurnService:
         self._check_content(content)
         live.pending_system = content
 
-    def sampling_for(self, frame: User) -> SamplingParams:
-        defaults = self.config.sampling
-        limit = self.config.engine.max_new_tokens
-        if frame.max_tokens is not None and frame.max_tokens > limit:
-            raise BadRequest(f"max_tokens: must be at most {limit}")
-        given = {k: v for k in ("temperature", "top_p", "top_k", "seed", "max_tokens")
-                 if (v := getattr(frame, k)) is not None}
-        return replace(defaults, **given)
+    async def start_turn(self, live: LiveSession, content: str, sampling: dict) -> TurnStream:
+        """Everything up to the first token of a stored session's turn; read its events with answer().
+        sampling: the turn's own temperature, top_p, top_k, seed, max_tokens (None: the defaults).
+        On any error nothing is stored, the transcript is unchanged and the session is not busy."""
+        if live.is_busy:
+            raise Busy("a turn is already running in this session; send cancel or wait for done")
+        self.turn_rate.check(live.id)  # raises RateLimited: nothing stored
+        live.is_busy = True  # before any await: a second turn from any connection is refused
+        try:
+            return await self._start_stored(live, content, sampling)
+        except BaseException:
+            live.is_busy = False
+            raise
 
-    async def start(self, live: LiveSession, frame: User) -> TurnStream:
-        """Everything up to the first token. On any error nothing is stored and the transcript is unchanged.
-
-        The caller must have set live.is_busy (synchronously, before awaiting this).
-        """
-        assert live.is_busy
-        self._check_content(frame.content)
-        params = self.sampling_for(frame)
+    async def _start_stored(self, live: LiveSession, content: str, sampling: dict) -> TurnStream:
+        self._check_content(content)
         system = [ChatMessage("system", live.pending_system)] if live.pending_system is not None else []
-        new = system + [ChatMessage("user", frame.content)]
-        conversation = live.messages + new
-        if not any(m.role == "system" for m in conversation) and self.config.system_prompt:
-            conversation = [ChatMessage("system", self.config.system_prompt)] + conversation
-            new = [conversation[0]] + new
-        prompt_ids = await asyncio.to_thread(self.chat_format.render, conversation)
-        n = len(prompt_ids)
-        if n >= self.max_context:
-            raise ContextTooLong(f"the conversation is {n} tokens; the context window is {self.max_context}")
-        if frame.max_tokens is not None and n + frame.max_tokens > self.max_context:
-            raise ContextTooLong(f"{n} prompt tokens + max_tokens {frame.max_tokens} exceed the context window of {self.max_context}")
-        params = replace(params, max_tokens=min(params.max_tokens, self.max_context - n))
-        stream = self.engine.admit()  # raises Overloaded: nothing stored
+        new = system + [ChatMessage("user", content)]
+        conversation = self._with_system_prompt(live.messages + new)
+        if len(conversation) > len(live.messages) + len(new):
+            new = [conversation[0]] + new  # the default system prompt was inserted: it is stored too
+        prompt_ids, params = await self._prepare(conversation, sampling)
+        stream = self._admit(prompt_ids, params)
         # The prefill starts now and overlaps the database write; the caller reads the stream (and the
         # client sees tokens) only after the message is stored. If storing fails the turn is cancelled:
         # its KV then holds a prompt the transcript lacks, and the next turn keeps only the common prefix.
         stream.start(TurnRequest(live.id, prompt_ids, params))
         try:
             await self.sessions.store_if_new(live)
-            title = frame.content.strip().splitlines()[0][:_TITLE_CHARS] if not live.has_turns else None
+            title = content.strip().splitlines()[0][:_TITLE_CHARS] if not live.has_turns else None
             for m in new:
-                await self.repo.add_message(live.id, m.role, m.content, title=title if m.role == "user" else None,
-                                            num_tokens=await asyncio.to_thread(self.chat_format.count_tokens, m.content))
-        except SQLAlchemyError as exc:
+                num_tokens = await asyncio.to_thread(self.chat_format.count_tokens, m.content)
+                await self.transcripts.add_message(live.id, m.role, m.content, num_tokens=num_tokens,
+                                                   title=title if m.role == "user" else None)
+        except StorageUnavailable as exc:
             stream.cancel()
             log.warning("could not store the user message of session %s: %s", live.id, exc)
             raise StorageUnavailable("the message could not be stored; nothing was kept, try again") from exc
@@ -96,74 +98,97 @@ class TurnService:
         live.pending_system = None
         return stream
 
+    async def answer(self, live: LiveSession, stream: TurnStream) -> AsyncIterator[TurnEvent]:
+        """The turn's events; the answer is stored when it ends (also cancelled or failed), then the
+        session is free for its next turn. Leaving the iteration early cancels the turn."""
+        pieces: list[str] = []
+        try:
+            async for event in stream:
+                if isinstance(event, DoneEvent):
+                    await self._store_answer(live, event.text, event.finish_reason, event)
+                elif isinstance(event, ErrorEvent):
+                    await self._store_answer(live, "".join(pieces), "error", None)
+                elif event.text:
+                    pieces.append(event.text)
+                yield event
+        finally:
+            if not stream.is_finished:  # the reader went away (shutdown): stop the engine's work too
+                stream.cancel()
+            live.is_busy = False
+            self.sessions.forget_if_idle(live)
+
     async def transcript(self, live: LiveSession) -> list[dict]:
         """Messages for a `session` frame; assistant messages carry how they ended."""
         if not live.is_stored:
             return []
         out = []
-        for m in await self.repo.messages(live.id):
+        for m in await self.transcripts.messages(live.id):
             item = {"role": m.role, "content": m.content}
             if m.role == "assistant":
                 item["finish_reason"] = m.finish_reason
             out.append(item)
         return out
 
-    async def stream_answer(self, live: LiveSession, stream: TurnStream, send: Send) -> None:
-        """Forward events to `send` (errors from a vanished client are ignored) and persist the answer."""
-        pieces: list[str] = []
-        try:
-            async for event in stream:
-                if isinstance(event, TokenEvent):
-                    if event.text:
-                        pieces.append(event.text)
-                        await _quiet(send, {"type": "token", "text": event.text})
-                elif isinstance(event, DoneEvent):
-                    await self._store_answer(live, event.text, event.finish_reason, event)
-                    await _quiet(send, done_frame(event))
-                elif isinstance(event, ErrorEvent):
-                    await self._store_answer(live, "".join(pieces), "error", None)
-                    await _quiet(send, {"type": "error", "code": event.code, "message": event.message})
-        finally:
-            if not stream.is_finished:  # we were cancelled (shutdown): stop the engine's work too
-                stream.cancel()
-            live.is_busy = False
-            self.sessions.forget_if_idle(live)
-
     async def _store_answer(self, live: LiveSession, text: str, finish_reason: str, done: DoneEvent | None) -> None:
         live.messages.append(ChatMessage("assistant", text))
         if live.is_deleted:
             return
-        usage = done.usage if done else None
-        await self.repo.add_message(
+        u = done.usage if done else None
+        await self.transcripts.add_message(
             live.id, "assistant", text, finish_reason=finish_reason,
-            num_tokens=usage.completion_tokens if usage else None,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            cached_tokens=usage.cached_tokens if usage else None,
-            session_tokens=usage.prompt_tokens + usage.completion_tokens if usage else None,
+            num_tokens=u.completion_tokens if u else None, prompt_tokens=u.prompt_tokens if u else None,
+            cached_tokens=u.cached_tokens if u else None,
+            session_tokens=u.prompt_tokens + u.completion_tokens if u else None,
         )
+
+    # ---- stateless requests ----
+
+    async def start_stateless(self, messages: list[ChatMessage], sampling: dict, session_id: str | None) -> TurnStream:
+        """A turn on a conversation the client brings whole (nothing is stored). session_id: keep its KV
+        under this client-chosen id; None: take over the KV an earlier request of the same conversation
+        left, if any. The caller must cancel the stream if it stops reading early."""
+        if messages[-1].role == "assistant":
+            raise BadRequest("the last message must not be the assistant's (continuing an answer is not "
+                             "supported)", param="messages")
+        for m in messages:
+            if len(m.content) > self.config.max_content_chars:
+                raise BadRequest(f"a message is longer than {self.config.max_content_chars} characters", param="messages")
+        prompt_ids, params = await self._prepare(self._with_system_prompt(messages), sampling)
+        if session_id is not None:
+            key, adopt = SESSION_PREFIX + session_id, ""
+        else:
+            key, adopt = ANONYMOUS_PREFIX + secrets.token_hex(16), ANONYMOUS_PREFIX
+        stream = self._admit(prompt_ids, params)
+        stream.start(TurnRequest(key, prompt_ids, params, adopt_prefix=adopt))
+        return stream
+
+    # ---- both ----
+
+    def _with_system_prompt(self, conversation: list[ChatMessage]) -> list[ChatMessage]:
+        if self.config.system_prompt and not any(m.role == "system" for m in conversation):
+            return [ChatMessage("system", self.config.system_prompt)] + conversation
+        return conversation
+
+    async def _prepare(self, conversation: list[ChatMessage], sampling: dict) -> tuple[list[int], SamplingParams]:
+        """Prompt token ids and sampling parameters, or BadRequest / ContextTooLong."""
+        wanted = sampling.get("max_tokens")
+        if wanted is not None and wanted > self.max_new_tokens:
+            raise BadRequest(f"max_tokens: must be at most {self.max_new_tokens}", param="max_tokens")
+        prompt_ids = await asyncio.to_thread(self.chat_format.render, conversation)  # ms for long histories
+        n, limit = len(prompt_ids), self.engine.max_context
+        if n >= limit:
+            raise ContextTooLong(f"the conversation is {n} tokens; the context window is {limit}")
+        if wanted is not None and n + wanted > limit:
+            raise ContextTooLong(f"{n} prompt tokens + max_tokens {wanted} exceed the context window of {limit}")
+        given = {k: v for k in _SAMPLING_FIELDS if (v := sampling.get(k)) is not None}
+        params = replace(self.config.sampling, **given)
+        return prompt_ids, replace(params, max_tokens=min(params.max_tokens, limit - n))
+
+    def _admit(self, prompt_ids: list[int], params: SamplingParams) -> TurnStream:
+        return self.engine.admit(len(prompt_ids), params.max_tokens)  # raises Overloaded: nothing stored
 
     def _check_content(self, content: str) -> None:
         if not content.strip():
-            raise BadRequest("content: must not be empty")
+            raise BadRequest("content: must not be empty", param="content")
         if len(content) > self.config.max_content_chars:
-            raise BadRequest(f"content: longer than {self.config.max_content_chars} characters")
-
-
-def done_frame(event: DoneEvent) -> dict:
-    u, t = event.usage, event.timings
-    return {
-        "type": "done",
-        "finish_reason": event.finish_reason,
-        "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                  "cached_tokens": u.cached_tokens},
-        "timings": {"ttft_ms": round(t.ttft_ms, 2), "prefill_ms": round(t.prefill_ms, 2),
-                    "decode_ms": round(t.decode_ms, 2)},
-        "cache": event.cache,
-    }
-
-
-async def _quiet(send: Send, frame: dict) -> None:
-    try:
-        await send(frame)
-    except (ConnectionError, RuntimeError):
-        pass  # the client went away; the turn still completes and is stored
+            raise BadRequest(f"content: longer than {self.config.max_content_chars} characters", param="content")

@@ -6,10 +6,10 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from chatserver.auth import hash_token, new_resume_token, new_session_id, token_matches
+from chatserver.chat.credentials import hash_token, new_resume_token, new_session_id, token_matches
 from chatserver.errors import SessionNotFound, Unauthorized
-from engine.model.chat_format import ChatMessage
-from storage.transcripts import SessionRepository
+from engine import ChatMessage
+from storage import TranscriptStore
 
 
 @dataclass(eq=False)
@@ -35,10 +35,12 @@ class LiveSession:
 _UNSTORED_GRACE_SECONDS = 3600.0  # an empty session can be resumed (e.g. after a dropped connection) this long
 
 
-class SessionManager:
-    def __init__(self, repository: SessionRepository, model_name: str, on_idle=None):
+class LiveSessions:
+    """The sessions with a connection or a running turn, by id (event loop only)."""
+
+    def __init__(self, transcripts: TranscriptStore, model_name: str, on_idle=None):
         """on_idle(session_id): called when a session's last connection leaves and no turn runs."""
-        self._repo = repository
+        self._repo = transcripts
         self._model_name = model_name
         self._on_idle = on_idle
         self._live: dict[str, LiveSession] = {}

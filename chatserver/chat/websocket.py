@@ -1,4 +1,5 @@
-"""GET /ws: one chat connection. Frames in chatserver/chat/protocol.py, documented in docs/PROTOCOL.md."""
+"""GET /ws: one chat connection, a thin transport over the chat service (chat/service.py). Frames are
+parsed and built in chat/protocol.py and documented in docs/PROTOCOL.md."""
 
 from __future__ import annotations
 
@@ -10,15 +11,14 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from chatserver import keys
-from chatserver.errors import BadRequest, Busy, SessionNotFound, error_frame
-from chatserver.chat.protocol import Cancel, Hello, System, User, parse_frame, session_frame
+from chatserver.chat.protocol import Cancel, Hello, System, User, done_frame, parse_frame, session_frame
 from chatserver.chat.sessions import LiveSession
-from chatserver.chat.service import TurnService
-from engine.errors import EngineError
+from chatserver.engine_client import TurnStream
+from chatserver.errors import BadRequest, Busy, SessionNotFound, code_of, error_frame
+from engine import DoneEvent, ErrorEvent
 
 log = logging.getLogger(__name__)
 
-turn_service_key = web.AppKey("turn_service", TurnService)
 SESSION_GONE = 4004  # WebSocket close code (application range): the session no longer exists
 
 
@@ -26,11 +26,11 @@ class Connection:
     def __init__(self, ws: web.WebSocketResponse, app: web.Application):
         self.ws = ws
         self.sessions = app[keys.sessions]
-        self.turns = app[turn_service_key]
-        self.turn_rate = app[keys.turn_rate]
+        self.chat = app[keys.chat]
+        self.engine = app[keys.engine]
         self.live: LiveSession | None = None
         self.turn_task: asyncio.Task | None = None
-        self.stream = None
+        self.stream: TurnStream | None = None
         self._send_lock = asyncio.Lock()
 
     async def send(self, frame: dict) -> None:
@@ -48,10 +48,8 @@ class Connection:
                 await self.on_user(frame)
             elif isinstance(frame, Cancel):
                 self.on_cancel()
-        except (BadRequest, EngineError) as exc:
-            await self.send(error_frame(exc))
-        except Exception as exc:  # noqa: BLE001 - typed ChatErrors and unexpected ones alike keep the socket open
-            if not hasattr(exc, "code"):
+        except Exception as exc:  # noqa: BLE001 - typed errors and bugs alike keep the socket open
+            if code_of(exc) == "internal_error":
                 log.exception("unexpected error handling a frame")
             await self.send(error_frame(exc))
 
@@ -64,8 +62,8 @@ class Connection:
         else:
             live = await self.sessions.resume(frame.session_id, frame.resume_token)
             token, resumed = frame.resume_token, True
-            self.turns.engine.prefetch(live.id)  # KV back from disk while the person types
-            messages = await self.turns.transcript(live)
+            self.engine.prefetch(live.id)  # KV back from disk while the person types
+            messages = await self.chat.transcript(live)
         if self.live is not None:
             self.sessions.detach(self.live, self)
         self.live = live
@@ -73,21 +71,28 @@ class Connection:
         await self.send(session_frame(live.id, token, resumed, messages, live.is_busy))
 
     def on_system(self, frame: System) -> None:
-        self.turns.set_system(self._require_session(), frame.content)
+        self.chat.set_system(self._require_session(), frame.content)
 
     async def on_user(self, frame: User) -> None:
         live = self._require_session()
-        if live.is_busy:
-            raise Busy("a turn is already running in this session; send cancel or wait for done")
-        self.turn_rate.check(live.id)  # raises RateLimited: nothing stored
-        live.is_busy = True  # before any await: a second user frame is refused
-        try:
-            stream = await self.turns.start(live, frame)
-        except BaseException:
-            live.is_busy = False
-            raise
-        self.stream = stream
-        self.turn_task = asyncio.create_task(self.turns.stream_answer(live, stream, self.send))
+        self.stream = await self.chat.start_turn(live, frame.content, frame.sampling())
+        self.turn_task = asyncio.create_task(self._forward(live, self.stream))
+
+    async def _forward(self, live: LiveSession, stream: TurnStream) -> None:
+        """The turn's events as frames; a vanished client does not stop the turn (it is stored whole)."""
+        async for event in self.chat.answer(live, stream):
+            if isinstance(event, DoneEvent):
+                frame = done_frame(event)
+            elif isinstance(event, ErrorEvent):
+                frame = {"type": "error", "code": event.code, "message": event.message}
+            elif event.text:
+                frame = {"type": "token", "text": event.text}
+            else:
+                continue
+            try:
+                await self.send(frame)
+            except (ConnectionError, RuntimeError):
+                pass  # the client went away; the turn still completes and is stored
 
     def on_cancel(self) -> None:
         if not self.is_turn_running:
@@ -138,18 +143,19 @@ def _is_same_origin(request: web.Request, allowed: tuple[str, ...]) -> bool:
 
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     app = request.app
-    config = app[keys.config]
-    if not _is_same_origin(request, config.allowed_origins):
+    http = app[keys.config].http
+    if not _is_same_origin(request, http.allowed_origins):
         raise web.HTTPForbidden(text="cross-origin WebSocket refused")
-    gate, client = app[keys.connection_gate], request.remote or ""
+    gate = app[keys.connection_gate]
+    client = gate.client_address(request)
     gate.admit(client)  # raises 503 / 429 before the upgrade
     try:
-        ws = web.WebSocketResponse(max_msg_size=config.max_frame_bytes, heartbeat=config.ws_heartbeat_s)
+        ws = web.WebSocketResponse(max_msg_size=http.max_frame_bytes, heartbeat=http.ws_heartbeat_s)
         await ws.prepare(request)
         conn = Connection(ws, app)
         app[keys.websockets].add(ws)
         try:
-            await _serve(ws, conn, config.ws_idle_timeout_s)
+            await _serve(ws, conn, http.ws_idle_timeout_s)
         finally:
             app[keys.websockets].discard(ws)
             await conn.close()
@@ -181,3 +187,7 @@ async def close_all(app: web.Application) -> None:
     """on_shutdown: tell every client we are going away (their turns are cancelled and stored)."""
     for ws in set(app[keys.websockets]):
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/ws", websocket_handler)

@@ -1,32 +1,50 @@
 """Limits that keep one client from taking the server: open WebSocket connections (in total and per
-client address) and turns per minute per session. Event-loop only (no locks)."""
+client address) and turns per minute per session. Event-loop only (no locks).
+
+The client address is the peer's, or, when the peer is a configured trusted proxy, the last address in
+X-Forwarded-For that is not itself a trusted proxy (so a client cannot pick its own address by sending
+the header, and every user behind one proxy does not share one address's allowance)."""
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import deque
 
 from aiohttp import web
 
-from chatserver.errors import ChatError
+from chatserver.errors import RateLimited
 
 WINDOW_S = 60.0  # turns_per_minute counts turns started in the last WINDOW_S seconds
-
-
-class RateLimited(ChatError):
-    """Too many turns in this session recently; nothing was stored. Retry after `retry_after` seconds."""
-
-    code = "rate_limited"
 
 
 class ConnectionGate:
     """Counts open WebSocket connections. admit() refuses the handshake before the upgrade: HTTP 503 when
     the server is full, 429 when this client address already holds its share."""
 
-    def __init__(self, max_total: int, max_per_client: int):
+    def __init__(self, max_total: int, max_per_client: int, trusted_proxies: tuple[str, ...] = ()):
+        """trusted_proxies: addresses or networks (CIDR); a bad one raises ValueError."""
         self.max_total, self.max_per_client = max_total, max_per_client
+        self.trusted = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
         self.total = 0
         self.by_client: dict[str, int] = {}
+
+    def client_address(self, request: web.Request) -> str:
+        peer = request.remote or ""
+        if not self._is_trusted(peer):
+            return peer
+        forwarded = [a.strip() for h in request.headers.getall("X-Forwarded-For", []) for a in h.split(",")]
+        for address in reversed(forwarded):
+            if address and not self._is_trusted(address):
+                return address
+        return peer
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted)
 
     def admit(self, client: str) -> None:
         if self.total >= self.max_total:
@@ -66,7 +84,8 @@ class TurnRate:
             times.popleft()
         if len(times) >= self.per_minute:
             wait = WINDOW_S - (now - times[0])
-            raise RateLimited(f"at most {self.per_minute} turns per minute in a session; retry in {wait:.0f} s")
+            raise RateLimited(f"at most {self.per_minute} turns per minute in a session; retry in {wait:.0f} s",
+                              retry_after=wait)
         times.append(now)
 
     def _forget_idle(self, now: float) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from aiohttp import web
 
@@ -24,11 +23,11 @@ async def readyz(request: web.Request) -> web.Response:
     engine = request.app.get(keys.engine)
     checks["model"] = engine is not None
     try:
-        await request.app[keys.repository].ping()
+        await request.app[keys.transcripts].ping()
         checks["database"] = True
     except Exception:  # noqa: BLE001 - any failure means not ready
         checks["database"] = False
-    checks["engine"] = engine is not None and engine.is_alive and time.monotonic() - engine.heartbeat < STALL_SECONDS
+    checks["engine"] = engine is not None and engine.is_alive(STALL_SECONDS)
     ready = all(checks.values())
     body: dict = {"checks": checks}
     disk = request.app.get(keys.kv_files)
@@ -41,8 +40,13 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    engine = request.app[keys.engine]
-    snapshot = await engine.call(engine.stats_snapshot, True)
+    snapshot = await request.app[keys.engine].stats(with_buckets=True)
     snapshot["server"] = {"websockets": len(request.app[keys.websockets])}
     return web.Response(body=request.app[keys.metrics].render(snapshot),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

@@ -1,24 +1,44 @@
-"""What the KV store needs from a disk tier (implemented by storage.kv_files.KVFileStore).
+"""What the KV store needs from a disk tier, and what the tier's files must match.
 
-engine/ does not import storage/: chatserver/ hands the store an object with these methods.
+engine/ does not import storage/: chatserver/ builds storage.kv_files.KVFileStore for the engine's
+KVSpec and hands it to the engine as a DiskTier.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
 
-class DiskTier(Protocol):
-    """Blocking file store of KV (storage.kv_files.KVFileStore). Thread-safe; the store calls the
-    I/O methods (write, read_into, delete, expire) only from its I/O thread."""
+@dataclass(frozen=True)
+class KVSpec:
+    """The KV of one engine: [num_layers, 2, num_kv_heads, tokens, head_dim] of dtype, computed by the
+    model and numeric modes that `fingerprint` names. Only KV of the same spec may be reused."""
 
-    def contains(self, key: str) -> bool: ...
-    def nbytes(self, key: str) -> int: ...
-    def write(self, key: str, data: torch.Tensor | list[torch.Tensor], token_ids: list[int]) -> int: ...
-    def read_into(self, key: str, allocate: Callable[[int], torch.Tensor]) -> tuple[torch.Tensor, list[int]]: ...
-    def delete(self, key: str) -> bool: ...
-    def rename(self, key: str, new_key: str) -> bool: ...
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    fingerprint: str
+
+
+class DiskTier(Protocol):
+    """Blocking file store of KV (storage.kv_files.KVFileStore), keyed by session id. Thread-safe; the
+    store calls the I/O methods (write, read_into, delete, expire) only from its I/O thread."""
+
+    max_bytes: int  # the tier's bound; least recently used files go beyond it
+    num_files: int
+    total_bytes: int
+    stats: Any  # a dataclass of counters, reported as is in the engine's statistics
+
+    def contains(self, session_id: str) -> bool: ...
+    def nbytes(self, session_id: str) -> int: ...
+    def scan_prefixes(self) -> list[tuple[str, list[int]]]: ...  # (session id, token ids) of every file
+    def write(self, session_id: str, data: torch.Tensor | list[torch.Tensor], token_ids: list[int]) -> int: ...
+    def read_into(self, session_id: str, allocate: Callable[[int], torch.Tensor]) -> tuple[torch.Tensor, list[int]]: ...
+    def delete(self, session_id: str) -> bool: ...
+    def rename(self, session_id: str, new_id: str) -> bool: ...
     def expire(self, max_age_seconds: float) -> int: ...

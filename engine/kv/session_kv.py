@@ -1,7 +1,7 @@
 """Per-session KV cache: an optional shared prefix plus one contiguous buffer of the session's own.
 
 Layout of every buffer: data[layer, 0=key|1=value, kv_head, position, head_dim], float32 or float16
-(KV_DTYPES; float16 halves RAM, disk and the attention's memory traffic).
+(engine/kv/config.py KV_DTYPES; float16 halves RAM, disk and the attention's memory traffic).
 
 A session whose conversation starts like another's (the same long system prompt, or a stateless
 request branching from an earlier one) reads the first `prefix_len` positions from a SharedPrefix:
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import torch
 
-KV_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-
 # Capacity granularity in tokens: little slack (46 KB per token for SmolLM2 fp32), few reallocations
 # because a turn reserves prompt + max_tokens before it starts.
 _CAPACITY_STEP = 256
@@ -24,7 +22,8 @@ _CAPACITY_STEP = 256
 class SharedPrefix:
     """KV of a token prefix, read by several sessions; never written after creation.
 
-    refs counts the SessionKVs reading it; its owner (engine/kv/store.py) frees it at zero."""
+    refs counts the SessionKVs reading it; it is freed when none reads it any more (the store's budget
+    holds it by a weak reference)."""
 
     def __init__(self, data: torch.Tensor, token_ids: list[int]):
         assert data.shape[3] == len(token_ids)

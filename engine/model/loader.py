@@ -9,9 +9,7 @@ Sources, by what `--model` names:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -23,10 +21,11 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from engine.model.fingerprint import file_digest, model_fingerprint
+
 log = logging.getLogger(__name__)
 
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_FINGERPRINT_FILE = "chatserver-fingerprint.txt"
 
 
 class ModelNotFound(Exception):
@@ -71,11 +70,11 @@ def load_model(model: str | None, cache_dir: Path, dtype: torch.dtype = torch.fl
     # safetensors only: a pickle checkpoint (pytorch_model.bin) could run code when loaded
     lm = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation="sdpa", use_safetensors=True)
     lm.eval().requires_grad_(False)
-    return LoadedModel(lm, tokenizer, name, directory, _fingerprint(directory, tokenizer))
+    return LoadedModel(lm, tokenizer, name, directory, model_fingerprint(directory, tokenizer))
 
 
 def _safetensors_copy_of_gguf(gguf: Path, cache_dir: Path) -> Path:
-    digest = _file_digest(gguf)[:16]
+    digest = file_digest(gguf)[:16]
     target = cache_dir / f"{gguf.stem}-{digest}"
     if (target / "config.json").is_file():
         return target
@@ -101,35 +100,3 @@ def _safetensors_copy_of_gguf(gguf: Path, cache_dir: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def _file_digest(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _fingerprint(directory: Path, tokenizer: PreTrainedTokenizerBase) -> str:
-    """Identity of everything that decides KV contents: weights, config, tokenizer, chat template.
-
-    Cached next to the weights, keyed by their sizes and mtimes, so that restarts do not rehash.
-    """
-    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != _FINGERPRINT_FILE)
-    stamp = json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
-    cached = directory / _FINGERPRINT_FILE
-    try:
-        saved_stamp, saved = cached.read_text().split("\n", 1)
-        if saved_stamp == stamp:
-            return saved.strip()
-    except (OSError, ValueError):
-        pass
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.name.encode())
-        h.update(_file_digest(p).encode())
-    h.update(str(tokenizer.chat_template).encode())
-    fingerprint = h.hexdigest()
-    try:
-        cached.write_text(f"{stamp}\n{fingerprint}\n")
-    except OSError:
-        pass  # read-only model directory: recompute next time
-    return fingerprint

@@ -23,7 +23,7 @@ from engine.kernels.attention import (
     prefill_attention,
 )
 from engine.kernels.fused_layers import FusedLayers
-from engine.kv.session_kv import KV_DTYPES, SessionKV
+from engine.kv import KV_DTYPES, SessionKV
 from engine.kernels.layer_ops import LayerOps
 from engine.model.weights import fuse_layers
 

@@ -1,0 +1,40 @@
+"""Building a running engine: load the model, arrange its weights, warm up, size the context, and
+attach a disk tier made for this engine's KV. Blocking (seconds): call it off the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from engine.config import EngineConfig
+from engine.engine import Engine
+from engine.kv import DiskTier, KVSpec
+from engine.model import ChatFormat, LoadedModel, ModelRunner, kv_fingerprint, load_model
+from engine.model.weights import MATMUL_DTYPES
+
+
+def start_engine(config: EngineConfig, model: LoadedModel | None = None, model_cache: Path | None = None,
+                 disk_for: Callable[[KVSpec], DiskTier] | None = None) -> tuple[Engine, LoadedModel]:
+    """A started engine for config.model (or an already loaded `model`), with the disk tier
+    disk_for(spec) if given. model_cache: where converted GGUF weights go (config.model.cache_dir wins)."""
+    mc = config.model
+    loaded = model or load_model(mc.path, mc.cache_dir or model_cache)
+    runner = ModelRunner(loaded.model, MATMUL_DTYPES[mc.dtype], kv_dtype=config.kv.torch_dtype,
+                         activations=mc.activations)
+    runner.warmup()
+    spec = KVSpec(runner.num_layers, runner.num_kv_heads, runner.head_dim, runner.kv_dtype,
+                  kv_fingerprint(loaded.fingerprint, mc.dtype, mc.activations))
+    engine = Engine(runner, ChatFormat(loaded.tokenizer, loaded.model.generation_config), config, spec,
+                    max_context(config, runner), disk_for(spec) if disk_for is not None else None)
+    engine.start()
+    return engine, loaded
+
+
+def max_context(config: EngineConfig, runner: ModelRunner) -> int:
+    """Tokens per session: the configured window, capped by the model's and the store's limits, and
+    halved until one session at full context fits in RAM on its own (else its turn could never start)."""
+    tokens = min(config.max_context, runner.max_context, config.kv.max_tokens_per_session)
+    while tokens > 1 and runner.new_kv(0).bytes_for(tokens) > config.kv.max_ram_bytes:
+        tokens //= 2
+    return tokens
