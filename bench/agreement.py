@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import add_model_cache_argument, cpu_summary  # noqa: E402
 from engine.model.chat_format import ChatFormat, ChatMessage  # noqa: E402
 from engine.kernels.linear import Linear  # noqa: E402
 from engine.model.loader import load_model  # noqa: E402
@@ -124,7 +125,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--show", type=int, default=4, help="differing answers to print side by side")
     parser.add_argument("--activations", action="store_true", help="also the emulated int8 activation modes")
-    parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parents[1] / ".cache" / "models")
+    add_model_cache_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(2)
     loaded = load_model(None, args.model_cache)
@@ -154,7 +155,7 @@ def main() -> None:
     hf = [greedy_ids(loaded, p, args.tokens) for p in prompts]
     hf_same = sum(h[:len(r)] == r for h, r in zip(hf, ref))
 
-    print(f"\n{len(convs)} conversations, greedy, {args.tokens} tokens\n")
+    print(f"\nmachine: {cpu_summary()}; {len(convs)} conversations, greedy, {args.tokens} tokens\n")
     print("| mode | identical answers | mean agreeing prefix |")
     print("|---|---:|---:|")
     for name, low in modes.items():

@@ -28,6 +28,7 @@ from pathlib import Path
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import add_model_cache_argument  # noqa: E402
 from engine.model.chat_format import ChatMessage  # noqa: E402
 from engine.model.reference import greedy_answer  # noqa: E402
 from engine.model.loader import load_model  # noqa: E402
@@ -164,7 +165,7 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parents[1] / ".cache" / "models")
+    add_model_cache_argument(parser)
     args = parser.parse_args()
     rng = random.Random(args.seed)
     model = load_model(None, args.model_cache)

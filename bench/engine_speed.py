@@ -13,7 +13,7 @@ the same prompt length), so that the peer's figures come from this machine too.
 
 Run: .venv/bin/python bench/engine_speed.py [--dtype float32|bfloat16] [--kv-dtype float16|float32]
      [--activations int16|float32] [--steps 32]
-     [--repeats 3] [--llama-bench PATH]
+     [--repeats 3] [--llama-bench PATH [--llama-bench-args="--repack 0"]]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -37,7 +38,8 @@ import torch  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from step_profile import MachineFloors, machine_line, print_profile, profile, weights_label  # noqa: E402
+from bench.common import add_model_cache_argument  # noqa: E402
+from bench.step_profile import MachineFloors, machine_line, print_profile, profile, weights_label  # noqa: E402
 
 from engine.kernels.grid import ACTIVATIONS  # noqa: E402
 from engine.kv import KV_DTYPES  # noqa: E402
@@ -98,8 +100,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prefill-tokens", type=int, default=2000)
-    parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parents[1] / ".cache" / "models")
+    add_model_cache_argument(parser)
     parser.add_argument("--llama-bench", type=Path, help="llama.cpp's llama-bench, to measure it in the same run")
+    parser.add_argument("--llama-bench-args", default="", metavar="ARGS",
+                        help='more arguments for llama-bench, one string: --llama-bench-args="--repack 0" on AMX '
+                             "CPUs, where its weight-repack path dies with SIGILL")
     parser.add_argument("--baseline-only", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -118,7 +123,9 @@ def main() -> None:
     child = subprocess.run([sys.executable, __file__, "--baseline-only", *sys.argv[1:]], env=env, check=True,
                            capture_output=True, text=True)
     hf1, hf16, hf_p = json.loads(child.stdout.strip().splitlines()[-1])
-    peer = llama_cpp(args.llama_bench, n, args.repeats) if args.llama_bench else None
+    peer = None
+    if args.llama_bench:
+        peer = llama_cpp(args.llama_bench, n, args.repeats, shlex.split(args.llama_bench_args))
 
     dtype, kv = MATMUL_DTYPES[args.dtype], KV_DTYPES[args.kv_dtype]
     variants = {"ours": ModelRunner(loaded.model, dtype, kv_dtype=kv, activations=args.activations)}
@@ -163,12 +170,12 @@ def main() -> None:
     print_profile(profile(runner, floors, args.repeats), floors, weights_label(runner))
 
 
-def llama_cpp(binary: Path, prompt: int, repeats: int) -> tuple[float, float]:
-    """(tg128 tok/s, pp<prompt> tok/s) from llama-bench on the default model's GGUF file."""
+def llama_cpp(binary: Path, prompt: int, repeats: int, extra: list[str]) -> tuple[float, float]:
+    """(tg128 tok/s, pp<prompt> tok/s) from llama-bench on the default model's GGUF file, 2 threads."""
     from engine.model.loader import default_gguf_path
 
     out = subprocess.run([str(binary), "-m", str(default_gguf_path()), "-t", "2", "-p", str(prompt), "-n", "128",
-                          "-r", str(repeats), "-o", "json"], check=True, capture_output=True, text=True).stdout
+                          "-r", str(repeats), "-o", "json", *extra], check=True, capture_output=True, text=True).stdout
     results = {("pp" if r["n_prompt"] else "tg"): r["avg_ts"] for r in json.loads(out)}  # one row per test
     return results["tg"], results["pp"]
 

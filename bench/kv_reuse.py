@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -28,8 +27,9 @@ from pathlib import Path
 
 import websockets
 
-ROOT = Path(__file__).resolve().parent.parent
-READY = "chatserver ready on http://"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import add_model_cache_argument, cpu_summary  # noqa: E402
+from tests.helpers.real_server import RealServer  # noqa: E402
 
 ITINERARY = (
     "Here is the draft itinerary my friend sent me, pasted as is: Day 1, arrive in Lisbon around noon, check in "
@@ -96,40 +96,6 @@ CONVERSATION = [  # 8 user turns; the prompt reaches about 1,700 tokens by turn 
 ]
 
 
-async def start_server(data_dir: Path, model_cache: Path, reuse: bool) -> tuple[asyncio.subprocess.Process, str]:
-    """Start `python -m chatserver serve` on a free port; return the process and its WebSocket URL."""
-    cmd = [sys.executable, "-m", "chatserver", "serve", "--host", "127.0.0.1", "--port", "0",
-           "--data-dir", str(data_dir), "--model-cache", str(model_cache), "--log-level", "WARNING"]
-    if not reuse:
-        cmd.append("--no-kv-reuse")
-    log = open(data_dir / "server.log", "wb")  # stderr to a file: an unread pipe could fill and block the server
-    proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=log)
-    log.close()
-    try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), timeout=300)).decode().strip()  # seconds
-    except TimeoutError:
-        line = "(no ready line after 300 s)"
-    if not line.startswith(READY):
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
-        await proc.wait()
-        sys.exit(f"server did not start: {line!r}\n{(data_dir / 'server.log').read_text()[-2000:]}")
-    return proc, "ws://" + line[len(READY):] + "/ws"
-
-
-async def stop_server(proc: asyncio.subprocess.Process) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), timeout=60)  # seconds
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-    if proc.returncode != 0:
-        print(f"warning: server exited with code {proc.returncode}", file=sys.stderr)
-
-
 async def play(url: str, max_tokens: int) -> list[dict]:
     """One conversation in a new session. Per turn: the done frame, the answer text, client-side TTFT (ms)."""
     turns = []
@@ -163,20 +129,18 @@ async def run_mode(reuse: bool, args: argparse.Namespace) -> list[list[dict]]:
         print(f"  warning: load average {os.getloadavg()[0]:.1f}: other processes share the CPU, timings will be noisy",
               file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="kv_reuse_bench_") as tmp:
-        proc, url = await start_server(Path(tmp), args.model_cache, reuse)
+        flags = () if reuse else ("--no-kv-reuse",)
+        server = await asyncio.to_thread(RealServer(Path(tmp), args.model_cache, "--host", "127.0.0.1", *flags).start)
         try:
             runs = []
             for i in range(args.repeats):
                 started = time.perf_counter()
-                runs.append(await play(url, args.max_tokens))
+                runs.append(await play(server.ws_url, args.max_tokens))
                 print(f"  {'reuse' if reuse else 'recompute'} repeat {i + 1}/{args.repeats}: "
                       f"{time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
         finally:
-            await stop_server(proc)
-            log = [line for line in (Path(tmp) / "server.log").read_text().splitlines()
-                   if line.strip() and not any(s in line for s in ("shutting down", "Loading weights"))]
-            if log:  # the server logs at WARNING level: anything here deserves a look
-                print("  server log:\n    " + "\n    ".join(log[-20:]), file=sys.stderr)
+            if (code := await asyncio.to_thread(server.stop)) != 0:  # its warnings went to stderr
+                print(f"warning: server exited with code {code}", file=sys.stderr)
     return runs
 
 
@@ -214,15 +178,15 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="conversations per server, new session each (default 3)")
     parser.add_argument("--max-tokens", type=int, default=64, help="max answer tokens per turn (default 64)")
-    parser.add_argument("--model-cache", type=Path, default=ROOT / ".cache" / "models",
-                        help="converted weights shared by both servers (default: .cache/models in the repo)")
+    add_model_cache_argument(parser)
     parser.add_argument("--json", type=Path, help="also write every done frame and answer to this file")
     args = parser.parse_args()
     print("server with KV reuse ...", file=sys.stderr, flush=True)
     reuse = await run_mode(True, args)
     print("server with --no-kv-reuse ...", file=sys.stderr, flush=True)
     full = await run_mode(False, args)
-    print(f"\n{len(CONVERSATION)} turns x {args.repeats} repeats, max_tokens={args.max_tokens}, temperature 0; "
+    print(f"\nmachine: {cpu_summary()}")
+    print(f"{len(CONVERSATION)} turns x {args.repeats} repeats, max_tokens={args.max_tokens}, temperature 0; "
           "TTFT = server timings.ttft_ms, median over repeats")
     report(reuse, full)
     if args.json:

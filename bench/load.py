@@ -27,18 +27,12 @@ from pathlib import Path
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import add_model_cache_argument, cpu_summary, percentile  # noqa: E402
 from tests.helpers.real_server import RealServer  # noqa: E402
 
 TOPICS = ["the ocean", "mountains", "a city at night", "coffee", "trains", "gardening", "chess", "the moon",
           "bicycles", "rain", "libraries", "volcanoes", "bread", "music", "winter", "robots"]
 FOLLOW_UPS = ["Tell me more about that.", "Can you give an example?", "Summarize it in two sentences."]
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 async def play(url: str, client: int, turns: int, max_tokens: int, out: dict, phase_id: int) -> None:
@@ -119,7 +113,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parents[1] / ".cache" / "models")
+    add_model_cache_argument(parser)
     parser.add_argument("--server-arg", action="append", default=[], help="extra argument for `serve` (repeatable)")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
@@ -140,7 +134,8 @@ def main() -> None:
             server.stop()
 
     base = rows[0][1]["tokens"] / rows[0][1]["seconds"]
-    print(f"\n{args.turns} turns per session, max_tokens {args.max_tokens}, temperature 0.7 (seeded), "
+    print(f"\nmachine: {cpu_summary()}")
+    print(f"{args.turns} turns per session, max_tokens {args.max_tokens}, temperature 0.7 (seeded), "
           f"{args.repeats} repeat(s): median aggregate\n")
     print("| sessions | generated tokens | wall s | aggregate tok/s | × N=1 | TTFT p50 ms | TTFT p99 ms | ITL p50 ms "
           "| ITL p99 ms | every repeat, tok/s |")

@@ -23,6 +23,7 @@ from pathlib import Path
 import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import add_model_cache_argument, cpu_summary  # noqa: E402
 from tests.helpers.real_server import RealServer  # noqa: E402
 
 SYSTEM = "You are a patient cooking teacher. Explain things step by step, with practical tips."
@@ -68,12 +69,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conversations", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parents[1] / ".cache" / "models")
+    add_model_cache_argument(parser)
     args = parser.parse_args()
     reuse = run_server(args.model_cache, [], args.conversations, args.max_tokens)
     recompute = run_server(args.model_cache, ["--no-kv-reuse"], args.conversations, args.max_tokens)
 
-    print(f"\n{args.conversations} conversations x {len(TURNS)} turns, greedy, max_tokens {args.max_tokens}; "
+    print(f"\nmachine: {cpu_summary()}")
+    print(f"{args.conversations} conversations x {len(TURNS)} turns, greedy, max_tokens {args.max_tokens}; "
           "medians over conversations\n")
     print("| turn | prompt tokens | cached tokens (reuse) | TTFT reuse ms | TTFT recompute ms | recompute / reuse |")
     print("|---:|---:|---:|---:|---:|---:|")

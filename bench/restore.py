@@ -49,8 +49,10 @@ from typing import Self
 import websockets
 from tokenizers import Tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
-READY = "chatserver ready on http://"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import add_model_cache_argument, cpu_summary, prepared_tokenizer  # noqa: E402
+from tests.helpers.real_server import RealServer  # noqa: E402
+
 OVERHEAD = 120  # prompt tokens of turn 3 besides the pasted text: template and system prompt, turns 1-2, turn 3
 SENTENCES = (  # the pasted report, repeated as often as needed
     "The billing service moved to the new cluster this quarter. Latency at the 99th percentile fell from 480 to 210 "
@@ -74,38 +76,26 @@ def pasted_text(tokenizer: Tokenizer, target: int, tag: str) -> str:
 
 
 class Server:
+    """`python -m chatserver serve` on `data_dir` (its warnings go to stderr), warmed up by a one-token turn."""
+
     def __init__(self, data_dir: Path, args: argparse.Namespace, *flags: str):
-        self.data_dir, self.model_cache, self.flags = data_dir, args.model_cache, flags
+        self.server = RealServer(data_dir, args.model_cache, "--host", "127.0.0.1", *flags)
 
     async def __aenter__(self) -> Self:
         # on 2 cores, timings are only meaningful on an otherwise idle machine
         pgrep = ["pgrep", "-f", "chatserver serve|pytest"]
         if others := subprocess.run(pgrep, capture_output=True, text=True, check=False).stdout.split():
             print(f"warning: {len(others)} other server or test processes are running", file=sys.stderr)
-        cmd = [sys.executable, "-m", "chatserver", "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir",
-               str(self.data_dir), "--model-cache", str(self.model_cache), "--log-level", "WARNING", *self.flags]
-        self.log = self.data_dir / "server.log"
-        self.log_start = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as log:  # a file: an unread pipe could block the server
-            self.proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=log)
-        line = (await asyncio.wait_for(self.proc.stdout.readline(), timeout=300)).decode().strip()
-        if not line.startswith(READY):
-            sys.exit(f"server did not start: {line!r}\n{self.log.read_text()[-2000:]}")
-        self.url = "ws://" + line[len(READY):] + "/ws"
-        async with Chat(self.url) as chat:  # warm-up turn
+        await asyncio.to_thread(self.server.start)
+        self.url = self.server.ws_url
+        async with Chat(self.url) as chat:
             await chat.hello()
             await chat.turn("Hi", 1)
         return self
 
     async def __aexit__(self, *exc) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        if await asyncio.wait_for(self.proc.wait(), timeout=120) != 0:
-            print(f"warning: server exited with {self.proc.returncode}", file=sys.stderr)
-        with open(self.log, "rb") as log:  # the server logs at WARNING level: show what it said
-            log.seek(self.log_start)
-            for line in log.read().decode(errors="replace").splitlines():
-                if any(word in line for word in ("WARNING", "ERROR", "Traceback")):
-                    print(f"  server: {line}", file=sys.stderr)
+        if (code := await asyncio.to_thread(self.server.stop, signal.SIGTERM, 120)) != 0:
+            print(f"warning: server exited with {code}", file=sys.stderr)
 
 
 class Chat:
@@ -302,9 +292,10 @@ async def main() -> None:
                         help="seconds from resume to the turn, except in the immediate case (default 1.0)")
     parser.add_argument("--warm-cache", action="store_true", help="leave the KV files in the OS page cache")
     parser.add_argument("--lag", action=argparse.BooleanOptionalAction, default=True, help="run part 2 (default on)")
-    parser.add_argument("--model-cache", type=Path, default=ROOT / ".cache" / "models")
+    add_model_cache_argument(parser)
     args = parser.parse_args()
-    tokenizer = Tokenizer.from_file(str(next(args.model_cache.glob("*/tokenizer.json"))))
+    tokenizer = prepared_tokenizer(args.model_cache)  # sizes the pasted reports; converts the model on first use
+    print(f"machine: {cpu_summary()}")
     await restore_part(args, tokenizer)
     if args.lag:
         await lag_part(args, tokenizer)

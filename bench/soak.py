@@ -21,6 +21,7 @@ from pathlib import Path
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import add_model_cache_argument, cpu_summary, percentile  # noqa: E402
 from tests.helpers.real_server import RealServer  # noqa: E402
 
 ADMIN = "soak-admin-token"
@@ -32,11 +33,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values) or [float("nan")]
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 async def session(url: str, n: int, deadline: float, max_tokens: int, out: dict) -> None:
@@ -100,7 +96,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--max-tokens", type=int, default=8)
-    parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parents[1] / ".cache" / "models")
+    add_model_cache_argument(parser)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as data:
@@ -125,7 +121,8 @@ def main() -> None:
             code = server.stop()
 
     turns = sum(len(t) for t in out["sessions"].values())
-    print(f"\n{args.sessions} sessions, {args.seconds:.0f} s of turns (max_tokens {args.max_tokens}), wall {wall:.1f} s\n")
+    print(f"\nmachine: {cpu_summary()}")
+    print(f"{args.sessions} sessions, {args.seconds:.0f} s of turns (max_tokens {args.max_tokens}), wall {wall:.1f} s\n")
     print("| errors | turns completed | turns/s | TTFT p50 ms | TTFT p99 ms | RSS before MiB | RSS after MiB | "
           "acknowledged turns in the database | server exit |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -32,6 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as python -m chatserver d
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import add_model_cache_argument, cpu_summary  # noqa: E402
 import engine.model.runner as runner_module  # noqa: E402
 from engine.kernels.attention import RaggedAttention  # noqa: E402
 from engine.kernels.grid import ACTIVATIONS  # noqa: E402
@@ -88,11 +89,8 @@ def _seconds(fn) -> float:
 
 def machine_line(floors: MachineFloors) -> str:
     from engine.kernels.linear import strip_width
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    flags = next((line.split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
     peaks = ", ".join(f"{p / 1e9:.0f} GFLOP/s {str(d).removeprefix('torch.')}" for d, p in floors.peak.items())
-    return (f"machine: {model}, {os.cpu_count()} CPUs, {isa} (kernel strips of {strip_width()} columns); measured "
+    return (f"machine: {cpu_summary()} (kernel strips of {strip_width()} columns); measured "
             f"{floors.bandwidth / 1e9:.1f} GB/s, {peaks} (torch matmul), 2 threads {floors.two_threads:.2f}x one")
 
 
@@ -183,7 +181,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-grid-codes", action="store_true", help="float32 panels even for weights on a GGUF grid")
     parser.add_argument("--activations", choices=ACTIVATIONS, default="int16", help="the server's default")
-    parser.add_argument("--model-cache", type=Path, default=Path(__file__).resolve().parents[1] / ".cache" / "models")
+    add_model_cache_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(2)
     runner = ModelRunner(load_model(None, args.model_cache).model, MATMUL_DTYPES[args.dtype],

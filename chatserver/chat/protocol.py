@@ -5,12 +5,12 @@ Parsing is strict about types (a string is not a number) and ignores unknown fie
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from chatserver.errors import BadRequest
+from chatserver.jsonbody import parse_json
 from engine import DoneEvent
 
 _ID = Annotated[str, Field(min_length=1, max_length=64)]
@@ -57,10 +57,7 @@ _adapter: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
 
 def parse_frame(text: str) -> Hello | System | User | Cancel:
     """Raises BadRequest with a message naming the offending field."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"frame is not valid JSON: {exc.msg}") from None
+    data = parse_json(text, "frame")
     if not isinstance(data, dict):
         raise BadRequest("frame must be a JSON object")
     try:
@@ -69,7 +66,9 @@ def parse_frame(text: str) -> Hello | System | User | Cancel:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "frame"
         if err["type"] == "union_tag_invalid":
-            raise BadRequest(f"unknown frame type {data.get('type')!r}; expected hello, system, user or cancel") from None
+            kind = data["type"]  # echoed only as a short string (a deeply nested value has no safe repr)
+            shown = repr(kind[:40]) if isinstance(kind, str) else "(not a string)"
+            raise BadRequest(f"unknown frame type {shown}; expected hello, system, user or cancel") from None
         if err["type"] == "union_tag_not_found":
             raise BadRequest("frame has no 'type' field") from None
         raise BadRequest(f"{where}: {err['msg']}") from None

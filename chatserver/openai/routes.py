@@ -21,6 +21,7 @@ from aiohttp import web
 from chatserver import keys
 from chatserver.auth import bearer_matches
 from chatserver.errors import BadRequest
+from chatserver.jsonbody import parse_json
 from chatserver.openai.schemas import ChatCompletionRequest, parse_request
 from chatserver.chat.websocket import turn_service_key
 from engine.model.chat_format import ChatMessage
@@ -63,7 +64,7 @@ def _api_error(exc: Exception) -> ApiError:
 @web.middleware
 async def error_middleware(request: web.Request, handler):
     """Every /v1 error, including aiohttp's own (413, 404, 405), in OpenAI's shape."""
-    if not request.path.startswith("/v1/"):
+    if not (request.path == "/v1" or request.path.startswith("/v1/")):
         return await handler(request)
     try:
         return await handler(request)
@@ -71,10 +72,19 @@ async def error_middleware(request: web.Request, handler):
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status)
-        error = ApiError(exc.status, exc.reason, "invalid_request_error", code)
+        message = _no_endpoint(request) if exc.status in (404, 405) else exc.reason
+        error = ApiError(exc.status, message, "invalid_request_error", code)
     except Exception as exc:  # noqa: BLE001 - mapped to a typed error response
         error = _api_error(exc)
     return web.json_response(error.body(), status=error.status)
+
+
+def _no_endpoint(request: web.Request) -> str:
+    """A 404/405 message naming the request and the endpoints the router serves under /v1 (clients such
+    as langchain read any bare 404 as "model not found")."""
+    served = [f"{route.method} {route.resource.canonical}" for route in request.app.router.routes()
+              if route.method != "HEAD" and route.resource is not None and route.resource.canonical.startswith("/v1/")]
+    return f"no endpoint {request.method} {request.path[:200]}; this server serves: {', '.join(served)}"
 
 
 def _check_key(request: web.Request) -> None:
@@ -110,10 +120,7 @@ def _model_card(request: web.Request) -> dict:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     _check_key(request)
-    try:
-        data = await request.json()
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc.msg}", "invalid_request_error") from None
+    data = parse_json(await request.read(), "the body")  # the one place a /v1 body is parsed
     body = parse_request(data)
     if body.model != _model_id(request):
         raise ApiError(404, f"the model {body.model!r} does not exist; GET /v1/models lists it",
@@ -230,7 +237,7 @@ async def _complete(request: web.Request, body: ChatCompletionRequest, stream: T
             stream.cancel()  # the client went away (handler cancelled): free the batch slot
     return web.json_response({
         "id": cid, "object": "chat.completion", "created": int(time.time()), "model": body.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces)},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces), "refusal": None},
                      "finish_reason": reason, "logprobs": None}],
         "usage": _usage(done),
     })

@@ -1,7 +1,7 @@
 """Request shape of POST /v1/chat/completions (OpenAI Chat Completions), validated with pydantic.
 
 Unknown fields are ignored, as OpenAI-compatible servers do; fields we cannot honour (n > 1,
-tools, images) are refused with a 400 naming the parameter. Documented in docs/OPENAI.md.
+tools, content parts other than text) are refused with a 400 naming the parameter. Documented in docs/OPENAI.md.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def parse_request(data: object) -> ChatCompletionRequest:
     """Raises BadRequest whose `param` names the offending field."""
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
+    _refuse_non_text_parts(data.get("messages"))
     for unsupported in ("tools", "functions", "logprobs", "response_format"):
         value = data.get(unsupported)
         if value not in (None, False, [], {"type": "text"}):
@@ -82,6 +83,20 @@ def parse_request(data: object) -> ChatCompletionRequest:
         if param == "n":
             raise _bad("only n=1 is supported", "n") from None
         raise _bad(f"{param or 'body'}: {err['msg']}", param or None) from None
+
+
+def _refuse_non_text_parts(messages: object) -> None:
+    """A content part other than text (image_url, input_audio, file, ...) is a 400 naming that part
+    (`messages[i].content[j]`); any other malformed message is left to the schema."""
+    if not isinstance(messages, list):
+        return
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind != "text":
+                where = f"messages[{i}].content[{j}]"
+                raise _bad(f"{where}: only text content parts are supported (got {kind[:40]})", where)
 
 
 def _bad(message: str, param: str | None) -> BadRequest:
