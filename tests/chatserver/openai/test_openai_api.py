@@ -155,6 +155,8 @@ def test_oversized_and_malformed_bodies_get_openai_errors(server):
     assert status == 413 and set(body["error"]) == {"message", "type", "param", "code"}
     status, body = post(b"{not json")
     assert status == 400 and "JSON" in body["error"]["message"]
+    status, body = post(b"[" * 100_000)  # nesting too deep for the parser (100 KB)
+    assert status == 400 and body["error"]["type"] == "invalid_request_error", body
     status, body = post(json.dumps({"model": "m", "messages": "hello"}).encode())
     assert status == 400 and body["error"]["param"] == "messages"
 
