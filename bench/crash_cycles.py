@@ -155,9 +155,9 @@ async def _greedy_check(url: str, s: dict, model) -> list[str]:
     return [] if text == want else [f"{s['id']}: greedy answer after restart {text!r} != transformers {want!r}"]
 
 
-# float32 KV: answers then equal transformers' bit for bit, so any difference after a crash means wrong KV
-# (float16 KV, the default, agrees on 60/60 answers of bench/agreement.py but is not equal by construction)
-EXACT = ("--kv-dtype", "float32")
+# the exact mode: answers equal transformers' bit for bit, so any difference after a crash means wrong KV
+# (the defaults agree on 60/60 answers of bench/agreement.py but are not equal by construction)
+EXACT = ("--kv-dtype", "float32", "--activations", "float32")
 
 
 def main() -> None:

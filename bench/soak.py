@@ -100,8 +100,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as data:
-        server = RealServer(Path(data), args.model_cache, "--admin-token", ADMIN, "--max-queue", str(args.sessions),
-                            "--max-connections-per-client", str(args.sessions + 8)).start()
+        server = RealServer(Path(data), args.model_cache, "--admin-token", ADMIN).start()  # the default limits
         try:
             pid = server.proc.pid
             rss_before = rss_mib(pid)

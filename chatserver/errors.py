@@ -2,8 +2,9 @@
 sends: a WebSocket error frame, an HTTP status (and Retry-After).
 
 Each layer has one error type carrying a stable `code`: engine.EngineError, storage.StorageError and
-ChatError here (which also carries its HTTP status). Anything else is a bug: `internal_error`, 500,
-and its details stay in the log.
+ChatError here (which also carries its HTTP status). Any other exception raised while handling a
+request is a bug: `internal_error`, 500, "internal error" (details in the log). A turn that fails
+inside the engine ends with the engine's ErrorEvent, whose code and message are sent as they are.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def status_of(exc: BaseException) -> int:
 
 def message_of(exc: BaseException) -> str:
     """What the client reads: the error's own message, never a bug's details."""
-    return str(exc) if code_of(exc) != "internal_error" else "internal error"
+    return str(exc) if isinstance(exc, (ChatError, EngineError, StorageError)) else "internal error"
 
 
 def retry_after_of(exc: BaseException) -> int | None:
@@ -100,3 +101,25 @@ def error_frame(exc: BaseException) -> dict:
     if (seconds := retry_after_of(exc)) is not None:
         frame["retry_after"] = seconds
     return frame
+
+
+class InvalidApiKey(Unauthorized):
+    code = "invalid_api_key"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+def openai_error_body(exc: BaseException) -> dict:
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}} (docs/OPENAI.md)."""
+    code, status = code_of(exc), status_of(exc)
+    kind = "rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
+    param = getattr(exc, "param", None) or ("messages" if code == "context_length_exceeded" else None)
+    return {"error": {"message": message_of(exc), "type": kind, "param": param,
+                      "code": None if code == "bad_request" else code}}
+
+
+def admin_error_body(exc: BaseException) -> dict:
+    """The admin API's error shape: {"error": {"code", "message"}} (docs/ADMIN.md)."""
+    return {"error": {"code": code_of(exc), "message": message_of(exc)}}

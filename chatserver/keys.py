@@ -1,28 +1,30 @@
-"""Every typed application key, in one place."""
+"""Every typed application key, in one place. The types are for type checkers only (imported under
+TYPE_CHECKING), so that any module may import these keys without import cycles."""
 
 from __future__ import annotations
 
-import weakref
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from chatserver.chat.service import ChatService
-from chatserver.chat.sessions import LiveSessions
-from chatserver.config import ServerConfig
-from chatserver.engine_client import EngineClient
-from chatserver.ops.limits import ConnectionGate
-from chatserver.ops.metrics import Metrics
-from engine import LoadedModel
-from storage import KVFileStore, TranscriptStore
+if TYPE_CHECKING:
+    import weakref
 
-config = web.AppKey("config", ServerConfig)
-model = web.AppKey("model", LoadedModel)
-engine = web.AppKey("engine", EngineClient)
-transcripts = web.AppKey("transcripts", TranscriptStore)
-kv_files = web.AppKey("kv_files", KVFileStore)
-sessions = web.AppKey("sessions", LiveSessions)
-chat = web.AppKey("chat", ChatService)
-websockets = web.AppKey("websockets", weakref.WeakSet)
-connection_gate = web.AppKey("connection_gate", ConnectionGate)
-metrics = web.AppKey("metrics", Metrics)
-started_at = web.AppKey("started_at", int)  # unix seconds: "created" of the model card
+    from chatserver.chat import ChatService, LiveSessions
+    from chatserver.config import ServerConfig
+    from chatserver.engine_client import EngineClient
+    from chatserver.ops import ConnectionGate, Metrics
+    from engine import LoadedModel
+    from storage import KVFileStore, TranscriptStore
+
+config: web.AppKey[ServerConfig] = web.AppKey("config")
+model: web.AppKey[LoadedModel] = web.AppKey("model")
+engine: web.AppKey[EngineClient] = web.AppKey("engine")
+transcripts: web.AppKey[TranscriptStore] = web.AppKey("transcripts")
+kv_files: web.AppKey[KVFileStore] = web.AppKey("kv_files")
+sessions: web.AppKey[LiveSessions] = web.AppKey("sessions")
+chat: web.AppKey[ChatService] = web.AppKey("chat")
+websockets: web.AppKey[weakref.WeakSet] = web.AppKey("websockets")
+connection_gate: web.AppKey[ConnectionGate] = web.AppKey("connection_gate")
+metrics: web.AppKey[Metrics] = web.AppKey("metrics")
+started_at: web.AppKey[int] = web.AppKey("started_at")  # unix seconds: "created" of the model card

@@ -1,5 +1,5 @@
 """The `serve` options, derived from ServerConfig: one command-line flag and one CHATSERVER_* variable per
-leaf field, and docs/CONFIG.md rendered from the same list (tests/chatserver/test_config_doc.py fails
+leaf field, and docs/CONFIG.md rendered from the same list (tests/chatserver/test_cli.py fails
 when the document is stale; `python -m chatserver config-doc > docs/CONFIG.md` renews it).
 
 A field's metadata may set: help (required), flag (default: the field name, dashes for underscores),
@@ -95,10 +95,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             kw.update(action="store_const", const=not opt.default, default=(not opt.default) if on else opt.default)
         elif opt.kind is tuple:
             env_values = tuple(v for v in (raw or "").split(",") if v)
-            kw.update(action="append", default=None, metavar="VALUE")
+            kw.update(action="append", default=None, metavar=_metavar(opt))
             parser.set_defaults(**{opt.dest + "__env": env_values or opt.default})
         else:
-            kw.update(type=str, metavar=opt.unit.upper() or None)
+            kw.update(type=str, metavar=_metavar(opt))
             kw["default"] = raw if raw is not None else None
         parser.add_argument("--" + opt.flag, **kw)
 
@@ -150,6 +150,14 @@ def _build(cls: type, path: tuple[str, ...], values: dict[tuple[str, ...], Any])
     return cls(**kwargs)
 
 
+def _metavar(opt: Option) -> str:
+    if opt.unit:
+        return opt.unit.upper()
+    if opt.choices:
+        return "|".join(opt.choices)
+    return {int: "N", float: "N", Path: "PATH"}.get(opt.kind, "TEXT")
+
+
 def _help(opt: Option) -> str:
     default = opt.shown_default()
     if opt.kind is bool or default in (None, ()):
@@ -167,7 +175,7 @@ def render_doc() -> str:
              "(`chatserver/config.py` and the engine's and storage's parts) by "
              "`python -m chatserver config-doc > docs/CONFIG.md`. Each flag has an environment variable; "
              "the command line wins over the environment, which wins over the default. Boolean variables "
-             "take 1/0 or true/false; repeatable flags take a comma-separated list in the environment.", ""]
+             "take 1/0 or true/false; repeatable flags take a comma-separated list in the environment."]
     current = None
     for opt in options():
         part = opt.path[:-1]
@@ -178,6 +186,6 @@ def render_doc() -> str:
         default = "" if opt.kind is bool else opt.shown_default()
         shown = "—" if default in (None, "", ()) else f"`{default}`{' ' + opt.unit if opt.unit else ''}"
         choices = f" One of: {', '.join(f'`{c}`' for c in opt.choices)}." if opt.choices else ""
-        value = "" if opt.kind is bool else f" {opt.unit.upper() or 'VALUE'}"
+        value = "" if opt.kind is bool else f" {_metavar(opt)}"
         lines.append(f"| `--{opt.flag}{value}` | `{opt.env}` | {shown} | {opt.help}.{choices} |")
     return "\n".join(lines) + "\n"

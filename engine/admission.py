@@ -47,6 +47,7 @@ class Admission:
         self._prompt_left = 0  # tokens: sum of the unfinished tickets' prompt_left
         self._answers = 0.0  # tokens: sum of the unfinished tickets' expected answers
         self._mean_answer = _INITIAL_ANSWER_TOKENS  # of finished turns (moving average)
+        self.num_refused = {"predicted_wait": 0, "queue_full": 0}  # turns refused, by reason
 
     @property
     def num_admitted(self) -> int:
@@ -58,10 +59,12 @@ class Admission:
         with self._lock:
             cfg = self.config
             if self._num_admitted >= cfg.max_queue:
+                self.num_refused["queue_full"] += 1
                 raise Overloaded(f"{self._num_admitted} turns in progress; retry shortly",
                                  retry_after=self._drain_seconds())
             wait_ms = self._predict_ms(num_prompt_tokens)
             if wait_ms > cfg.max_ttft_s * 1000:
+                self.num_refused["predicted_wait"] += 1
                 raise Overloaded(f"the predicted wait for a first token is {wait_ms / 1000:.0f} s (limit "
                                  f"{cfg.max_ttft_s:.0f} s); retry shortly",
                                  retry_after=max(1.0, (wait_ms - cfg.max_ttft_s * 1000) / 1000))

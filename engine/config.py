@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.kernels.grid import ACTIVATIONS
-from engine.kv.config import KVStoreConfig
-from engine.model.weights import MATMUL_DTYPES
+from engine.kernels import ACTIVATIONS
+from engine.kv import KVStoreConfig
+from engine.model import MATMUL_DTYPES
 
 
 @dataclass(frozen=True)

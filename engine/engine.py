@@ -21,11 +21,11 @@ from engine.admission import Admission, Ticket
 from engine.config import EngineConfig
 from engine.errors import EngineStopped
 from engine.kv import DiskTier, KVSpec, KVStore
-from engine.model import ChatFormat, IncrementalDetokenizer, ModelRunner
+from engine.model import ChatFormat, ForwardItem, IncrementalDetokenizer, ModelRunner
 from engine.scheduler import Scheduler
 from engine.stats import EngineStats, engine_snapshot
 from engine.step import Stepper
-from engine.step_cost import StepCostModel
+from engine.step_cost import StepCostModel, calibrate
 from engine.turn import Turn, TurnEvent, TurnRequest
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ T = TypeVar("T")
 
 _IDLE_WAKE_S = 0.5  # an idle loop wakes this often (heartbeat, TTL expiry)
 _EXPIRE_EVERY_S = 30.0
+_STOP_MARGIN_S = 30.0  # beyond the shutdown spill: the step in progress and the writes in flight
 
 
 class Engine:
@@ -62,12 +63,13 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Fail the unfinished turns, write the sessions in RAM to disk (bounded time), end the thread."""
+    def stop(self) -> None:
+        """Fail the unfinished turns, write the sessions in RAM to disk (within shutdown_spill_seconds,
+        after the step in progress), end the thread."""
         self._stopping = True
         self._inbox.put(lambda: None)
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(self.config.kv.shutdown_spill_seconds + _STOP_MARGIN_S)
 
     @property
     def is_alive(self) -> bool:
@@ -83,6 +85,10 @@ class Engine:
         if self._stopping:
             raise EngineStopped("the server is shutting down")
         return self._admission.admit(num_prompt_tokens, max_tokens)
+
+    def predicted_ttft_ms(self, num_prompt_tokens: int) -> float:
+        """What admission predicts now for a turn of num_prompt_tokens (engine/admission.py)."""
+        return self._admission.predicted_ttft_ms(num_prompt_tokens)
 
     def release(self, ticket: Ticket) -> None:
         """Give back an admitted place without running a turn."""
@@ -127,6 +133,21 @@ class Engine:
     def drop(self, session_id: str) -> Future[str]:
         """Forget a session's KV in every tier; the future holds "none" once it is gone."""
         return self._on_store(lambda done: self._store.drop(session_id, on_done=done))
+
+    def calibrate(self) -> None:
+        """Before start(): time a few forward passes (decode batches, a prefill) on this machine, so that
+        admission predicts waits from its real speed from the first turn (seconds for large models)."""
+        assert self._thread is None
+
+        def run(num_decode: int, num_prefill: int) -> float:
+            items = [ForwardItem(self.runner.new_kv(), [0], True) for _ in range(num_decode)]
+            if num_prefill:
+                items.append(ForwardItem(self.runner.new_kv(), [0] * num_prefill, True))
+            started = time.perf_counter()
+            self.runner.forward(items)
+            return (time.perf_counter() - started) * 1000
+
+        calibrate(self._admission.cost, run, self.config.max_batch_size)
 
     # ---- engine thread (through query) ----
 

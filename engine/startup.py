@@ -10,8 +10,7 @@ from pathlib import Path
 from engine.config import EngineConfig
 from engine.engine import Engine
 from engine.kv import DiskTier, KVSpec
-from engine.model import ChatFormat, LoadedModel, ModelRunner, kv_fingerprint, load_model
-from engine.model.weights import MATMUL_DTYPES
+from engine.model import MATMUL_DTYPES, ChatFormat, LoadedModel, ModelRunner, kv_fingerprint, load_model
 
 
 def start_engine(config: EngineConfig, model: LoadedModel | None = None, model_cache: Path | None = None,
@@ -22,11 +21,11 @@ def start_engine(config: EngineConfig, model: LoadedModel | None = None, model_c
     loaded = model or load_model(mc.path, mc.cache_dir or model_cache)
     runner = ModelRunner(loaded.model, MATMUL_DTYPES[mc.dtype], kv_dtype=config.kv.torch_dtype,
                          activations=mc.activations)
-    runner.warmup()
     spec = KVSpec(runner.num_layers, runner.num_kv_heads, runner.head_dim, runner.kv_dtype,
                   kv_fingerprint(loaded.fingerprint, mc.dtype, mc.activations))
     engine = Engine(runner, ChatFormat(loaded.tokenizer, loaded.model.generation_config), config, spec,
                     max_context(config, runner), disk_for(spec) if disk_for is not None else None)
+    engine.calibrate()
     engine.start()
     return engine, loaded
 

@@ -102,6 +102,7 @@ def engine_snapshot(stats: EngineStats, scheduler: Scheduler, admission: Admissi
     return {
         "engine": {**stats.snapshot(with_buckets), "queue_depth": len(scheduler.waiting),
                    "running": len(scheduler.running), "admitted": admission.num_admitted,
+                   "refused": dict(admission.num_refused), "predicted_ttft_ms": admission.predicted_ttft_ms(1),
                    "weights": runner.weights_summary()},
         "kv": {
             "ram": {"sessions": len(store.entries), "bytes": budget.ram_bytes,

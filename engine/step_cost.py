@@ -9,8 +9,11 @@ turns are streaming, so their inter-token latency stays bounded on a fast or a s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 _ALPHA = 0.2  # weight of a new observation in the moving averages
 _MIN_PREFILL_TO_MEASURE = 8  # tokens; fewer are lost in the noise of the decode part
+_CALIBRATION_PREFILL = 256  # tokens of the calibration's prefill pass
 
 
 class StepCostModel:
@@ -50,3 +53,14 @@ class StepCostModel:
         """Prefill tokens that keep a step with num_decode decoders within target_ms (may be 0)."""
         spare = target_ms - self.decode_ms(num_decode)
         return max(0, int(spare / self.ms_per_prefill_token))
+
+
+def calibrate(cost: StepCostModel, run: Callable[[int, int], float], max_batch: int) -> None:
+    """Measure a few forward passes before the first turn, so that admission and the scheduler predict
+    from this machine's speed at once. run(num_decode, num_prefill_tokens) runs one pass and returns
+    its milliseconds (each shape twice: the first run warms it up)."""
+    for batch in sorted({1, min(8, max_batch), max_batch}):
+        run(batch, 0)
+        cost.observe(batch, 0, run(batch, 0))
+    run(0, _CALIBRATION_PREFILL)
+    cost.ms_per_prefill_token = max(0.05, run(0, _CALIBRATION_PREFILL) / _CALIBRATION_PREFILL)

@@ -10,8 +10,8 @@ from typing import Callable
 import torch
 
 from engine.admission import Ticket
-from engine.model.detokenizer import IncrementalDetokenizer
-from engine.kv.session_kv import SessionKV
+from engine.kv import SessionKV
+from engine.model import IncrementalDetokenizer
 from engine.sampling import SamplingParams
 
 _ids = itertools.count(1)

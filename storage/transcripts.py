@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from storage.errors import StorageUnavailable
@@ -37,13 +38,14 @@ class SessionRecord:
 
 
 def _refusals_typed(method):
-    """The database's own errors (and the OS's, for SQLite) become StorageUnavailable."""
+    """A database that refuses (locked, read-only, disk full, unreachable, no free connection) raises
+    StorageUnavailable; other database errors (a broken constraint) are bugs and stay what they are."""
 
     @functools.wraps(method)
     async def wrapper(*args, **kwargs):
         try:
             return await method(*args, **kwargs)
-        except (SQLAlchemyError, OSError) as exc:
+        except (OperationalError, InterfaceError, DisconnectionError, PoolTimeout, OSError) as exc:
             raise StorageUnavailable(f"the database refused: {type(exc).__name__}: {exc}") from exc
 
     return wrapper

@@ -3,15 +3,13 @@ per run), a tiny random Llama for speed, and in-process servers on the tiny mode
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from chatserver.app import create_app
-from chatserver.config import ServerConfig
-from engine.config import EngineConfig
+from chatserver.config import ChatConfig, HttpConfig, ServerConfig
+from engine import EngineConfig
 from engine.model.loader import LoadedModel, load_model
 from tests.helpers.admin import ADMIN_TOKEN
 from tests.helpers.chat import Chat
@@ -46,7 +44,7 @@ def server_config(tmp_path) -> ServerConfig:
 @pytest.fixture
 async def admin(aiohttp_client, tiny_model, tmp_path):
     """The app with the admin API enabled (bearer ADMIN_TOKEN)."""
-    config = ServerConfig(data_dir=tmp_path, admin_token=ADMIN_TOKEN,
+    config = ServerConfig(data_dir=tmp_path, http=HttpConfig(admin_token=ADMIN_TOKEN),
                           engine=EngineConfig(max_context=1024, max_new_tokens=64))
     return await aiohttp_client(create_app(config, model=tiny_model))
 
@@ -58,9 +56,10 @@ async def client(aiohttp_client, tiny_model, server_config):
 
 @pytest.fixture
 def make_client(aiohttp_client, tiny_model, tmp_path):
-    async def make(**overrides):
-        config = replace(ServerConfig(data_dir=tmp_path, engine=EngineConfig(max_context=1024, max_new_tokens=64)),
-                         **overrides)
+    """make(http={...}, chat={...}, engine=EngineConfig(...)): an app whose config differs in these fields."""
+    async def make(http: dict | None = None, chat: dict | None = None, engine: EngineConfig | None = None):
+        config = ServerConfig(data_dir=tmp_path, http=HttpConfig(**(http or {})), chat=ChatConfig(**(chat or {})),
+                              engine=engine or EngineConfig(max_context=1024, max_new_tokens=64))
         return await aiohttp_client(create_app(config, model=tiny_model))
 
     return make

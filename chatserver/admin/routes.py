@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import re
 from datetime import datetime
 
@@ -16,13 +17,15 @@ from chatserver import keys
 from chatserver.admin.openapi import openapi_document
 from chatserver.admin.schemas import AdminMessage, EvictResult, KVPlacement, SessionDetail, SessionPage, SessionSummary
 from chatserver.auth import bearer_matches
-from chatserver.errors import BadRequest, ChatError, Forbidden, MethodNotAllowed, NotFound, SessionNotFound, Unauthorized
-from chatserver.errors import code_of, message_of, status_of
+from chatserver.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, SessionNotFound, Unauthorized
+from chatserver.errors import admin_error_body, code_of, status_of
 from storage import SessionRecord
+
+log = logging.getLogger(__name__)
 
 MAX_PAGE = 100
 _EVICT_WAIT_S = 10.0  # an evict answers within this, with the placement it has then
-_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # chatserver/auth.new_session_id
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # chatserver/chat/credentials.py new_session_id
 
 
 class AdminDisabled(Forbidden):
@@ -42,12 +45,15 @@ async def api_errors(request: web.Request, handler):
     except web.HTTPMethodNotAllowed as exc:
         allowed = sorted(exc.allowed_methods)
         error, headers = MethodNotAllowed(f"{request.method} not allowed; use {', '.join(allowed)}"), {"Allow": ",".join(allowed)}
-    except ChatError as exc:
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # noqa: BLE001 - typed errors and bugs alike answer in JSON
         error = exc
         if isinstance(exc, Unauthorized):
             headers = {"WWW-Authenticate": "Bearer"}
-    body = {"error": {"code": code_of(error), "message": message_of(error)}}
-    return web.json_response(body, status=status_of(error), headers=headers)
+        elif code_of(exc) == "internal_error":
+            log.exception("unexpected error in the admin API", exc_info=exc)
+    return web.json_response(admin_error_body(error), status=status_of(error), headers=headers)
 
 
 def _require_admin(request: web.Request) -> None:

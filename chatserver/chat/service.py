@@ -22,7 +22,7 @@ from chatserver.chat.sessions import LiveSession, LiveSessions
 from chatserver.config import ChatConfig
 from chatserver.engine_client import EngineClient, TurnStream
 from chatserver.errors import BadRequest, Busy
-from chatserver.ops.limits import TurnRate
+from chatserver.ops import TurnRate
 from engine import ChatFormat, ChatMessage, ContextTooLong, DoneEvent, ErrorEvent, SamplingParams, TurnEvent, TurnRequest
 from storage import StorageUnavailable, TranscriptStore
 

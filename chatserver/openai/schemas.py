@@ -22,7 +22,7 @@ class TextPart(_Model):
     text: str
 
 
-class Message(_Model):
+class OpenAIMessage(_Model):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
 
@@ -37,7 +37,7 @@ class StreamOptions(_Model):
 
 class ChatCompletionRequest(_Model):
     model: str
-    messages: Annotated[list[Message], Field(min_length=1)]
+    messages: Annotated[list[OpenAIMessage], Field(min_length=1)]
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -100,6 +100,4 @@ def _refuse_non_text_parts(messages: object) -> None:
 
 
 def _bad(message: str, param: str | None) -> BadRequest:
-    exc = BadRequest(message)
-    exc.param = param
-    return exc
+    return BadRequest(message, param=param)

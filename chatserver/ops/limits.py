@@ -71,6 +71,7 @@ class TurnRate:
     def __init__(self, per_minute: int, clock=time.monotonic):
         self.per_minute = per_minute
         self.clock = clock
+        self.num_refused = 0
         self.started: dict[str, deque[float]] = {}
 
     def check(self, session_id: str) -> None:
@@ -83,6 +84,7 @@ class TurnRate:
         while times and now - times[0] >= WINDOW_S:
             times.popleft()
         if len(times) >= self.per_minute:
+            self.num_refused += 1
             wait = WINDOW_S - (now - times[0])
             raise RateLimited(f"at most {self.per_minute} turns per minute in a session; retry in {wait:.0f} s",
                               retry_after=wait)

@@ -26,6 +26,10 @@ class SnapshotCollector:
         yield GaugeMetricFamily("chatserver_queue_depth", "Turns waiting to start", value=e["queue_depth"])
         yield GaugeMetricFamily("chatserver_running_turns", "Turns prefilling or decoding", value=e["running"])
         yield _labelled(CounterMetricFamily, "chatserver_turns", "Turns finished, by outcome", "outcome", e["turns_finished"])
+        yield _labelled(CounterMetricFamily, "chatserver_turns_refused", "Turns refused before they started, by reason",
+                        "reason", {**e["refused"], "rate_limited": server["rate_limited"]})
+        yield GaugeMetricFamily("chatserver_predicted_ttft_seconds", "Predicted wait for a new turn's first token",
+                                value=e["predicted_ttft_ms"] / 1000)
         yield _labelled(CounterMetricFamily, "chatserver_tokens", "Tokens by kind", "kind",
                         {"prompt": e["prompt_tokens"], "cached": e["cached_tokens"], "generated": e["generated_tokens"]})
         yield _labelled(GaugeMetricFamily, "chatserver_kv_bytes", "KV cache bytes per tier", "tier",

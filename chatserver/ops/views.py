@@ -41,7 +41,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     snapshot = await request.app[keys.engine].stats(with_buckets=True)
-    snapshot["server"] = {"websockets": len(request.app[keys.websockets])}
+    snapshot["server"] = {"websockets": len(request.app[keys.websockets]),
+                          "rate_limited": request.app[keys.chat].turn_rate.num_refused}
     return web.Response(body=request.app[keys.metrics].render(snapshot),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

@@ -50,7 +50,7 @@ class KVStoreStats:
     recomputes: int = 0  # a disk file that could not be used (missing/corrupt/mismatched)
     spills: int = 0
     restores: int = 0
-    evictions: dict[str, int] = field(default_factory=dict)  # by cause: pressure, disconnect, ttl, admin, shutdown
+    evictions: dict[str, int] = field(default_factory=dict)  # by cause: pressure, disconnect, ttl, admin
     tokens_reused: int = 0
     shared_hits: int = 0  # turns started on another session's prefix
     shared_tokens: int = 0  # prompt tokens those turns did not compute

@@ -5,25 +5,38 @@ import time
 
 import pytest
 
-from engine.model.chat_format import ChatFormat
-from engine.config import EngineConfig
-from engine.engine import Engine
-from engine.errors import Overloaded
-from engine.model.runner import ModelRunner
-from engine.sampling import SamplingParams
-from engine.turn import DoneEvent, TurnRequest
+from chatserver.engine_client import EngineClient, TurnStream
+from engine import DoneEvent, Engine, EngineConfig, ModelConfig, Overloaded, SamplingParams, TurnRequest, start_engine
+
+
+class Driver:
+    """An engine under test, driven through its thread-safe face and the server's asyncio bridge."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.client = EngineClient(engine)
+
+    def submit(self, request: TurnRequest) -> TurnStream:
+        stream = self.client.admit(len(request.prompt_ids), request.sampling.max_tokens)
+        stream.start(request)
+        return stream
+
+    @property
+    def num_admitted(self) -> int:
+        return self.engine.num_admitted
+
+    async def stats(self) -> dict:
+        return await self.client.stats()
 
 
 @pytest.fixture
 def make_engine(tiny_model):
     engines = []
 
-    def make(**config) -> Engine:
-        engine = Engine(ModelRunner(tiny_model.model), ChatFormat(tiny_model.tokenizer, tiny_model.model.generation_config),
-                        EngineConfig(**config))
-        engine.start()
+    def make(**config) -> Driver:
+        engine, _ = start_engine(EngineConfig(model=ModelConfig(activations="float32"), **config), tiny_model)
         engines.append(engine)
-        return engine
+        return Driver(engine)
 
     yield make
     for engine in engines:
@@ -49,7 +62,8 @@ async def test_batched_greedy_answers_equal_the_answers_alone(make_engine):
     alone = [await _collect(engine.submit(_request(f"alone{i}", p))) for i, p in enumerate(PROMPTS)]
     together = await asyncio.gather(*[_collect(engine.submit(_request(f"batch{i}", p))) for i, p in enumerate(PROMPTS)])
     assert [d.output_ids for d in together] == [d.output_ids for d in alone]
-    assert engine.stats.prefill_batch.percentile(100) > 1 or engine.stats.decode_batch.percentile(100) > 1
+    stats = (await engine.stats())["engine"]
+    assert stats["prefill_batch"]["max"] > 1 or stats["decode_batch"]["max"] > 1
 
 
 async def test_same_seed_same_sample_whatever_else_runs(make_engine):
@@ -94,14 +108,14 @@ async def test_long_prompt_is_chunked_between_decode_steps(make_engine):
     long = engine.submit(_request("long", list(range(1000, 1600)), max_tokens=2))
     await asyncio.gather(_collect(streaming), _collect(long))
     # the 600-token prompt took >= 10 steps of <= 64 tokens, each also serving the decoder
-    assert engine.stats.step_tokens.percentile(100) <= 64
-    assert engine.stats.num_steps >= 10
+    stats = (await engine.stats())["engine"]
+    assert stats["step_tokens"]["max"] <= 64 and stats["num_steps"] >= 10
 
 
 async def test_statistics_move(make_engine):
     engine = make_engine()
     await _collect(engine.submit(_request("a", PROMPTS[1])))
-    stats = await engine.call(engine.stats_snapshot)
+    stats = await engine.stats()
     assert stats["engine"]["ttft_ms"]["count"] == 1 and stats["engine"]["itl_ms"]["count"] >= 1
     assert stats["engine"]["turns_finished"] and stats["kv"]["ram"]["sessions"] == 1
     assert stats["kv"]["misses"] == 1
@@ -135,6 +149,32 @@ async def test_an_idle_engine_sleeps_after_a_turn(make_engine):
     engine = make_engine()
     await _collect(engine.submit(_request("a", PROMPTS[0])))
     await asyncio.sleep(0.1)
-    before = _thread_cpu_seconds(engine._thread.native_id)
+    before = _thread_cpu_seconds(engine.engine._thread.native_id)
     await asyncio.sleep(1.0)
-    assert _thread_cpu_seconds(engine._thread.native_id) - before < 0.1
+    assert _thread_cpu_seconds(engine.engine._thread.native_id) - before < 0.1
+
+
+async def test_spill_and_drop_answer_once_the_kv_has_moved(tiny_model, tmp_path):
+    """The server awaits these (admin evict and delete): they resolve when the disk write or delete is
+    done, with the session's tier then; a query runs on the engine thread and returns its answer."""
+    from storage import KVFileStore, KVLayout
+
+    def disk_for(spec):
+        return KVFileStore(tmp_path, KVLayout(spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.dtype,
+                                              spec.fingerprint), max_bytes=1 << 30)
+
+    engine, _ = start_engine(EngineConfig(), tiny_model, disk_for=disk_for)
+    try:
+        driver = Driver(engine)
+        await _collect(driver.submit(_request("s", PROMPTS[1])))
+        assert await driver.client.kv_placement(["s", "other"]) == {"s": ("ram", pytest.approx(0, abs=1 << 30)),
+                                                                   "other": ("none", 0)}
+        assert await driver.client.spill("s") == "disk"
+        assert list(tmp_path.glob("*.safetensors"))  # written before the answer came
+        assert await driver.client.drop("s") == "none"
+        assert not list(tmp_path.glob("*.safetensors"))
+        assert await driver.client.spill("never-seen") == "none"
+        with pytest.raises(ZeroDivisionError):
+            await driver.client.query(lambda e: 1 / 0)  # an error in a query reaches its caller
+    finally:
+        engine.stop()

@@ -5,24 +5,22 @@ import sqlite3
 
 import pytest
 
-from storage import migrations
-from storage.db import create_engine, sessionmaker, sqlite_url
-from storage.transcripts import SessionRepository
+from storage import StorageUnavailable, TranscriptStore, create_db_engine, db_sessionmaker, sqlite_url, upgrade
 
 
 @pytest.fixture
 async def repo(tmp_path):
     url = sqlite_url(tmp_path / "chat.db")
-    await asyncio.to_thread(migrations.upgrade, url)  # alembic runs its own event loop
-    engine = create_engine(url)
-    yield SessionRepository(sessionmaker(engine))
-    await engine.dispose()
+    await asyncio.to_thread(upgrade, url)  # alembic runs its own event loop
+    db_engine = create_db_engine(url)
+    yield TranscriptStore(db_sessionmaker(db_engine))
+    await db_engine.dispose()
 
 
 def test_migration_creates_the_schema_and_is_idempotent(tmp_path):
     url = sqlite_url(tmp_path / "chat.db")
-    migrations.upgrade(url)
-    migrations.upgrade(url)  # already at head: nothing to do
+    upgrade(url)
+    upgrade(url)  # already at head: nothing to do
     db = sqlite3.connect(tmp_path / "chat.db")
     tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
     assert {"sessions", "messages", "alembic_version"} <= tables
@@ -55,3 +53,19 @@ async def test_foreign_keys_are_enforced_and_delete_cascades(repo, tmp_path):
     db = sqlite3.connect(tmp_path / "chat.db")
     assert db.execute("select count(*) from messages where session_id='s2'").fetchone() == (0,)
     assert await repo.delete("s2") is False
+
+
+async def test_a_database_that_refuses_raises_storage_unavailable(tmp_path):
+    """Locked, read-only, full or unreachable: the store's one typed error, whatever the driver said."""
+    from sqlalchemy.exc import OperationalError
+
+    class Refusing:
+        def __call__(self):
+            raise OperationalError("SELECT", {}, Exception("database is locked"))
+
+        begin = __call__
+
+    store = TranscriptStore(Refusing())
+    for call in (store.get("s"), store.messages("s"), store.add_message("s", "user", "x"), store.ping()):
+        with pytest.raises(StorageUnavailable, match="database is locked"):
+            await call

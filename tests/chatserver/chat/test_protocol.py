@@ -6,6 +6,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from chatserver import keys
+from storage import StorageUnavailable
 from tests.helpers.chat import Chat
 from tests.helpers.polling import wait_until
 
@@ -57,7 +58,7 @@ async def test_resume_needs_the_token_and_returns_the_transcript(connect):
 async def test_resume_token_is_stored_only_as_a_hash(client, connect):
     chat, session = await connect()
     await chat.turn("hi", max_tokens=2)
-    record = await client.app[keys.repository].get(session["session_id"])
+    record = await client.app[keys.transcripts].get(session["session_id"])
     assert session["resume_token"] not in record.token_hash
     assert len(record.token_hash) == 64
 
@@ -66,10 +67,10 @@ async def test_transcript_is_persisted_with_usage(client, connect):
     chat, session = await connect()
     await chat.send(type="system", content="You are terse.")
     text, done = await chat.turn("Hi", max_tokens=6, temperature=0)
-    stored = await client.app[keys.repository].messages(session["session_id"])
+    stored = await client.app[keys.transcripts].messages(session["session_id"])
     assert [(m.role, m.content) for m in stored] == [("system", "You are terse."), ("user", "Hi"), ("assistant", text)]
     assert stored[2].finish_reason == done["finish_reason"]
-    record = await client.app[keys.repository].get(session["session_id"])
+    record = await client.app[keys.transcripts].get(session["session_id"])
     assert record.title == "Hi"
     assert record.num_tokens == done["usage"]["prompt_tokens"] + done["usage"]["completion_tokens"]
 
@@ -85,7 +86,7 @@ async def test_cancel_keeps_the_partial_answer(client, connect):
         text += frame["text"]
     assert frame["type"] == "done" and frame["finish_reason"] == "cancelled"
     assert frame["usage"]["completion_tokens"] < 64
-    stored = await client.app[keys.repository].messages(session["session_id"])
+    stored = await client.app[keys.transcripts].messages(session["session_id"])
     assert stored[-1].role == "assistant" and stored[-1].content == text and stored[-1].finish_reason == "cancelled"
     # the session goes on, and the partial answer's KV is reused
     _, done = await chat.turn("go on", max_tokens=4, temperature=0)
@@ -123,12 +124,12 @@ BAD_FRAMES = [
 async def test_bad_input_gets_a_typed_error_and_changes_nothing(client, connect, raw, code):
     chat, session = await connect()
     _, before = await chat.turn("first", max_tokens=4, temperature=0)
-    stored_before = await client.app[keys.repository].messages(session["session_id"])
+    stored_before = await client.app[keys.transcripts].messages(session["session_id"])
     await chat.ws.send_str(raw)
     error = await chat.recv()
     assert error["type"] == "error" and error["code"] == code, error
     assert error["message"]
-    assert await client.app[keys.repository].messages(session["session_id"]) == stored_before
+    assert await client.app[keys.transcripts].messages(session["session_id"]) == stored_before
     # the connection still works and the session's KV is intact: the next turn reuses it
     _, after = await chat.turn("second", max_tokens=4, temperature=0)
     assert after["type"] == "done" and after["usage"]["cached_tokens"] >= before["usage"]["prompt_tokens"] - 1
@@ -136,14 +137,14 @@ async def test_bad_input_gets_a_typed_error_and_changes_nothing(client, connect,
 
 async def test_a_hello_alone_stores_nothing_but_can_be_resumed(client, connect):
     chat, session = await connect()
-    assert await client.app[keys.repository].get(session["session_id"]) is None
+    assert await client.app[keys.transcripts].get(session["session_id"]) is None
     await chat.ws.close()
     again, resumed = await connect(session_id=session["session_id"], resume_token=session["resume_token"])
     assert resumed["resumed"] is True and resumed["messages"] == []
     _, refused = await connect(session_id=session["session_id"], resume_token="wrong")
     assert refused["code"] == "unauthorized"
     await again.turn("now it exists", max_tokens=2)
-    assert await client.app[keys.repository].get(session["session_id"]) is not None
+    assert await client.app[keys.transcripts].get(session["session_id"]) is not None
 
 
 async def test_resume_while_a_turn_runs_says_busy(connect):
@@ -188,7 +189,7 @@ async def test_system_prompt_after_first_turn_is_refused(connect):
 
 
 async def test_oversized_frame_closes_with_1009(make_client):
-    client = await make_client(max_frame_bytes=4096)
+    client = await make_client(http={'max_frame_bytes': 4096})
     ws = await client.ws_connect("/ws")
     await ws.send_str(json.dumps({"type": "hello", "pad": "x" * 10_000}))
     msg = await ws.receive(timeout=10)
@@ -210,7 +211,7 @@ async def test_client_vanishing_mid_turn_stores_the_partial_answer(client, conne
     await chat.send(type="user", content="Tell me everything", max_tokens=64, temperature=0)
     assert (await chat.recv())["type"] == "token"
     await chat.ws.close()
-    repo = client.app[keys.repository]
+    repo = client.app[keys.transcripts]
 
     async def answer_stored():
         stored = await repo.messages(session["session_id"])
@@ -218,7 +219,7 @@ async def test_client_vanishing_mid_turn_stores_the_partial_answer(client, conne
 
     stored = await wait_until(answer_stored, what="the cancelled answer stored")
     assert stored.finish_reason == "cancelled"
-    assert client.app[keys.engine].num_admitted == 0
+    assert client.app[keys.engine].engine.num_admitted == 0
 
 
 async def test_index_page_and_health(client):
@@ -231,13 +232,11 @@ async def test_a_message_that_cannot_be_stored_is_refused_and_leaves_no_trace(cl
     """The prefill starts before the message is stored; if storing fails the turn is cancelled, the
     client gets a typed error, and the next turn answers as if the failed one never happened."""
     chat, session = await connect()
-    repo = client.app[keys.repository]
+    repo = client.app[keys.transcripts]
     real_add = repo.add_message
 
     async def failing_add(*args, **kwargs):
-        from sqlalchemy.exc import OperationalError
-
-        raise OperationalError("INSERT", {}, Exception("database or disk is full"))
+        raise StorageUnavailable("the database refused: OperationalError: database or disk is full")
 
     repo.add_message = failing_add
     text, error = await chat.turn("A long question that will not be stored " * 8, max_tokens=12, temperature=0)

@@ -26,7 +26,7 @@ def _fail_after(engine, steps: int) -> None:
 
 
 async def test_a_failure_after_the_first_chunks_is_an_error_event_then_done(client):
-    _fail_after(client.app[keys.engine], steps=4)
+    _fail_after(client.app[keys.engine].engine, steps=4)
     body = {"model": await _model_id(client), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40,
             "stream": True, "temperature": 0}
     resp = await client.post("/v1/chat/completions", json=body)
@@ -41,7 +41,7 @@ async def test_a_failure_after_the_first_chunks_is_an_error_event_then_done(clie
 
 
 async def test_the_official_client_raises_api_error_mid_stream(client):
-    _fail_after(client.app[keys.engine], steps=4)
+    _fail_after(client.app[keys.engine].engine, steps=4)
     api = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
     stream = await api.chat.completions.create(model=await _model_id(client), messages=[{"role": "user", "content": "hi"}],
                                                max_tokens=40, stream=True, temperature=0)
@@ -54,7 +54,7 @@ async def test_the_official_client_raises_api_error_mid_stream(client):
 
 
 async def test_the_server_still_answers_after_the_failure(client):
-    engine = client.app[keys.engine]
+    engine = client.app[keys.engine].engine
     forward = engine.runner.forward
     _fail_after(engine, steps=2)
     body = {"model": await _model_id(client), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,

@@ -4,14 +4,21 @@
 from chatserver import keys
 from chatserver.app import create_app
 from chatserver.config import ServerConfig
-from engine.config import EngineConfig
-from engine.kv.store import KVStoreConfig
+from engine import EngineConfig, KVStoreConfig
 from tests.helpers.chat import Chat
 from tests.helpers.polling import wait_until
 
 
 def _config(tmp_path, **kv) -> ServerConfig:
     return ServerConfig(data_dir=tmp_path, engine=EngineConfig(max_context=1024, max_new_tokens=64, kv=KVStoreConfig(**kv)))
+
+
+async def _tier(client, session_id: str) -> str:
+    return (await client.app[keys.engine].kv_placement([session_id]))[session_id][0]
+
+
+async def _kv_stats(client) -> dict:
+    return (await client.app[keys.engine].stats())["kv"]
 
 
 async def _open(client, **hello):
@@ -34,7 +41,7 @@ async def test_restart_resumes_warm_from_disk_and_a_corrupt_file_recomputes(aioh
     # damage the second session's file
     store_dir = tmp_path / "kv"
     client = await aiohttp_client(create_app(_config(tmp_path), model=tiny_model))
-    disk = client.app[keys.engine].store.disk
+    disk = client.app[keys.kv_files]
     damaged = store_dir / disk.file_name(sessions[1][0]["session_id"])
     damaged.write_bytes(damaged.read_bytes()[:-64])
 
@@ -50,21 +57,27 @@ async def test_restart_resumes_warm_from_disk_and_a_corrupt_file_recomputes(aioh
             assert done["cache"] == "ram" and done["usage"]["cached_tokens"] > 0
         answers.append(text)
     assert answers[0] == answers[1]  # same conversation: restored and shared KV answer alike
-    stats = client.app[keys.engine].store.stats
-    assert stats.recomputes == 1 and stats.restore_failures == {"truncated": 1}
+    stats = await _kv_stats(client)
+    assert stats["recomputes"] == 1 and stats["restore_failures"] == {"truncated": 1}
 
 
 async def test_spill_on_disconnect_and_prefetch_on_resume(aiohttp_client, tiny_model, tmp_path):
     client = await aiohttp_client(create_app(_config(tmp_path, spill_on_disconnect=True), model=tiny_model))
-    store = client.app[keys.engine].store
     chat, session = await _open(client)
     await chat.turn("hello", max_tokens=4, temperature=0)
     await chat.ws.close()
     sid = session["session_id"]
-    await wait_until(lambda: store.tier_of(sid) == "disk")
+
+    async def on_disk() -> bool:
+        return await _tier(client, sid) == "disk"
+
+    await wait_until(on_disk)
+
+    async def restored() -> bool:
+        return (await _kv_stats(client))["restores"] == 1
 
     chat, _ = await _open(client, session_id=sid, resume_token=session["resume_token"])
-    await wait_until(lambda: store.stats.restores == 1)  # read back before any turn was sent
+    await wait_until(restored)  # read back before any turn was sent
     _, done = await chat.turn("again", max_tokens=4, temperature=0)
     assert done["cache"] == "disk" and done["usage"]["cached_tokens"] > 0
 
@@ -75,13 +88,12 @@ async def test_ram_limit_spills_other_sessions_and_all_answers_complete(aiohttp_
     limit = 150_000
     config = _config(tmp_path, max_ram_bytes=limit)
     client = await aiohttp_client(create_app(config, model=tiny_model))
-    store = client.app[keys.engine].store
     chats = [await _open(client) for _ in range(4)]
     for chat, _ in chats:
         _, done = await chat.turn("a message " * 20, max_tokens=8, temperature=0)
         assert done["type"] == "done"
-        assert store.ram_bytes <= limit
-    tiers = [store.tier_of(s["session_id"]) for _, s in chats]
+        assert (await _kv_stats(client))["ram"]["bytes"] <= limit
+    tiers = [await _tier(client, s["session_id"]) for _, s in chats]
     assert "disk" in tiers
     for chat, _ in chats:
         _, done = await chat.turn("more", max_tokens=4, temperature=0)

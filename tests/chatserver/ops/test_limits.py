@@ -20,7 +20,7 @@ async def _refused_status(client) -> int:
 
 
 async def test_connections_per_client_address_are_capped_and_freed_on_close(make_client):
-    client = await make_client(max_connections_per_client=2)
+    client = await make_client(http={'max_connections_per_client': 2})
     first, second = await client.ws_connect("/ws"), await client.ws_connect("/ws")
     assert await _refused_status(client) == 429
     chat = Chat(second)
@@ -33,7 +33,7 @@ async def test_connections_per_client_address_are_capped_and_freed_on_close(make
 
 
 async def test_total_connections_are_capped(make_client):
-    client = await make_client(max_connections=2, max_connections_per_client=10)
+    client = await make_client(http={'max_connections': 2, 'max_connections_per_client': 10})
     held = [await client.ws_connect("/ws") for _ in range(2)]
     assert await _refused_status(client) == 503
     for ws in held:
@@ -41,7 +41,7 @@ async def test_total_connections_are_capped(make_client):
 
 
 async def test_turns_per_minute_per_session_refuse_with_nothing_stored(make_client):
-    client = await make_client(turns_per_minute=2)
+    client = await make_client(chat={'turns_per_minute': 2})
     chat = Chat(await client.ws_connect("/ws"))
     session = await chat.hello()
     for n in range(2):
@@ -49,7 +49,7 @@ async def test_turns_per_minute_per_session_refuse_with_nothing_stored(make_clie
         assert done["type"] == "done"
     text, refused = await chat.turn("one too many", max_tokens=4, temperature=0)
     assert refused["type"] == "error" and refused["code"] == "rate_limited" and text == ""
-    stored = await client.app[keys.repository].messages(session["session_id"])
+    stored = await client.app[keys.transcripts].messages(session["session_id"])
     assert [m.content for m in stored if m.role == "user"] == ["question 0", "question 1"]
 
     # reconnecting does not reset the window
@@ -71,7 +71,7 @@ def test_turn_rate_window_slides():
 
 
 async def test_an_idle_connection_is_closed_with_1000(make_client):
-    client = await make_client(ws_idle_timeout_s=0.4)
+    client = await make_client(http={'ws_idle_timeout_s': 0.4})
     chat = Chat(await client.ws_connect("/ws"))
     await chat.hello()
     _, done = await chat.turn("hello", max_tokens=4, temperature=0)
@@ -81,7 +81,7 @@ async def test_an_idle_connection_is_closed_with_1000(make_client):
 
 
 async def test_a_client_that_stops_answering_pings_is_disconnected(make_client):
-    client = await make_client(ws_heartbeat_s=0.3)
+    client = await make_client(http={'ws_heartbeat_s': 0.3})
     ws = await client.ws_connect("/ws", autoping=False)  # pings arrive but are never answered
     deadline = asyncio.get_running_loop().time() + 5
     while asyncio.get_running_loop().time() < deadline:
@@ -95,7 +95,7 @@ async def test_a_client_that_stops_answering_pings_is_disconnected(make_client):
 
 
 async def test_allowed_origins_extend_the_same_host_rule(make_client):
-    client = await make_client(allowed_origins=("https://chat.example",))
+    client = await make_client(http={"allowed_origins": ("https://chat.example",)})
     ok = await client.ws_connect("/ws", headers={"Origin": "https://chat.example"})
     await ok.close()
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
@@ -104,7 +104,7 @@ async def test_allowed_origins_extend_the_same_host_rule(make_client):
 
 
 async def test_a_running_turn_is_not_cut_by_the_idle_timeout(make_client):
-    client = await make_client(ws_idle_timeout_s=0.02)
+    client = await make_client(http={'ws_idle_timeout_s': 0.02})
     chat = Chat(await client.ws_connect("/ws"))
     await chat.send(type="hello")  # both frames at once: the connection is never idle before the turn
     await chat.send(type="user", content="tell me everything", max_tokens=64, temperature=0)
@@ -117,3 +117,32 @@ async def test_a_running_turn_is_not_cut_by_the_idle_timeout(make_client):
     assert done["timings"]["decode_ms"] > 20 * 2, "the turn must outlast the idle timeout for this test to mean anything"
     closed = await chat.ws.receive(timeout=5)
     assert closed.type == WSMsgType.CLOSE and closed.extra == "idle timeout"
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_allowance(make_client):
+    """Every user behind a reverse proxy shares its address: the per-address limit counts the address
+    the trusted proxy forwards, and ignores the header from anyone else (who could pick any address)."""
+    proxied = await make_client(http={"max_connections_per_client": 1, "trusted_proxies": ("127.0.0.0/8",)})
+    alice = await proxied.ws_connect("/ws", headers={"X-Forwarded-For": "203.0.113.7"})
+    bob = await proxied.ws_connect("/ws", headers={"X-Forwarded-For": "198.51.100.9, 127.0.0.1"})
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await proxied.ws_connect("/ws", headers={"X-Forwarded-For": "203.0.113.7"})
+    assert refused.value.status == 429
+    for ws in (alice, bob):
+        await ws.close()
+
+
+async def test_forwarded_addresses_from_an_untrusted_peer_are_ignored(make_client):
+    client = await make_client(http={"max_connections_per_client": 1})
+    first = await client.ws_connect("/ws", headers={"X-Forwarded-For": "203.0.113.7"})
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect("/ws", headers={"X-Forwarded-For": "198.51.100.9"})
+    assert refused.value.status == 429
+    await first.close()
+
+
+def test_a_bad_trusted_proxy_is_refused_at_start():
+    from chatserver.ops import ConnectionGate
+
+    with pytest.raises(ValueError):
+        ConnectionGate(10, 10, ("not-an-address",))

@@ -9,9 +9,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from engine.kv.session_kv import SessionKV
-from engine.kv.store import KVStore, KVStoreConfig
-from storage.kv_files import KVFileStore, KVLayout
+from engine.kv import KVStore, KVStoreConfig, PrefixSharing, SessionKV
+from storage import KVFileStore, KVLayout
 
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=1, head_dim=4, dtype=torch.float32, fingerprint="m")
 BLOCK = 2 * 2 * 1 * 4 * 4 * 256  # bytes of a 256-token capacity step
@@ -32,7 +31,7 @@ class Harness:
     def settle(self) -> None:
         """Wait for the I/O thread, then run its completions; repeat until quiet."""
         while True:
-            self.store._io.submit(lambda: None).result()
+            self.store.io.flush()
             if not self.pending:
                 return
             while self.pending:
@@ -69,7 +68,7 @@ def test_least_recently_used_idle_session_spills_first(tmp_path):
 def test_restore_is_byte_exact_and_reported_as_disk(tmp_path):
     h = Harness(tmp_path)
     h.turn("s", list(range(100, 140)))
-    before = h.store._entries["s"].kv.data[:, :, :, :40].clone()
+    before = h.store.entries["s"].kv.data[:, :, :, :40].clone()
     h.store.spill("s")
     h.settle()
     assert h.store.tier_of("s") == "disk"
@@ -88,7 +87,7 @@ def test_prefetch_makes_the_next_turn_find_it_in_ram_but_report_disk(tmp_path):
     h.turn("s", [1, 2, 3])
     h.store.spill("s")
     h.settle()
-    h.store.prefetch("s")
+    h.store.restore("s")
     h.settle()
     kv, source = h.store.acquire("s", 10)
     assert source == "disk" and kv.token_ids == [1, 2, 3]
@@ -146,7 +145,7 @@ def test_session_count_limit(tmp_path):
     for key in "abc":
         h.turn(key, [1])
     h.settle()
-    assert h.store.num_ram_sessions == 2 and h.store.tier_of("a") == "disk"
+    assert len(h.store.entries) == 2 and h.store.tier_of("a") == "disk"
 
 
 def test_spill_all_writes_dirty_sessions_for_a_restart(tmp_path):
@@ -192,7 +191,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(key=keys)
     def prefetch(self, key):
-        self.h.store.prefetch(key)
+        self.h.store.restore(key)
 
     @rule(key=keys)
     def drop(self, key):
@@ -206,10 +205,10 @@ class StoreMachine(RuleBasedStateMachine):
     def check_limits(self):
         store, cfg = self.h.store, self.h.store.config
         assert store.ram_bytes <= cfg.max_ram_bytes
-        assert store.num_ram_sessions <= cfg.max_ram_sessions
+        assert len(store.entries) <= cfg.max_ram_sessions
         assert self.h.disk.total_bytes <= self.h.disk.max_bytes
         # the accounting is true: tensors actually held never exceed what is counted
-        held = sum(e.kv.data.numel() * 4 for e in store._entries.values())
+        held = sum(e.kv.data.numel() * 4 for e in store.entries.values())
         assert held <= store.ram_bytes
 
     def teardown(self):
@@ -233,7 +232,7 @@ def test_spare_capacity_reserved_for_an_answer_is_given_back_when_the_turn_ends(
         h.turn(key, [7])
     h.settle()
     assert [h.store.tier_of(k) for k in "abcd"] == ["ram"] * 4 and h.store.stats.spills == 0
-    assert h.store._entries["a"].kv.token_ids == [1, 2, 3, 4, 5]
+    assert h.store.entries["a"].kv.token_ids == [1, 2, 3, 4, 5]
 
 
 def _run(kv: SessionKV, tokens: list[int]) -> None:
@@ -255,14 +254,14 @@ def test_a_common_prefix_is_held_once_and_freed_with_its_last_reader(tmp_path):
     _run(a_kv, system + [1, 2, 3])
     store.release("a")
     before = store.ram_bytes
-    assert store.share_prefix("b", system + [7, 8]) == 300
+    assert PrefixSharing(store).share_prefix("b", system + [7, 8]) == 300
     b_kv, source = store.acquire("b", 310)
-    assert source == "ram" and b_kv.prefix is a_kv.prefix and store.num_shared == 1
+    assert source == "ram" and b_kv.prefix is a_kv.prefix and store.budget.num_shared == 1
     _run(b_kv, system + [7, 8])
     store.release("b")
     # the 300 shared tokens are held and counted once (two private copies would be 2 x before)
-    assert store.shared_bytes == 300 * b_kv.token_bytes
-    assert store.ram_bytes == store.shared_bytes + a_kv.nbytes + b_kv.nbytes < 2 * before
+    assert store.budget.shared_bytes == 300 * b_kv.token_bytes
+    assert store.ram_bytes == store.budget.shared_bytes + a_kv.nbytes + b_kv.nbytes < 2 * before
     assert torch.equal(b_kv.view(1, 302)[0], a_kv.view(1, 300)[0].new_tensor(
         [[float(t)] * 4 for t in system + [7, 8]])[None])
     # spilling a reader writes its whole conversation; it restores as a private KV
@@ -279,7 +278,7 @@ def test_a_common_prefix_is_held_once_and_freed_with_its_last_reader(tmp_path):
     store.drop("a")
     store.drop("b")
     h.settle()
-    assert store.num_shared == 0 and store.shared_bytes == 0
+    assert store.budget.num_shared == 0 and store.budget.shared_bytes == 0
 
 
 def test_no_sharing_for_short_or_own_prefixes(tmp_path):
@@ -287,9 +286,9 @@ def test_no_sharing_for_short_or_own_prefixes(tmp_path):
     kv, _ = store.acquire("a", 100)
     _run(kv, list(range(100)))
     store.release("a")
-    assert store.share_prefix("b", list(range(15)) + [999]) == 0  # below MIN_SHARED_TOKENS
-    assert store.share_prefix("c", list(range(16)) + [999]) == 16
-    assert store.share_prefix("a", list(range(100)) + [5]) == 0  # its own KV already covers it
+    assert PrefixSharing(store).share_prefix("b", list(range(15)) + [999]) == 0  # below MIN_SHARED_TOKENS
+    assert PrefixSharing(store).share_prefix("c", list(range(16)) + [999]) == 16
+    assert PrefixSharing(store).share_prefix("a", list(range(100)) + [5]) == 0  # its own KV already covers it
 
 
 def test_a_prefix_on_disk_is_read_back_and_shared(tmp_path):
@@ -302,9 +301,9 @@ def test_a_prefix_on_disk_is_read_back_and_shared(tmp_path):
     store.spill("a")
     h.settle()
     assert store.tier_of("a") == "disk"
-    assert store.share_prefix("b", system + [2, 3]) is None  # a is being read back for b
+    assert PrefixSharing(store).share_prefix("b", system + [2, 3]) is None  # a is being read back for b
     h.settle()
-    assert store.share_prefix("b", system + [2, 3]) == 200
+    assert PrefixSharing(store).share_prefix("b", system + [2, 3]) == 200
     b_kv, _ = store.acquire("b", 203)
-    assert b_kv.prefix is store._entries["a"].kv.prefix and b_kv.token_ids == system
+    assert b_kv.prefix is store.entries["a"].kv.prefix and b_kv.token_ids == system
     assert torch.equal(b_kv.view(0, 200)[0][0, :, 0], torch.tensor(system, dtype=torch.float32))
