@@ -3,14 +3,12 @@ draws the same tokens whatever else shares its batch."""
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import secrets
 from dataclasses import dataclass
 
 import torch
 
-from engine.kernels import build as native
+from engine.kernels import bindings
 
 
 @dataclass(frozen=True)
@@ -34,13 +32,6 @@ class SamplingParams:
 _CANDIDATES = 256  # the nucleus is looked for among this many most likely tokens first
 
 
-@functools.cache
-def _kernel():
-    """engine/kernels/csrc/sampling.c's sample_rows_f32, or None (no compiler)."""
-    p, i = ctypes.c_void_p, ctypes.c_int
-    return native.function("sample_rows_f32", [i, i] + [p] * 7)
-
-
 def sample_rows(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator],
                 use_native: bool = True) -> list[int]:
     """logits: float32 [rows, vocab], one row per turn -> one token id per row.
@@ -58,7 +49,7 @@ def sample_rows(logits: torch.Tensor, params: list[SamplingParams], generators: 
     if not rows:
         return out
     u = [float(torch.rand((), generator=generators[i])) for i in rows]  # in [0, 1)
-    kernel = _kernel() if use_native else None
+    kernel = bindings.function("sample_rows_f32") if use_native else None  # engine/kernels/csrc/sampling.c
     if kernel is None:
         for i, ui in zip(rows, u):
             out[i] = reference_sample(logits[i], params[i], ui)

@@ -1,4 +1,4 @@
-"""Attention of one packed step against each sequence's own KV buffer (engine/kv/session_kv.py layout).
+"""Attention of one packed step against each sequence's own KV buffer (protocols.SequenceKV's layout).
 
 Two kinds of sequences share a step:
   * decoding ones (one new token each) and short prefill chunks (up to SHORT_CHUNK new tokens, e.g.
@@ -13,24 +13,16 @@ Two kinds of sequences share a step:
 from __future__ import annotations
 
 import ctypes
-import functools
 
 import torch
 import torch.nn.functional as F
 
-from engine.kernels import build as native
-from engine.kv.session_kv import SessionKV
+from engine.kernels import bindings
+from engine.kernels.protocols import SequenceKV
 
-_P, _I64 = ctypes.c_void_p, ctypes.c_int64
+_P, _I64 = ctypes.c_void_p, ctypes.c_int64  # element types of the per-sequence arrays the kernels take
 _KERNEL_DTYPES = {torch.float32, torch.float16}  # KV dtypes engine/kernels/csrc/attention.c reads
 SHORT_CHUNK = 64  # new tokens of a sequence up to which its attention goes to the ragged kernel
-
-
-@functools.cache
-def native_kernel():
-    """The ragged_attention_f32 C function, or None (no compiler); built on first use."""
-    return native.function("ragged_attention_f32", [ctypes.c_int] * 5 + [ctypes.c_float] + [_P] * 4 + [ctypes.c_int]
-                           + [_P] * 8)
 
 
 class RaggedAttention:
@@ -41,12 +33,12 @@ class RaggedAttention:
     rows' keys/values into each cache and their attention output into `out` [T, Hq, D] (contiguous).
     """
 
-    def __init__(self, seqs: list[tuple[SessionKV, int, int]], num_heads: int, scale: float, use_native: bool):
+    def __init__(self, seqs: list[tuple[SequenceKV, int, int]], num_heads: int, scale: float, use_native: bool):
         self.seqs = seqs
         self.num_heads = num_heads
         self.scale = scale
         self.starts = [kv.length for kv, _, _ in seqs]
-        kernel = native_kernel() if use_native else None
+        kernel = bindings.function("ragged_attention_f32") if use_native else None
         dtypes = {kv.dtype for kv, _, _ in seqs}
         self.kernel = kernel if kernel is not None and len(dtypes) <= 1 and dtypes <= _KERNEL_DTYPES else None
         self._kv_half = int(dtypes == {torch.float16})
@@ -81,25 +73,19 @@ class RaggedAttention:
             raise RuntimeError(f"ragged attention kernel failed with status {status}")
 
 
-@functools.cache
-def chunk_kernel():
-    """The chunk_attention_f32 C function, or None (no compiler); built on first use."""
-    i, f = ctypes.c_int, ctypes.c_float
-    return native.function("chunk_attention_f32", [i] * 4 + [f, _P, _P, _I64, _I64, i, _P, _I64, _P, _I64, _I64])
+def chunk_attention_kernel(kv: SequenceKV, use_native: bool):
+    """chunk_attention.c's chunk_attention_f32 if it reads this KV's dtype (and could be built), else None
+    (SDPA)."""
+    return bindings.function("chunk_attention_f32") if use_native and kv.dtype in _KERNEL_DTYPES else None
 
 
-def chunk_kernel_for(kv: SessionKV, use_native: bool):
-    """The chunk kernel if it reads this KV's dtype (and could be built), else None (SDPA)."""
-    return chunk_kernel() if use_native and kv.dtype in _KERNEL_DTYPES else None
-
-
-def prefill_attention(kv: SessionKV, layer: int, start: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+def prefill_attention(kv: SequenceKV, layer: int, start: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       scale: float, *, use_native: bool) -> torch.Tensor:
     """q [n, Hq, D], k/v [n, Hkv, D] for positions start..start+n; writes k/v; returns [n, Hq, D].
     use_native: the chunk kernel when it can take this KV and shape, else SDPA (the reference)."""
     n = q.shape[0]
     kv.write(layer, start, k.transpose(0, 1), v.transpose(0, 1))
-    kernel = chunk_kernel_for(kv, use_native)
+    kernel = chunk_attention_kernel(kv, use_native)
     if kernel is not None and q.dtype == torch.float32 and q.is_contiguous():
         out = torch.empty_like(q)
         prefix = kv.prefix.data if kv.prefix is not None else None

@@ -6,6 +6,7 @@ The kernels run on their own small thread pool (engine/kernels/csrc/pool.c), sta
 per core available to the process, the calling (engine) thread included.
 
 Anything going wrong (no compiler, failed build) returns None: callers fall back to torch operations.
+The functions of the library are bound (with their ctypes signatures) by engine/kernels/bindings.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ def _flags() -> list[str]:
 
 
 def default_cache_dir() -> Path:
+    """Where built libraries are kept: $XDG_CACHE_HOME/chatserver/native (default ~/.cache/...)."""
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "chatserver" / "native"
 
 
@@ -50,25 +51,14 @@ _tried = False
 
 
 def kernels() -> ctypes.CDLL | None:
-    """The engine's kernel library (built on first use, thread pool started), or None."""
+    """The engine's kernel library (built on first use, its thread pool started with threads()), or None."""
     global _library, _tried
     if not _tried:
         _tried = True
         _library = load_library("kernels")
         if _library is not None:
-            _library.pool_start.restype = ctypes.c_int
-            _library.pool_start(threads())
+            _library.pool_start(ctypes.c_int(threads()))  # int pool_start(int threads), kernels.h
     return _library
-
-
-def function(name: str, argtypes: list) -> Callable[..., int] | None:
-    """The kernel library's C function `name` (returning int) with these argument types, or None."""
-    lib = kernels()
-    if lib is None:
-        return None
-    fn = getattr(lib, name)
-    fn.restype, fn.argtypes = ctypes.c_int, argtypes
-    return fn
 
 
 def threads() -> int:

@@ -23,10 +23,14 @@ from dataclasses import dataclass
 
 import torch
 
-BLOCK = 32  # inputs per quantization block (GGUF Q4_1 / Q8_0)
-PANEL = 64  # outputs per packed panel (as engine/kernels/linear.py)
-GROUP = 16  # outputs per packed group (int16 activations)
-FORMATS = {"q4_1": 0, "q8_0": 1}  # linear_grid_f32's / linear_grid_i16's format argument
+from engine.kernels.bindings import constant
+
+# engine/kernels/csrc/common.h's layout constants
+BLOCK = constant("BLOCK")  # inputs per quantization block (GGUF Q4_1 / Q8_0)
+PANEL = constant("PANEL")  # outputs per packed panel (float32 activations; also linear.py's float32 panels)
+GROUP = constant("GROUP")  # outputs per packed group (int16 activations)
+FORMATS = {"q4_1": constant("GRID_Q4_1"), "q8_0": constant("GRID_Q8_0")}  # the grid kernels' format argument
+INT16_FORMAT_OFFSET = constant("GRID_INT16")  # added to a format in layers.c's struct matrix: int16 activations
 ACTIVATIONS = ("float32", "int16")  # what the grid kernel rounds each matmul's input to
 
 

@@ -7,23 +7,19 @@ Shapes: hidden [T, H]; qkv [T, Hq + 2 Hkv, D]; cos/sin [T, D]; gate_up [T, 2 I].
 
 from __future__ import annotations
 
-import ctypes
 import functools
 
 import torch
 import torch.nn.functional as F
 
-from engine.kernels import build as native
-
-_P, _I = ctypes.c_void_p, ctypes.c_int
+from engine.kernels import bindings
 
 
 @functools.cache
 def _kernels():
-    """The C functions, or None (no compiler)."""
-    fns = (native.function("add_rms_norm_f32", [_I, _I, ctypes.c_float, _P, _P, _P, _P]),
-           native.function("rotary_qkv_f32", [_I] * 4 + [_P] * 6),
-           native.function("silu_mul_f32", [_I, _I, _P, _P]))
+    """layer_ops.c's (add_rms_norm_f32, rotary_qkv_f32, silu_mul_f32), or None (no compiler)."""
+    fns = (bindings.function("add_rms_norm_f32"), bindings.function("rotary_qkv_f32"),
+           bindings.function("silu_mul_f32"))
     return fns if all(fns) else None
 
 

@@ -14,52 +14,57 @@ int16 per block of 32 (~16 bits), exact integer dot products with the codes, flo
 
 from __future__ import annotations
 
-import ctypes
 import functools
 
 import torch
 import torch.nn.functional as F
 
-from engine.kernels import build as native
-from engine.kernels.grid import ACTIVATIONS, FORMATS, GridWeights, find_grid
-
-PANEL = 64  # output columns per packed panel (engine/kernels/csrc/linear.c)
-
-_P = ctypes.c_void_p
+from engine.kernels import bindings
+from engine.kernels.grid import ACTIVATIONS, FORMATS, PANEL, GridWeights, find_grid
 
 
 @functools.cache
-def native_kernel(dtype: torch.dtype = torch.float32):
-    """The C function for weights of this dtype (float32, or bfloat16 on CPUs with AVX-512 BF16), or
-    None (no compiler, no such instructions); built on first use."""
+def matmul_kernel(dtype: torch.dtype = torch.float32):
+    """The packed-panel matmul for weights of this dtype: linear.c's linear_packed_f32 for float32,
+    linear_bf16.c's linear_packed_bf16 for bfloat16 on CPUs with AVX-512 BF16; None otherwise (no
+    compiler, no such instructions, another dtype). Built on first use."""
     if dtype == torch.float32:
-        return native.function("linear_packed_f32", [ctypes.c_int] * 3 + [_P] * 3)
-    supported = native.function("linear_bf16_supported", [])
+        return bindings.function("linear_packed_f32")
+    supported = bindings.function("linear_bf16_supported")
     if dtype != torch.bfloat16 or supported is None or not supported():
         return None
-    return native.function("linear_packed_bf16", [ctypes.c_int] * 3 + [_P] * 3)
+    return bindings.function("linear_packed_bf16")
+
+
+native_kernel = matmul_kernel  # the name chatserver/cli.py and a test still import; use bf16_matmul_supported
+
+
+def bf16_matmul_supported() -> bool:
+    """Whether bfloat16 weights (--dtype bfloat16) get our C kernel on this machine (AVX-512 BF16 and a C
+    compiler); without it they go to torch's bfloat16 matmul."""
+    return matmul_kernel(torch.bfloat16) is not None
 
 
 @functools.cache
-def grid_kernel(activations: str = "float32"):
-    """The kernel for grid codes with these activations: engine/kernels/csrc/linear_grid.c's linear_grid_f32, or
-    linear_i16.c's linear_grid_i16; None (no compiler)."""
+def grid_matmul_kernel(activations: str = "float32"):
+    """The matmul on grid codes with these activations: linear_grid.c's linear_grid_f32 ("float32") or
+    linear_i16.c's linear_grid_i16 ("int16"); None (no compiler)."""
     name = {"float32": "linear_grid_f32", "int16": "linear_grid_i16"}[activations]
-    return native.function(name, [ctypes.c_int] * 4 + [_P] * 3)
+    return bindings.function(name)
 
 
 def amx_tiles(use: bool | None = None) -> bool:
     """Whether linear_i16.c computes Q4_1 products of 32+ rows on AMX tiles (engine/kernels/csrc/linear_amx.c):
     True on CPUs with AMX-BF16 whose kernel lets the process use them. `use` False/True switches the
     tiles off/on again (the same bits either way: for tests and benchmarks)."""
-    fn = native.function("linear_i16_tiles", [ctypes.c_int])
+    fn = bindings.function("linear_i16_tiles")
     return bool(fn(-1 if use is None else int(use))) if fn is not None else False
 
 
 @functools.cache
 def strip_width() -> int:
     """Columns of the float32 kernel's strips (engine/kernels/csrc/strip.h: 64 with AVX-512, 16 with AVX2)."""
-    fn = native.function("linear_strip_width", [])
+    fn = bindings.function("linear_strip_width")
     return fn() if fn is not None else PANEL
 
 
@@ -93,10 +98,10 @@ class Linear:
         self.weight = weight.detach()
         self.bias = bias
         self.out_features, self.in_features = weight.shape
-        kernel = native_kernel(weight.dtype) if native else None
+        kernel = matmul_kernel(weight.dtype) if native else None
         self._kernel = kernel
         use_grid = (kernel is not None and grid_codes and weight.dtype == torch.float32
-                    and grid_kernel(activations) is not None)
+                    and grid_matmul_kernel(activations) is not None)
         self.grid: GridWeights | None = find_grid(self.weight, activations) if use_grid else None
         # float32/bf16 panels (see pack()) for the other kernels; None: grid codes, or torch
         self.packed = pack(self.weight) if kernel is not None and self.grid is None else None
@@ -120,8 +125,9 @@ class Linear:
         x = x.contiguous()
         y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
         if self.grid is not None:
-            status = grid_kernel(self.grid.activations)(FORMATS[self.grid.format], x.shape[0], self.out_features, self.in_features,
-                                   x.data_ptr(), self.grid.packed.data_ptr(), y.data_ptr())
+            status = grid_matmul_kernel(self.grid.activations)(
+                FORMATS[self.grid.format], x.shape[0], self.out_features, self.in_features, x.data_ptr(),
+                self.grid.packed.data_ptr(), y.data_ptr())
         else:
             status = self._kernel(x.shape[0], self.out_features, self.in_features, x.data_ptr(),
                                   self.packed.data_ptr(), y.data_ptr())

@@ -17,16 +17,9 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from engine.kernels.attention import (
-    SHORT_CHUNK,
-    RaggedAttention,
-    prefill_attention,
-)
-from engine.kernels.fused_layers import FusedLayers
+from engine.kernels import SHORT_CHUNK, FusedLayers, LayerOps, RaggedAttention, prefill_attention
 from engine.kv import KV_DTYPES, SessionKV
-from engine.kernels.layer_ops import LayerOps
 from engine.model.weights import fuse_layers
-
 
 _MAX_TABLE_POSITIONS = 16384  # rotary table rows kept (4-8 MB); later positions are computed per step
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from engine.kernels.linear import Linear
+from engine.kernels import Linear
 
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

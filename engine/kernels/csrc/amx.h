@@ -1,9 +1,11 @@
-// engine/csrc/linear_amx.c: linear_i16.c's Q4_1 products for 16 rows at a time on AMX tiles.
+// linear_amx.c, for linear_i16.c: its Q4_1 products for 16 rows at a time on AMX tiles. Codes in linear_i16.c's
+// groups (Q4_GROUP_BYTES a block, common.h).
 #pragma once
 #include <stdint.h>
 
-#define AMX_Q4_BYTES 320   // one block of one group, linear_i16.c's Q4_1 layout
-#define AMX_B_BYTES 1024   // one block of one group as a B tile
+#include "common.h"
+
+#define AMX_B_BYTES 1024  // one block of one group as a B tile
 
 int amx_ready(void);   // 1 when the process may use AMX tiles (asks Linux once); 0 without AMX
 void amx_begin(void);  // configures this thread's tiles; amx_end releases them

@@ -1,8 +1,8 @@
 // Ragged attention: each sequence has a few new query rows (1 when decoding, a short chunk when
 // prefilling) and attends to its own KV, causally.
 //
-// Called once per layer for all such sequences of a step (engine/attention.py), so that the Python
-// cost does not grow with the batch. A sequence's KV is up to two segments (engine/kv_cache.py): a
+// Called once per layer for all such sequences of a step (engine/kernels/attention.py), so that the Python
+// cost does not grow with the batch. A sequence's KV is up to two segments (engine/kv/session_kv.py): a
 // shared, read-only prefix of plens[b] positions (buffer pbases[b], capacity pcaps[b]; plens[b] = 0
 // for none) and its own buffer (bases[b], caps[b]) holding positions plens[b].. . Sequence b's
 // rows[b] new keys/values are written at own indices starts[b].. (= position - plens[b]); its new row
@@ -15,7 +15,7 @@
 //   q      [T, Hq, D]      queries after rotary embedding
 //   k_new  [T, Hkv, D]     new keys after rotary embedding; v_new likewise
 //   out    [T, Hq, D]      rows of the sequences given are written, others untouched
-//   buffers [L, 2, Hkv, capacity, D] of float32 or float16 (engine/kv_cache.py layout)
+//   buffers [L, 2, Hkv, capacity, D] of float32 or float16 (engine/kv/session_kv.py layout)
 // Query head i reads KV head i / (Hq / Hkv) (grouped-query attention, as transformers' repeat_kv).
 #include <math.h>
 #include <stdatomic.h>
@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "pool.h"
 #include "vec.h"
 

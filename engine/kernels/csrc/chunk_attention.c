@@ -4,8 +4,8 @@
 // softmax), so scores never exist for more than one key block. Compute-bound: two small matrix
 // products per block (scores = Q K^T, out += P V) in strip.h's register blocking.
 //
-// The chunk's own keys/values are already written into the buffers (engine/attention.py). Row r of
-// the chunk is at position plen + start + r and sees positions 0 .. plen + start + r. KV layout and
+// The chunk's own keys/values are already written into the buffers (engine/kernels/attention.py).
+// Row r of the chunk is at position plen + start + r and sees positions 0 .. plen + start + r. KV layout and
 // segments as in attention.c: a shared prefix of plen positions (pbase, capacity pcap; plen = 0 for
 // none) then the own buffer (base, capacity cap) from own index 0; [L, 2, Hkv, capacity, D] of float32,
 // or float16 when kv_half (widened exactly; all arithmetic float32).
@@ -23,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common.h"
+#include "kernels.h"
 #include "pool.h"
 #include "strip.h"
 
@@ -140,8 +142,7 @@ static void attend_job(void *ctx, int item) {
     free(scratch);
 }
 
-static float *packed;  // Kt then Vf, kept between calls (the engine thread is the only caller)
-static size_t packed_floats;
+static struct scratch packed;  // Kt then Vf, kept between calls (the engine thread is the only caller)
 
 // 0 = done; 1 = shapes the kernel does not take; 2 = out of memory
 int chunk_attention_f32(int Hq, int Hkv, int D, int layer, float scale, const float *q, float *out, int64_t n,
@@ -151,15 +152,10 @@ int chunk_attention_f32(int Hq, int Hkv, int D, int layer, float scale, const fl
     if (G * Hkv != Hq || D % STRIP || n <= 0) return 1;
     int64_t T = plen + start + n, Tp = (T + KB - 1) / KB * KB, blocks_q = (n + QB - 1) / QB;
     if (Hkv * Tp / KB > 0xffff || Hkv * blocks_q > 0xffff) return 1;  // more items than one pool job takes
-    size_t need = (size_t)2 * Hkv * Tp * D;
-    if (need > packed_floats) {
-        free(packed);
-        packed = malloc(sizeof(float) * need);
-        packed_floats = packed ? need : 0;
-        if (!packed) return 2;
-    }
+    if (reserve(&packed, sizeof(float) * 2 * (size_t)Hkv * Tp * D)) return 2;
+    float *kt = packed.data;
     struct chunk_job job = {Hq, Hkv, D, G, layer, kv_half, scale, n, start, T, Tp, q, out, base, pbase, cap, pcap,
-                            plen, packed, packed + (size_t)Hkv * Tp * D, 0};
+                            plen, kt, kt + (size_t)Hkv * Tp * D, 0};
     pool_run((int)(Hkv * Tp / KB), pack_job, &job);
     pool_run((int)(Hkv * blocks_q), attend_job, &job);
     return atomic_load(&job.failed) ? 2 : 0;

@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "kernels.h"
 #include "pool.h"
 #include "vec.h"
 

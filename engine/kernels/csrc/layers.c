@@ -1,36 +1,28 @@
 // Every decoder layer of a step in one call, when all of the step's attention goes to the ragged
-// kernel (decode rows and short prefill chunks; engine/runner.py decides). The same kernels, in the
-// same order, as the per-operation path of engine/runner.py, so the results are bit-identical; what
+// kernel (decode rows and short prefill chunks; engine/model/runner.py decides). The same kernels, in the
+// same order, as the per-operation path of engine/model/runner.py, so the results are bit-identical; what
 // goes away is ~10 Python calls per layer and, with them, ~300 GIL hand-offs per step with the
 // event loop.
 //
 //   hidden   [T, H]  residual stream after the embeddings; on return, after the last layer (before
 //                    the final norm)
 //   cos, sin [T, D]  rotary tables of each row's position
-//   kv_half, bases.. the KV buffers as engine/csrc/attention.c takes them (float32 or float16)
+//   kv_half, bases.. the KV buffers as attention.c takes them (float32 or float16)
 //   scratch  floats: T * (2 H + (Hq + 2 Hkv) D + (Hq + 2 Hkv) D + Hq D + 3 I)  (see below)
-// Weights per layer: RMSNorm vectors [H] and packed panels (engine/linear.py) of
+// Weights per layer (struct layer_weights, kernels.h): RMSNorm vectors [H] and packed panels
+// (engine/kernels/linear.py) of
 //   qkv [(Hq + 2 Hkv) D, H], o [H, Hq D], gate_up [2 I, H], down [H, I]  (no biases),
 // float32 panels (linear.c), or bfloat16 pair panels (linear_bf16.c) when wbf16 is 1; a float32 matrix
 // may have grid codes instead (linear_grid.c, bit-identical results; or linear_i16.c, int16 activations).
 #include <stdint.h>
 
+#include "common.h"
 #include "kernels.h"
-
-struct matrix {
-    const void *panels;   // float32 or bf16 panels, when there is no grid
-    const uint8_t *grid;  // NULL: none
-    int64_t grid_format;  // linear_grid_f32's format; + 2: the same codes for linear_grid_i16
-};
-
-struct layer_weights {
-    const float *ln1, *ln2;
-    struct matrix qkv, o, gate_up, down;
-};
 
 // 0, or a kernel's failure status (out of memory)
 static inline int linear(int wbf16, int M, int N, int K, const float *x, const struct matrix *W, float *y) {
-    if (W->grid && W->grid_format >= 2) return linear_grid_i16((int)W->grid_format - 2, M, N, K, x, W->grid, y);
+    if (W->grid && W->grid_format >= GRID_INT16)
+        return linear_grid_i16((int)W->grid_format - GRID_INT16, M, N, K, x, W->grid, y);
     if (W->grid) return linear_grid_f32((int)W->grid_format, M, N, K, x, W->grid, y);  // K % 32 == 0 when packed
     if (wbf16) return linear_packed_bf16(M, N, K, x, W->panels, y);  // the caller checked linear_bf16_supported()
     return linear_packed_f32(M, N, K, x, W->panels, y);

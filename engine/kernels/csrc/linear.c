@@ -6,10 +6,12 @@
 // multiply-add per k, whatever M is and whatever the vector width: a sequence's result does not depend
 // on what else is in the batch (batch-invariant), unlike a blocked BLAS whose order changes with M.
 // Row-major contiguous float32 arrays.
-// Parallel over panels (engine/csrc/pool.c); a panel (K x 64 floats, 147 KB for K = 576) stays in L2
-// while all rows of x pass. Register blocking: strip.h.
+// Parallel over panels (pool.c); a panel (K x 64 floats, 147 KB for K = 576) stays in L2 while all
+// rows of x pass. Register blocking: strip.h.
 #include <stdint.h>
 
+#include "common.h"
+#include "kernels.h"
 #include "pool.h"
 #include "strip.h"
 
@@ -70,20 +72,17 @@ struct linear_job {
     float *y;
 };
 
-static void one_panel(void *ctx, int p) {
+static void f32_panel(void *ctx, int p) {
     const struct linear_job *j = ctx;
     const float *panel = j->Wp + (int64_t)p * j->K * PANEL;
-    for (int s = 0; s < PANEL / STRIP; s++) {
-        int c0 = p * PANEL + s * STRIP, cols = j->N - c0 < STRIP ? j->N - c0 : STRIP;
-        if (cols <= 0) break;
+    FOR_PANEL_RUNS(p, j->N, STRIP, s, c0, cols)
         strip_rows(j->M, j->K, j->x, j->K, panel + (int64_t)s * j->K * STRIP, STRIP, j->y + c0, j->N, cols, 0);
-    }
 }
 
 int linear_strip_width(void) { return STRIP; }
 
 int linear_packed_f32(int M, int N, int K, const float *x, const float *Wp, float *y) {
     struct linear_job job = {M, N, K, x, Wp, y};
-    pool_run((N + PANEL - 1) / PANEL, one_panel, &job);
+    pool_run(NUM_PANELS(N), f32_panel, &job);
     return 0;
 }

@@ -14,13 +14,14 @@
 //   C: 16 x 16 float32, stored to L1 and scaled by the vector units while the next block multiplies
 // A block's two A tiles serve 3 groups (B, C tiles 2-7), and the epilogue of the block before runs on the
 // vector units while this block's tiles multiply. Measured on cached Q4_1 3072 x 576 against the vector
-// path: 1.66x at 512 rows, 1.43x at 64, 0.97x at 16 (linear_i16.c uses the tiles from 32 rows). Versions
-// that loaded the A tiles once per group, or split v in int8 halves for AMX-INT8 (twice the sums to
-// store), were 1.0-1.2x at 512 rows (docs/BENCHMARKS.md, session 9).
+// path: 1.66x at 512 rows, 1.43x at 64, 0.97x at 16 (linear_i16.c uses the tiles from 32 rows). Loading
+// the A tiles once per group, or splitting v in int8 halves for AMX-INT8 (twice the sums to store), gives
+// 1.0-1.2x at 512 rows.
 #include <stdint.h>
 #include <string.h>
 
 #include "amx.h"
+#include "kernels.h"
 #include "vec.h"
 
 #if defined(__AMX_BF16__) && defined(__AMX_TILE__) && defined(__AVX512BW__) && VL == 16
@@ -73,7 +74,7 @@ static inline __m512i bf16_bits(__m512i q) {  // q as bfloat16 in the low half o
 void amx_convert(int K, const uint8_t *group, uint8_t *out) {
     const __m512i nibble = _mm512_set1_epi32(15);
     for (int b = 0; b < K / 32; b++) {
-        const uint8_t *codes = group + (int64_t)b * AMX_Q4_BYTES + 64;
+        const uint8_t *codes = group + (int64_t)b * Q4_GROUP_BYTES + 64;
         uint8_t *dst = out + (int64_t)b * AMX_B_BYTES;  // [k pair 0..15][16 columns] uint32
         for (int j = 0; j < 8; j++) {  // word c = (k 4j | k 4j + 2 << 4) | (k 4j + 1 | k 4j + 3 << 4) << 8
             __m512i x = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(codes + 32 * j)));
@@ -113,7 +114,7 @@ void amx_rows(int K, const uint16_t *hi, const uint16_t *lo, const float *s, con
         if (b >= 1) {  // while the tiles multiply: the previous block's epilogue
             const int p = b - 1;
             for (int g = 0; g < ngroups; g++) {
-                const uint8_t *blk = groups[g] + p * AMX_Q4_BYTES;
+                const uint8_t *blk = groups[g] + p * Q4_GROUP_BYTES;
                 vf d = load_halves(blk), m = load_halves(blk + 32);
 #pragma GCC unroll 16
                 for (int r = 0; r < 16; r++) {

@@ -9,10 +9,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "common.h"
 #include "kernels.h"
 #include "pool.h"
-
-#define PANEL 64
 
 int linear_bf16_supported(void) {
 #ifdef __AVX512BF16__
@@ -73,21 +72,22 @@ struct bf16_job {
     float *y;
 };
 
-static void one_panel(void *ctx, int p) {
+static void bf16_panel(void *ctx, int p) {
     const struct bf16_job *j = ctx;
     int M = j->M, N = j->N, K2 = j->K2;
     const uint16_t *panel = j->Wp + (int64_t)p * K2 * 2 * PANEL;
-    int cols = N - p * PANEL < PANEL ? N - p * PANEL : PANEL;
-    int i = 0;
-    for (; i + 6 <= M; i += 6) rows6(K2, j->x + (int64_t)i * K2, K2, panel, j->y + (int64_t)i * N + p * PANEL, N, cols);
-    const uint32_t *xi = j->x + (int64_t)i * K2;
-    float *yi = j->y + (int64_t)i * N + p * PANEL;
-    switch (M - i) {
-        case 5: rows5(K2, xi, K2, panel, yi, N, cols); break;
-        case 4: rows4(K2, xi, K2, panel, yi, N, cols); break;
-        case 3: rows3(K2, xi, K2, panel, yi, N, cols); break;
-        case 2: rows2(K2, xi, K2, panel, yi, N, cols); break;
-        case 1: rows1(K2, xi, K2, panel, yi, N, cols); break;
+    FOR_PANEL_RUNS(p, N, PANEL, run, c0, cols) {  // one run: the whole panel
+        int i = 0;
+        for (; i + 6 <= M; i += 6) rows6(K2, j->x + (int64_t)i * K2, K2, panel, j->y + (int64_t)i * N + c0, N, cols);
+        const uint32_t *xi = j->x + (int64_t)i * K2;
+        float *yi = j->y + (int64_t)i * N + c0;
+        switch (M - i) {
+            case 5: rows5(K2, xi, K2, panel, yi, N, cols); break;
+            case 4: rows4(K2, xi, K2, panel, yi, N, cols); break;
+            case 3: rows3(K2, xi, K2, panel, yi, N, cols); break;
+            case 2: rows2(K2, xi, K2, panel, yi, N, cols); break;
+            case 1: rows1(K2, xi, K2, panel, yi, N, cols); break;
+        }
     }
 }
 #endif
@@ -104,7 +104,7 @@ int linear_packed_bf16(int M, int N, int K, const float *x, const uint16_t *Wp, 
             xp[i * K2 + k] = lo | hi << 16;
         }
     struct bf16_job job = {M, N, K2, xp, Wp, y};
-    pool_run((N + PANEL - 1) / PANEL, one_panel, &job);
+    pool_run(NUM_PANELS(N), bf16_panel, &job);
     free(xp);
     return 0;
 #else

@@ -14,19 +14,18 @@
 // panel is rebuilt once into a per-thread float32 scratch (in L2) that linear.c's row kernels then
 // read for all rows, so a prefill chunk pays the rebuild once per weight, not once per row.
 //
-// Panels of 64 output columns (engine/grid_weights.py packs them), K a multiple of 32, per block b:
+// Panels of 64 output columns (engine/kernels/grid.py packs them), K a multiple of 32, per block b:
 //   Q4_1: d[64] f16, m[64] f16, then 32 k rows of 32 bytes: byte j = q[col j] | q[col j + 32] << 4
 //                                                                                    1280 bytes
 //   Q8_0: d[64] f16, then 32 k rows of 64 int8 (column order)                       2176 bytes
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "common.h"
+#include "kernels.h"
 #include "pool.h"
 #include "strip.h"
 
-#define BLOCK 32
-#define Q4_BLOCK_BYTES (2 * PANEL * 2 + BLOCK * PANEL / 2)
-#define Q8_BLOCK_BYTES (PANEL * 2 + BLOCK * PANEL)
 #if VL == 16
 #define MAX_ROWS 4  // rows rebuilt in registers: accumulators + rebuilt weights fit the register file
 #elif VL == 8
@@ -89,7 +88,7 @@ static inline void store_cols(float *y, const vf *acc, int nvec, int cols) {
         for (int i = 0; i < ROWS; i++)                                                                       \
             for (int j = 0; j < NVEC; j++) acc[i][j] = (vf){0};                                              \
         for (int b = 0; b < K / BLOCK; b++) {                                                                \
-            const uint8_t *blk = panel + (int64_t)b * Q4_BLOCK_BYTES;                                        \
+            const uint8_t *blk = panel + (int64_t)b * Q4_PANEL_BYTES;                                        \
             for (int j = 0; j < NVEC; j++) {                                                                 \
                 storev(scales[0] + VL * j, load_halves((const uint16_t *)blk + C0 + VL * j));                \
                 storev(scales[1] + VL * j, load_halves((const uint16_t *)blk + PANEL + C0 + VL * j));        \
@@ -116,7 +115,7 @@ static inline void store_cols(float *y, const vf *acc, int nvec, int cols) {
         for (int i = 0; i < ROWS; i++)                                                                       \
             for (int j = 0; j < NVEC; j++) acc[i][j] = (vf){0};                                              \
         for (int b = 0; b < K / BLOCK; b++) {                                                                \
-            const uint8_t *blk = panel + (int64_t)b * Q8_BLOCK_BYTES;                                        \
+            const uint8_t *blk = panel + (int64_t)b * Q8_PANEL_BYTES;                                        \
             for (int j = 0; j < NVEC; j++)                                                                   \
                 storev(scales + VL * j, load_halves((const uint16_t *)blk + C0 + VL * j));                   \
             const uint8_t *codes = blk + 2 * PANEL;                                                          \
@@ -165,21 +164,20 @@ static const struct calls CALLS[MAX_ROWS + 1] = {{0}, {32, {q4_rows1_0, q4_rows1
 // the strip's weights (columns s0.. of the panel) as float32 [K, STRIP], what linear.c's panels hold
 static void rebuild_strip(int format, int K, const uint8_t *panel, int s0, float *out) {
     for (int b = 0; b < K / BLOCK; b++) {
-        const uint8_t *blk = panel + (int64_t)b * (format == 0 ? Q4_BLOCK_BYTES : Q8_BLOCK_BYTES);
+        const uint8_t *blk = panel + (int64_t)b * (format == GRID_Q4_1 ? Q4_PANEL_BYTES : Q8_PANEL_BYTES);
         for (int j = 0; j < NV; j++) {
             vf d = load_halves((const uint16_t *)blk + s0 + VL * j);
-            vf m = format == 0 ? load_halves((const uint16_t *)blk + PANEL + s0 + VL * j) : (vf){0};
+            vf m = format == GRID_Q4_1 ? load_halves((const uint16_t *)blk + PANEL + s0 + VL * j) : (vf){0};
             for (int kk = 0; kk < BLOCK; kk++) {
-                vf w = format == 0 ? q4_weights(blk + 4 * PANEL + kk * PANEL / 2, s0 + VL * j, d, m)
-                                   : q8_weights(blk + 2 * PANEL + kk * PANEL, s0 + VL * j, d);
+                vf w = format == GRID_Q4_1 ? q4_weights(blk + 4 * PANEL + kk * PANEL / 2, s0 + VL * j, d, m)
+                                           : q8_weights(blk + 2 * PANEL + kk * PANEL, s0 + VL * j, d);
                 __builtin_memcpy(out + ((int64_t)b * BLOCK + kk) * STRIP + VL * j, &w, sizeof w);
             }
         }
     }
 }
 
-static __thread float *scratch;  // per pool thread: one rebuilt strip
-static __thread int64_t scratch_floats;
+static __thread struct scratch strip_scratch;  // per pool thread: one rebuilt strip
 
 struct grid_job {
     int format, M, N, K;
@@ -190,41 +188,31 @@ struct grid_job {
     int failed;  // set (racy but only ever to 1) when a scratch allocation failed
 };
 
-static void one_panel(void *ctx, int p) {
+static void grid_panel(void *ctx, int p) {
     struct grid_job *j = ctx;
     const uint8_t *panel = j->Wp + (int64_t)p * j->panel_bytes;
     if (j->M <= MAX_ROWS) {  // weights rebuilt in registers, for each call
         const struct calls *c = &CALLS[j->M];
-        for (int i = 0; i * c->width < PANEL; i++) {
-            int c0 = p * PANEL + i * c->width, cols = j->N - c0 < c->width ? j->N - c0 : c->width;
-            if (cols <= 0) break;
-            (j->format == 0 ? c->q4 : c->q8)[i](j->K, j->x, j->K, panel, j->y + c0, j->N, cols);
-        }
+        FOR_PANEL_RUNS(p, j->N, c->width, i, c0, cols)
+            (j->format == GRID_Q4_1 ? c->q4 : c->q8)[i](j->K, j->x, j->K, panel, j->y + c0, j->N, cols);
         return;
     }
-    int64_t need = (int64_t)j->K * STRIP;  // else: each strip rebuilt once into the scratch
-    if (scratch_floats < need) {
-        free(scratch);
-        scratch = malloc(sizeof(float) * (size_t)need);
-        scratch_floats = scratch ? need : 0;
-        if (!scratch) {
-            j->failed = 1;
-            return;
-        }
+    if (reserve(&strip_scratch, sizeof(float) * (size_t)j->K * STRIP)) {  // else: each strip rebuilt once into it
+        j->failed = 1;
+        return;
     }
-    for (int s = 0; s < PANEL / STRIP; s++) {
-        int c0 = p * PANEL + s * STRIP, cols = j->N - c0 < STRIP ? j->N - c0 : STRIP;
-        if (cols <= 0) break;
+    float *scratch = strip_scratch.data;
+    FOR_PANEL_RUNS(p, j->N, STRIP, s, c0, cols) {
         rebuild_strip(j->format, j->K, panel, s * STRIP, scratch);
         strip_rows(j->M, j->K, j->x, j->K, scratch, STRIP, j->y + c0, j->N, cols, 0);
     }
 }
 
-// format: 0 = Q4_1, 1 = Q8_0. Returns 0; 1 when K is not a multiple of 32; 2 when out of memory.
+// format: GRID_Q4_1 or GRID_Q8_0. Returns 0; 1 when K is not a multiple of 32; 2 when out of memory.
 int linear_grid_f32(int format, int M, int N, int K, const float *x, const uint8_t *Wp, float *y) {
     if (K % BLOCK) return 1;
-    int64_t block_bytes = format == 0 ? Q4_BLOCK_BYTES : Q8_BLOCK_BYTES;
+    int64_t block_bytes = format == GRID_Q4_1 ? Q4_PANEL_BYTES : Q8_PANEL_BYTES;
     struct grid_job job = {format, M, N, K, block_bytes * (K / BLOCK), x, Wp, y, 0};
-    pool_run((N + PANEL - 1) / PANEL, one_panel, &job);
+    pool_run(NUM_PANELS(N), grid_panel, &job);
     return job.failed ? 2 : 0;
 }

@@ -16,7 +16,7 @@
 // row, and, for many rows, twice the products per instruction of float32 fma with AVX2 (and with
 // AVX-512 VNNI's vpdpwssd).
 //
-// Weights in groups of 16 output columns (engine/grid_weights.py packs them), K a multiple of 32;
+// Weights in groups of 16 output columns (engine/kernels/grid.py packs them), K a multiple of 32;
 // per group, per block of 32 k (column c = byte i / 2 of every 32-byte row):
 //   Q4_1: d[16] f16, m[16] f16, then 8 rows (k quads j) of 32 bytes:
 //         byte i = q[c][4j + i % 2] | q[c][4j + 2 + i % 2] << 4                                 320 bytes
@@ -28,19 +28,16 @@
 #include <string.h>
 
 #include "amx.h"
+#include "common.h"
+#include "kernels.h"
 #include "pool.h"
 #include "vec.h"
 
-#define BLOCK 32
-#define GROUP 16
 #define NG (GROUP / VL)  // vectors per group of columns: 1 (AVX-512), 2 (AVX2), 4
-#define Q4_BYTES (4 * GROUP + BLOCK * GROUP / 2)
-#define Q8_BYTES (2 * GROUP + BLOCK * GROUP)
-_Static_assert(Q4_BYTES == AMX_Q4_BYTES, "linear_amx.c reads this Q4_1 layout");
 #define CHUNK_ROWS 64  // rows of one work item (their int16 activations stay in L2)
 #define TILE_CHUNK_ROWS 256  // the same with AMX tiles: a group's codes are converted once per chunk
-#define ITEM_GROUPS 4  // groups of a work item, at most: 64 columns, 23 KB of codes for K = 576 (one group,
-                       // 5.8 KB, was 1.2x slower than linear_grid.c streaming the weights from RAM at 1 row)
+#define ITEM_GROUPS 4  // groups of a work item, at most: 64 columns, 23 KB of codes for K = 576 (items of one
+                       // group, 5.8 KB, are 1.2x slower than linear_grid.c streaming the weights from RAM at 1 row)
 #if VL == 16
 #define MAX_ROWS 8  // rows per pass: int32 sums (rows x NG) + 2 NG code vectors fit the register file
 #elif VL == 8
@@ -114,7 +111,7 @@ static inline int32_t pair_at(const int16_t *v) {
     static void NAME(int K, const int16_t *v, const float *s, const float *xs, const uint8_t *group, float *y, \
                      int64_t ldy, int cols) {                                                                \
         const int nb = K / BLOCK;                                                                            \
-        const int64_t block_bytes = FMT == 0 ? Q4_BYTES : Q8_BYTES;                                          \
+        const int64_t block_bytes = FMT == 0 ? Q4_GROUP_BYTES : Q8_GROUP_BYTES;                              \
         vf acc[ROWS][NG];                                                                                    \
         vi sums[SPAN][ROWS][NG];                                                                             \
         for (int r = 0; r < ROWS; r++)                                                                       \
@@ -276,7 +273,7 @@ static void quantize_item(void *ctx, int r) {
 // one chunk of up to CHUNK_ROWS rows against one group of 16 columns, in passes of as even a size as possible
 static void chunk_group(const struct i16_job *j, int r0, int rows, int g) {
     int nb = j->K / BLOCK, c0 = g * GROUP, cols = j->N - c0 < GROUP ? j->N - c0 : GROUP;
-    const uint8_t *group = j->Wp + (int64_t)g * nb * (j->format == 0 ? Q4_BYTES : Q8_BYTES);
+    const uint8_t *group = j->Wp + (int64_t)g * nb * (j->format == GRID_Q4_1 ? Q4_GROUP_BYTES : Q8_GROUP_BYTES);
     int passes = (rows + MAX_ROWS - 1) / MAX_ROWS;
     for (int i = r0, p = 0; p < passes; p++) {
         int n = (rows - (i - r0) + (passes - p) - 1) / (passes - p);
@@ -286,21 +283,16 @@ static void chunk_group(const struct i16_job *j, int r0, int rows, int g) {
     }
 }
 
-static __thread uint8_t *converted;  // the calling thread's codes rewritten as B tiles (linear_amx.c)
-static __thread size_t converted_bytes;
+static __thread struct scratch tile_codes;  // the calling thread's codes rewritten as B tiles (linear_amx.c)
 
 // the first rows / 16 * 16 rows of a chunk (Q4_1) on AMX tiles, groups g0 .. g1 - 1 (converted once,
 // then 3 at a time); returns the rows done (0 when out of memory)
 static int tile_rows(const struct i16_job *j, int r0, int rows, int g0, int g1) {
     int nb = j->K / BLOCK, tiles = rows / 16;
     size_t need = (size_t)(g1 - g0) * nb * AMX_B_BYTES;
-    if (converted_bytes < need) {
-        free(converted);
-        converted = aligned_alloc(64, (need + 63) / 64 * 64);
-        converted_bytes = converted ? need : 0;
-        if (!converted) return 0;
-    }
-    const int64_t group_bytes = (int64_t)nb * Q4_BYTES;
+    if (reserve(&tile_codes, need)) return 0;
+    uint8_t *converted = tile_codes.data;
+    const int64_t group_bytes = (int64_t)nb * Q4_GROUP_BYTES;
     for (int g = g0; g < g1; g++)
         amx_convert(j->K, j->Wp + g * group_bytes, converted + (size_t)(g - g0) * nb * AMX_B_BYTES);
     amx_begin();
@@ -355,22 +347,16 @@ static int item_groups(int groups, int tiles) {
     return ITEM_GROUPS;
 }
 
-static __thread void *scratch;  // the calling thread's rounded activations, grown as needed
-static __thread size_t scratch_bytes;
+static __thread struct scratch activations;  // the calling thread's rounded activations
 
-// format: 0 = Q4_1, 1 = Q8_0 (groups layout above). Returns 0; 1 when K is not a multiple of 32; 2 when
+// format: GRID_Q4_1 or GRID_Q8_0 (groups layout above). Returns 0; 1 when K is not a multiple of 32; 2 when
 // out of memory.
 int linear_grid_i16(int format, int M, int N, int K, const float *x, const uint8_t *Wp, float *y) {
     if (K % BLOCK) return 1;
-    int tiles = format == 0 && M >= 32 && linear_i16_tiles(-1);  // (16 rows: 0.95x the vector path)
+    int tiles = format == GRID_Q4_1 && M >= 32 && linear_i16_tiles(-1);  // (16 rows: 0.95x the vector path)
     size_t nb = (size_t)(K / BLOCK), need = (size_t)M * ((tiles ? 6 : 2) * (size_t)K + 8 * nb);
-    if (scratch_bytes < need) {
-        free(scratch);
-        scratch = malloc(need);
-        scratch_bytes = scratch ? need : 0;
-        if (!scratch) return 2;
-    }
-    float *s = scratch;
+    if (reserve(&activations, need)) return 2;
+    float *s = activations.data;
     int groups = (N + GROUP - 1) / GROUP, per_item = item_groups(groups, tiles);
     struct i16_job job = {format, M, N, K, (groups + per_item - 1) / per_item, per_item, tiles ? TILE_CHUNK_ROWS : CHUNK_ROWS, x, Wp, y,
                           (int16_t *)(s + 2 * (size_t)M * nb), s, s + (size_t)M * nb, 0, 0};

@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "kernels.h"
 #include "pool.h"
 
 #define MAX_WORKERS 63

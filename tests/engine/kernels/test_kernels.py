@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.kernels.attention import RaggedAttention, chunk_kernel_for, prefill_attention
-from engine.kv.session_kv import SessionKV
+from engine.kernels.attention import RaggedAttention, chunk_attention_kernel, prefill_attention
+from engine.kernels.build import kernels
 from engine.kernels.layer_ops import LayerOps
 from engine.kernels.linear import Linear
-from engine.kernels.build import kernels
+from engine.kv.session_kv import SessionKV
 from engine.model.runner import ForwardItem, ModelRunner
 
 
@@ -53,10 +53,10 @@ def _cpu_has(flag: str) -> bool:
 def test_bfloat16_linear_matches_torch_on_the_same_rounded_operands():
     """--dtype bfloat16: weights and activations rounded to bfloat16, products summed in float32 (our
     kernel, on CPUs with AVX-512 BF16; elsewhere torch's bf16 matmul, whose outputs are bf16 too)."""
-    from engine.kernels.linear import native_kernel
+    from engine.kernels.linear import bf16_matmul_supported
 
     has_bf16 = _cpu_has("avx512_bf16")
-    assert (native_kernel(torch.bfloat16) is not None) == has_bf16, "the kernel builds exactly where the CPU has it"
+    assert bf16_matmul_supported() == has_bf16, "the kernel builds exactly where the CPU has it"
     torch.manual_seed(1)
     for out_features, in_features in [(100, 48), (576, 576), (65, 7), (1536, 576)]:
         w, b = torch.randn(out_features, in_features).bfloat16(), torch.randn(out_features).bfloat16()
@@ -282,4 +282,4 @@ def test_blocked_attention_of_long_chunks_matches_causal_sdpa(head_dim, hq, hkv,
         want = prefill_attention(twin, 1, cached, q, k, v, head_dim ** -0.5, use_native=False)
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
         torch.testing.assert_close(kv.positions(0, cached + rows)[1], twin.positions(0, cached + rows)[1])  # layer 1
-    assert chunk_kernel_for(kv, True) is not None and chunk_kernel_for(kv, False) is None
+    assert chunk_attention_kernel(kv, True) is not None and chunk_attention_kernel(kv, False) is None
