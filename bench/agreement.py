@@ -30,11 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import add_model_cache_argument, cpu_summary  # noqa: E402
-from engine.model.chat_format import ChatFormat, ChatMessage  # noqa: E402
-from engine.kernels.linear import Linear  # noqa: E402
-from engine.model.loader import load_model  # noqa: E402
-from engine.model.reference import greedy_ids  # noqa: E402
-from engine.model.runner import ForwardItem, ModelRunner  # noqa: E402
+from engine.model import ChatFormat, ChatMessage, ForwardItem, greedy_ids, load_model, ModelRunner  # noqa: E402
+from engine.kernels import Linear  # noqa: E402
 
 TOPICS = ["the ocean", "mountains", "coffee", "trains", "gardening", "chess", "the moon", "bicycles", "rain",
           "libraries", "volcanoes", "bread", "music", "winter", "robots", "bees", "glaciers", "paper",

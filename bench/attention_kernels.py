@@ -25,8 +25,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.step_profile import MachineFloors, machine_line  # noqa: E402
-from engine.kernels.attention import RaggedAttention, prefill_attention  # noqa: E402
-from engine.kv.session_kv import SessionKV  # noqa: E402
+from engine.kernels import prefill_attention, RaggedAttention  # noqa: E402
+from engine.kv import SessionKV  # noqa: E402
 
 HQ, HKV, D, LAYERS = 9, 3, 64, 30
 

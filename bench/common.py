@@ -36,7 +36,7 @@ def prepare_model(cache_dir: Path) -> Path:
     tokenizer.json), converting the GGUF into `cache_dir` first if it is not there yet.
 
     Blocking: ~30 s on an empty cache, ~1 s after; imports torch and transformers."""
-    from engine.model.loader import load_model
+    from engine.model import load_model
 
     return load_model(None, cache_dir).path
 

@@ -29,9 +29,7 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import add_model_cache_argument  # noqa: E402
-from engine.model.chat_format import ChatMessage  # noqa: E402
-from engine.model.reference import greedy_answer  # noqa: E402
-from engine.model.loader import load_model  # noqa: E402
+from engine.model import ChatMessage, greedy_answer, load_model  # noqa: E402
 from tests.helpers.real_server import RealServer  # noqa: E402
 
 ADMIN = "crash-admin"

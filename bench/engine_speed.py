@@ -41,12 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import add_model_cache_argument  # noqa: E402
 from bench.step_profile import MachineFloors, machine_line, print_profile, profile, weights_label  # noqa: E402
 
-from engine.kernels.grid import ACTIVATIONS  # noqa: E402
+from engine.kernels import ACTIVATIONS, amx_tiles  # noqa: E402
 from engine.kv import KV_DTYPES  # noqa: E402
-from engine.kernels.linear import amx_tiles  # noqa: E402
-from engine.model.loader import load_model  # noqa: E402
-from engine.model.runner import ForwardItem, ModelRunner  # noqa: E402
-from engine.model.weights import MATMUL_DTYPES  # noqa: E402
+from engine.model import MATMUL_DTYPES, ForwardItem, load_model, ModelRunner  # noqa: E402
 
 PROMPT = 40  # tokens already cached before decoding starts
 
@@ -172,7 +169,7 @@ def main() -> None:
 
 def llama_cpp(binary: Path, prompt: int, repeats: int, extra: list[str]) -> tuple[float, float]:
     """(tg128 tok/s, pp<prompt> tok/s) from llama-bench on the default model's GGUF file, 2 threads."""
-    from engine.model.loader import default_gguf_path
+    from engine.model import default_gguf_path
 
     out = subprocess.run([str(binary), "-m", str(default_gguf_path()), "-t", "2", "-p", str(prompt), "-n", "128",
                           "-r", str(repeats), "-o", "json", *extra], check=True, capture_output=True, text=True).stdout

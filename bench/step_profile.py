@@ -34,14 +34,9 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import add_model_cache_argument, cpu_summary  # noqa: E402
 import engine.model.runner as runner_module  # noqa: E402
-from engine.kernels.attention import RaggedAttention  # noqa: E402
-from engine.kernels.grid import ACTIVATIONS  # noqa: E402
+from engine.kernels import ACTIVATIONS, LayerOps, Linear, RaggedAttention  # noqa: E402
 from engine.kv import KV_DTYPES  # noqa: E402
-from engine.kernels.layer_ops import LayerOps  # noqa: E402
-from engine.kernels.linear import Linear  # noqa: E402
-from engine.model.loader import load_model  # noqa: E402
-from engine.model.runner import ForwardItem, ModelRunner  # noqa: E402
-from engine.model.weights import MATMUL_DTYPES  # noqa: E402
+from engine.model import MATMUL_DTYPES, ForwardItem, load_model, ModelRunner  # noqa: E402
 
 CONTEXT = 40  # cached tokens of each decoding session
 
@@ -88,7 +83,7 @@ def _seconds(fn) -> float:
 
 
 def machine_line(floors: MachineFloors) -> str:
-    from engine.kernels.linear import strip_width
+    from engine.kernels import strip_width
     peaks = ", ".join(f"{p / 1e9:.0f} GFLOP/s {str(d).removeprefix('torch.')}" for d, p in floors.peak.items())
     return (f"machine: {cpu_summary()} (kernel strips of {strip_width()} columns); measured "
             f"{floors.bandwidth / 1e9:.1f} GB/s, {peaks} (torch matmul), 2 threads {floors.two_threads:.2f}x one")

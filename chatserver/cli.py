@@ -90,11 +90,9 @@ def _join_option_values(argv: list[str], flags: tuple[str, ...]) -> list[str]:
 
 
 def _serve(config) -> int:
-    import torch
+    from engine.kernels import bf16_matmul_supported
 
-    from engine.kernels.linear import native_kernel  # TODO(merge): engine.kernels.bf16_matmul_supported
-
-    if config.engine.model.dtype == "bfloat16" and native_kernel(torch.bfloat16) is None:
+    if config.engine.model.dtype == "bfloat16" and not bf16_matmul_supported():
         print("chatserver: --dtype bfloat16 needs a CPU with AVX-512 BF16 (and a C compiler); without them bf16 "
               "matmuls go through torch, slower than the float32 default and not batch-invariant", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ def opened(tmp_path):
 
 def _outside(paths: list[str], data_dir: Path) -> list[str]:
     """Opened paths outside the data directory, except Python source read to format a logged traceback."""
-    allowed = [str(data_dir.resolve()), sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[2])]
+    allowed = [str(Path(p).resolve()) for p in (data_dir, sys.prefix, sys.base_prefix, Path(__file__).parents[2])]
     resolved = [str(Path(p).resolve()) for p in paths]
     return [p for p in resolved if not any(p.startswith(a) for a in allowed[:1])
             and not (p.endswith(".py") and any(p.startswith(a) for a in allowed[1:]))]
