@@ -50,7 +50,7 @@ def _ctype(declaration: str, structs: dict[str, type]) -> type:
     """The ctypes type of one C declaration with its name ("const float *x", "int64_t n", "struct matrix o")."""
     if "*" in declaration:
         return ctypes.c_void_p
-    words = declaration.replace("const", " ").split()[:-1]  # the type without its declared name
+    words = re.sub(r"\bconst\b", " ", declaration).split()[:-1]  # the type without its declared name
     if words[:1] == ["struct"] and len(words) == 2 and words[1] in structs:
         return structs[words[1]]
     if len(words) == 1 and words[0] in _SCALARS:

@@ -3,8 +3,8 @@
 // file named above it, which includes this header. Functions shared only between C files are declared in
 // pool.h, strip.h and amx.h.
 //
-// Binding rules (bindings.py): one prototype per declaration, ending in ");"; parameter types int, float,
-// int64_t or any pointer (passed as an address or None); return type int. Arrays are row-major and
+// Binding rules (bindings.py): one prototype per declaration, every parameter named; parameter types int,
+// float, int64_t or any pointer (passed as an address or None); return type int. Arrays are row-major and
 // contiguous, float32 unless said; a nonzero return is the failure status each definition documents.
 #pragma once
 #include <stdint.h>
