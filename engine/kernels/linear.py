@@ -36,7 +36,6 @@ def matmul_kernel(dtype: torch.dtype = torch.float32):
     return bindings.function("linear_packed_bf16")
 
 
-native_kernel = matmul_kernel  # the name chatserver/cli.py and a test still import; use bf16_matmul_supported
 
 
 def bf16_matmul_supported() -> bool:

@@ -242,10 +242,10 @@ async def test_sigterm_mid_answer_closes_with_1001_stores_the_partial_answer_and
 async def test_bfloat16_mode_serves_what_its_engine_computes(tmp_path, real_model):
     """--dtype bfloat16 (AVX-512 BF16 kernels): the server's greedy answer is the bf16 engine's own. A CPU
     without them is refused at start, with the reason (torch's bf16 matmuls are slower than float32 there)."""
-    from engine.kernels.linear import native_kernel
-    from engine.model.runner import ForwardItem, ModelRunner
+    from engine.kernels import bf16_matmul_supported
+    from engine.model import ForwardItem, ModelRunner
 
-    if native_kernel(torch.bfloat16) is None:
+    if not bf16_matmul_supported():
         proc = subprocess.run([sys.executable, "-m", "chatserver", "serve", "--port", "0", "--dtype", "bfloat16",
                                "--data-dir", str(tmp_path / "data"), "--model-cache", str(MODEL_CACHE)],
                               capture_output=True, text=True, timeout=120, cwd=REPO)
