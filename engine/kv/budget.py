@@ -7,26 +7,15 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Protocol
 
 from engine.kv.config import KVStoreConfig
-from engine.kv.session_kv import SessionKV, SharedPrefix
-
-
-class BudgetEntry(Protocol):
-    """What the budget reads of a store entry (engine/kv/store.py Entry)."""
-
-    kv: SessionKV
-    state: str
-    is_in_use: bool
-
-    @property
-    def nbytes(self) -> int: ...
+from engine.kv.entry import Entry
+from engine.kv.session_kv import SharedPrefix
 
 
 class RamBudget:
-    def __init__(self, config: KVStoreConfig, entries: Mapping[str, BudgetEntry],
-                 evict: Callable[[str, BudgetEntry, str], int]):
+    def __init__(self, config: KVStoreConfig, entries: Mapping[str, Entry],
+                 evict: Callable[[str, Entry, str], int]):
         """entries: the store's, least recently used first (read, never changed here); evict(session_id,
         entry, cause) frees an idle entry's RAM, returning the bytes freed now (0: when its write completes)."""
         self.config = config

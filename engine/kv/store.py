@@ -22,41 +22,16 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from engine.kv.budget import RamBudget
 from engine.kv.config import KVStoreConfig, KVStoreStats
 from engine.kv.disk_io import DiskIO, Notify
 from engine.kv.disk_tier import DiskTier
+from engine.kv.entry import Entry, OnDone
 from engine.kv.prefix_index import PrefixIndex
 from engine.kv.session_kv import SessionKV
 
 log = logging.getLogger(__name__)
-OnDone = Callable[[str], None]
-
-
-@dataclass(eq=False)
-class Entry:
-    kv: SessionKV
-    state: str = "ram"  # ram | spilling | restoring
-    is_in_use: bool = False
-    is_dirty: bool = True  # RAM holds KV that the disk copy lacks
-    from_disk: bool = False  # read back from disk since last used: the next turn reports "disk"
-    reserved: int = 0  # bytes counted for a restore in flight
-    after_io: str = ""  # "drop" | "keep": overrides the default outcome of the I/O in flight
-    spill_when_idle: str = ""  # cause, set when asked to spill while in use
-    waiters: list[OnDone] = field(default_factory=list)  # told the tier once a spill or drop is done
-    last_used: float = field(default_factory=time.monotonic)
-
-    @property
-    def nbytes(self) -> int:
-        return self.reserved or self.kv.nbytes
-
-    @property
-    def is_idle(self) -> bool:
-        return not self.is_in_use and self.state == "ram"
-
-
 class KVStore:
     def __init__(self, config: KVStoreConfig, new_kv: Callable[[int], SessionKV], disk: DiskTier | None,
                  notify: Notify):

@@ -15,46 +15,9 @@ import pytest
 from playwright.sync_api import Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+from tests.web.page import SLOW, answer, cached, open_chat, send, wait_done, wait_text
+
 pytestmark = [pytest.mark.browser, pytest.mark.real_server, pytest.mark.slow]
-
-SLOW = 30_000  # ms: a turn of the real model on a busy 2-core machine
-ALLOWED_TAGS = {"P", "UL", "OL", "LI", "SPAN", "CODE", "PRE", "STRONG", "EM", "H3", "H4", "H5", "H6", "BLOCKQUOTE",
-                "HR", "DIV", "BUTTON"}  # what markdown.js creates (DIV/BUTTON: the code block frame and Copy)
-
-
-def open_chat(page: Page, server, **settings) -> None:
-    query = "&".join(f"{k}={v}" for k, v in {"temperature": 0, **settings}.items())
-    page.goto(f"{server.url}/?{query}")
-    expect(page.locator("#conn")).to_have_text("Connected", timeout=SLOW)
-
-
-def send(page: Page, text: str) -> None:
-    page.locator("#input").fill(text)
-    page.locator("#input").press("Enter")
-
-
-def answer(page: Page, n: int = -1):
-    return page.locator(".msg.assistant").nth(n)
-
-
-def wait_done(page: Page, n: int = -1) -> str:
-    """Wait for the answer's grey meta line; return it."""
-    meta = answer(page, n).locator(".meta")
-    expect(meta).to_contain_text("TTFT", timeout=SLOW)
-    return meta.inner_text()
-
-
-def cached(meta: str) -> tuple[int, int]:
-    m = re.search(r"(\d+)/(\d+) prompt tokens cached", meta)
-    assert m, meta
-    return int(m[1]), int(m[2])
-
-
-def wait_text(page: Page, n: int = -1, longer_than: int = 0) -> None:
-    page.wait_for_function(
-        "([n, len]) => { const a = [...document.querySelectorAll('.msg.assistant')].at(n); "
-        "return a && a.querySelector('.body').textContent.length > len; }", arg=[n, longer_than], timeout=SLOW)
-
 
 def test_answer_streams_then_shows_cache_and_ttft(page: Page, server):
     open_chat(page, server, max_tokens=80)  # long enough to watch it grow on a fast machine
@@ -172,23 +135,6 @@ def test_going_offline_mid_answer_shows_it_interrupted_then_recovers(page: Page,
     expect(page.locator(".msg.assistant")).to_have_count(1)
 
 
-def test_html_in_an_answer_is_shown_as_text_not_run(page: Page, server):
-    open_chat(page, server, max_tokens=60)
-    message = 'Repeat exactly this text and nothing else: <img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
-    send(page, message)
-    user = page.locator(".msg.user")
-    expect(user).to_have_text(message)
-    assert user.locator("img, script").count() == 0
-    wait_done(page)
-
-    body = answer(page).locator(".body")
-    assert "<img" in body.inner_text(), body.inner_text()  # the model repeated it; the page shows it as text
-    tags = set(body.evaluate("b => [...b.querySelectorAll('*')].map(e => e.tagName)"))
-    assert tags <= ALLOWED_TAGS, tags
-    assert page.evaluate("typeof window.__xss") == "undefined"
-    assert page.locator(".messages img, .messages script").count() == 0
-
-
 def test_enter_sends_and_shift_enter_makes_a_new_line(page: Page, server):
     held: list = []  # the first answer's "done" frame, held so the answer is still running
 
@@ -295,75 +241,3 @@ def test_chats_in_the_sidebar_new_open_delete_and_a_forgotten_one(page: Page, se
     expect(page.locator(".session .title")).to_have_text(["Hello again"])
     expect(page.locator("#chat-title")).to_have_text("New chat")
     expect(page.locator(".msg")).to_have_count(0)
-
-
-def test_autoscroll_pauses_when_scrolled_up_on_a_phone(browser, server):
-    context = browser.new_context(viewport={"width": 360, "height": 460}, has_touch=True, is_mobile=True)
-    page = context.new_page()
-    try:
-        open_chat(page, server, max_tokens=300)
-        expect(page.locator("#sidebar")).not_to_be_in_viewport()
-        page.locator("#menu").click()
-        expect(page.locator("#sidebar")).to_be_in_viewport()
-        page.locator("#backdrop").click(position={"x": 340, "y": 200})
-        expect(page.locator("#sidebar")).not_to_be_in_viewport()
-
-        send(page, "Write a long story about a dragon.")
-        scroller = page.locator("#scroller")
-        at_bottom = "s => s.scrollHeight - s.scrollTop - s.clientHeight < 40"
-        page.wait_for_function("() => { const s = document.querySelector('#scroller'); return s.scrollHeight > s.clientHeight + 150; }",
-                               timeout=SLOW)
-        assert scroller.evaluate(at_bottom), "the page follows the streaming answer"
-
-        scroller.evaluate("s => s.scrollBy(0, -120)")  # the person scrolls up to read
-        expect(page.locator("#jump")).to_be_visible()
-        top = scroller.evaluate("s => s.scrollTop")
-        length = len(answer(page).locator(".body").inner_text())
-        wait_text(page, longer_than=length + 15)
-        assert scroller.evaluate("s => s.scrollTop") == top, "the page moved while the person was reading"
-
-        page.locator("#jump").click()
-        length = len(answer(page).locator(".body").inner_text())
-        wait_text(page, longer_than=length + 15)
-        assert scroller.evaluate(at_bottom), "following resumes at the bottom"
-        page.locator("#stop").click()
-        wait_done(page)
-    finally:
-        context.close()
-
-
-def test_markdown_renders_structure_with_dom_nodes_only(page: Page, server):
-    page.goto(server.url)
-    md = ("# Title\n\nSome **bold**, *italic* and `code <b>`.\n\n- one\n- two <img src=x onerror=alert(1)>\n  - nested\n\n"
-          "1. first\n2. second\n\n```python\nprint('<script>alert(1)</script>')\n```\n\n<script>window.__xss=3</script>\n"
-          "snake_case_name stays")
-    result = page.evaluate("""async (md) => {
-        const {renderMarkdown} = await import('/static/markdown.js');
-        const root = document.createElement('div');
-        root.appendChild(renderMarkdown(md));
-        document.body.appendChild(root);
-        return {tags: [...root.querySelectorAll('*')].map(e => e.tagName), text: root.textContent,
-                h: root.querySelector('h3')?.textContent, strong: root.querySelector('p strong')?.textContent,
-                em: root.querySelector('p em')?.textContent, inline: root.querySelector('p code')?.textContent,
-                ul: [...root.querySelectorAll(':scope > ul > li > span')].map(e => e.textContent),
-                nested: root.querySelector('ul ul li')?.textContent,
-                ol: [...root.querySelectorAll('ol > li')].map(e => e.textContent),
-                pre: root.querySelector('pre code')?.textContent, lang: root.querySelector('.code-bar span')?.textContent,
-                last: root.lastElementChild.textContent};
-    }""", md)
-    assert set(result["tags"]) <= ALLOWED_TAGS, result["tags"]
-    assert result["h"] == "Title" and result["strong"] == "bold" and result["em"] == "italic"
-    assert result["inline"] == "code <b>"
-    assert result["ul"] == ["one", "two <img src=x onerror=alert(1)>"] and result["nested"] == "nested"
-    assert result["ol"] == ["first", "second"]
-    assert result["pre"] == "print('<script>alert(1)</script>')" and result["lang"] == "python"
-    assert result["last"] == "<script>window.__xss=3</script>\nsnake_case_name stays"
-    assert page.evaluate("typeof window.__xss") == "undefined"
-
-
-def test_scripts_never_parse_strings_as_html():
-    from tests.helpers.paths import REPO
-
-    for name in ("app.js", "markdown.js"):
-        code = re.sub(r"//[^\n]*", "", (REPO / "web" / name).read_text())  # comments may name them
-        assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(|new Function", code), name

@@ -34,6 +34,8 @@ async def test_beyond_the_predicted_wait_turns_are_refused_with_retry_after_and_
     error = (await refused[0].json())["error"]
     assert error["code"] == "overloaded" and error["type"] == "rate_limit_error"
     assert int(refused[0].headers["Retry-After"]) >= 1
+    metrics = await (await client.get("/metrics")).text()
+    assert f'chatserver_turns_refused_total{{reason="predicted_wait"}} {float(len(refused))}' in metrics
     assert await _status(client, {**SHORT, "model": body["model"]}) == 200  # the burst passed: served again
 
 
