@@ -57,7 +57,7 @@ async def request_burst(url: str, n: int, max_tokens: int) -> None:
 
 async def connection_burst(url: str, n: int) -> None:
     ws_url = url.replace("http://", "ws://") + "/ws"
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         opened, refused = [], 0
         for _ in range(n):
             try:

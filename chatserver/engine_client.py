@@ -73,9 +73,9 @@ class EngineClient:
         """The engine thread runs and its loop went round within stall_seconds."""
         return self.engine.is_alive and time.monotonic() - self.engine.heartbeat < stall_seconds
 
-    def admit(self, num_prompt_tokens: int, max_tokens: int) -> TurnStream:
+    def admit(self, prompt_ids: list[int], max_tokens: int) -> TurnStream:
         """A stream for one turn; raises Overloaded (its predicted wait is too long) or EngineStopped."""
-        ticket = self.engine.admit(num_prompt_tokens, max_tokens)
+        ticket = self.engine.admit(prompt_ids, max_tokens)
         return TurnStream(self.engine, ticket, asyncio.get_running_loop())
 
     async def query(self, fn: Callable[[Engine], T]) -> T:

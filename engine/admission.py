@@ -2,8 +2,9 @@
 EngineConfig.max_ttft_s, and refused (Overloaded, with a Retry-After) beyond it.
 
 A fixed queue length either turns away bursts the machine would serve in seconds or admits turns
-that would wait minutes; the predicted wait follows the machine and the prompts. For a new turn of
-n prompt tokens (all times from the step-cost model, which learns from the steps already run):
+that would wait minutes; the predicted wait follows the machine and the prompts. For a new turn whose
+prompt has n tokens the KV store will not already hold (a prefix of a recently admitted prompt counts as
+held: engine/prompt_prefixes.py), all times from the step-cost model, measured on this machine:
   * prefill: P = prompt tokens admitted and not yet computed, + n. With D turns decoding (D = the
     unfinished turns, at most a batch), each step gives prefill the scheduler's share B(D) beside
     the decoders, so P takes ceil(P / B) steps of decode_ms(D) + B * ms_per_prefill_token each;
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 from engine.config import EngineConfig
 from engine.errors import Overloaded
+from engine.prompt_prefixes import PromptPrefixes
 from engine.step_cost import StepCostModel
 
 _ANSWER_ALPHA = 0.1  # weight of a finished turn in the mean answer length
@@ -30,8 +32,8 @@ _INITIAL_ANSWER_TOKENS = 128.0
 
 @dataclass(eq=False)
 class Ticket:
-    """One admitted place. prompt_left: tokens of its prompt not computed yet; answer: tokens its answer
-    is expected to take (for the prediction only)."""
+    """One admitted place. prompt_left: tokens of its prompt expected to be computed and not computed yet
+    (the truth once the turn starts); answer: tokens its answer is expected to take (for the prediction)."""
 
     prompt_left: int
     answer: float
@@ -48,16 +50,18 @@ class Admission:
         self._answers = 0.0  # tokens: sum of the unfinished tickets' expected answers
         self._mean_answer = _INITIAL_ANSWER_TOKENS  # of finished turns (moving average)
         self.num_refused = {"predicted_wait": 0, "queue_full": 0}  # turns refused, by reason
+        self._prefixes = PromptPrefixes()
 
     @property
     def num_admitted(self) -> int:
         return self._num_admitted
 
-    def admit(self, num_prompt_tokens: int, max_tokens: int) -> Ticket:
-        """A place for a turn of num_prompt_tokens and at most max_tokens answer tokens, or Overloaded
-        (nothing is counted then)."""
+    def admit(self, prompt_ids: list[int], max_tokens: int) -> Ticket:
+        """A place for a turn of this prompt and at most max_tokens answer tokens, or Overloaded (nothing
+        is counted then)."""
         with self._lock:
             cfg = self.config
+            num_prompt_tokens = max(1, len(prompt_ids) - self._prefixes.known_prefix(prompt_ids))
             if self._num_admitted >= cfg.max_queue:
                 self.num_refused["queue_full"] += 1
                 raise Overloaded(f"{self._num_admitted} turns in progress; retry shortly",
@@ -68,6 +72,7 @@ class Admission:
                 raise Overloaded(f"the predicted wait for a first token is {wait_ms / 1000:.0f} s (limit "
                                  f"{cfg.max_ttft_s:.0f} s); retry shortly",
                                  retry_after=max(1.0, (wait_ms - cfg.max_ttft_s * 1000) / 1000))
+            self._prefixes.add(prompt_ids)
             ticket = Ticket(num_prompt_tokens, min(float(max_tokens), self._mean_answer))
             self._num_admitted += 1
             self._prompt_left += num_prompt_tokens
@@ -75,8 +80,15 @@ class Admission:
             return ticket
 
     def predicted_ttft_ms(self, num_prompt_tokens: int) -> float:
+        """The wait predicted now for a turn with num_prompt_tokens to compute."""
         with self._lock:
             return self._predict_ms(num_prompt_tokens)
+
+    def started(self, ticket: Ticket, num_to_compute: int) -> None:
+        """Engine thread: the turn started; num_to_compute of its prompt tokens are not cached."""
+        with self._lock:
+            self._prompt_left += num_to_compute - ticket.prompt_left
+            ticket.prompt_left = num_to_compute
 
     def prefilled(self, ticket: Ticket, num_tokens: int) -> None:
         """Engine thread: num_tokens more of the ticket's prompt are computed (or reused from cache)."""

@@ -79,12 +79,12 @@ class Engine:
     def num_admitted(self) -> int:
         return self._admission.num_admitted
 
-    def admit(self, num_prompt_tokens: int, max_tokens: int) -> Ticket:
+    def admit(self, prompt_ids: list[int], max_tokens: int) -> Ticket:
         """A place for one turn, or Overloaded (its predicted wait is too long; nothing is counted).
         The ticket must then be passed to submit() or given back with release()."""
         if self._stopping:
             raise EngineStopped("the server is shutting down")
-        return self._admission.admit(num_prompt_tokens, max_tokens)
+        return self._admission.admit(prompt_ids, max_tokens)
 
     def predicted_ttft_ms(self, num_prompt_tokens: int) -> float:
         """What admission predicts now for a turn of num_prompt_tokens (engine/admission.py)."""

@@ -105,7 +105,7 @@ class Stepper:
         kv.truncate(keep)
         turn.kv, turn.num_cached_tokens = kv, keep
         if turn.ticket is not None:
-            self.admission.prefilled(turn.ticket, keep)
+            self.admission.started(turn.ticket, len(turn.prompt_ids) - keep)
         self.stats.queue_wait_ms.add((time.perf_counter() - turn.t_submit) * 1000)
         turn.cache_source = source if keep else "miss"
         store.stats.tokens_reused += keep

@@ -79,7 +79,7 @@ class Turn:
     num_cached_tokens: int = 0
     output_ids: list[int] = field(default_factory=list)
     is_cancelled: bool = False
-    prefix_checked: bool = False  # the KV store was asked for a shared prefix (engine._start)
+    prefix_checked: bool = False  # the KV store was asked for a shared prefix (engine/step.py _start)
     t_submit: float = field(default_factory=time.perf_counter)
     t_start: float = 0.0
     t_first_token: float = 0.0

@@ -185,7 +185,7 @@ class ChatService:
         return prompt_ids, replace(params, max_tokens=min(params.max_tokens, limit - n))
 
     def _admit(self, prompt_ids: list[int], params: SamplingParams) -> TurnStream:
-        return self.engine.admit(len(prompt_ids), params.max_tokens)  # raises Overloaded: nothing stored
+        return self.engine.admit(prompt_ids, params.max_tokens)  # raises Overloaded: nothing stored
 
     def _check_content(self, content: str) -> None:
         if not content.strip():

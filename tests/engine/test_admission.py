@@ -9,6 +9,11 @@ from engine.errors import Overloaded
 from engine.step_cost import StepCostModel
 
 
+def _prompt(n: int, seed: int) -> list[int]:
+    """n token ids no other seed's prompt shares."""
+    return [seed * 10_000 + i for i in range(n)]
+
+
 def _admission(**config) -> Admission:
     cost = StepCostModel()
     for batch in (1, 4, 8):
@@ -26,9 +31,9 @@ def test_the_wait_grows_with_the_work_ahead_until_turns_are_refused():
     admission = _admission()
     tickets, waits = [], []
     with pytest.raises(Overloaded) as refused:
-        for _ in range(100):
+        for i in range(100):
             waits.append(admission.predicted_ttft_ms(100))
-            tickets.append(admission.admit(100, max_tokens=16))
+            tickets.append(admission.admit(_prompt(100, i), max_tokens=16))
     admitted, refused_wait = waits[:-1], waits[-1]
     assert admitted == sorted(admitted) and admitted[-1] <= 1000 < refused_wait
     assert 2 <= len(tickets) < 100 and admission.num_admitted == len(tickets)
@@ -45,15 +50,15 @@ def test_the_wait_grows_with_the_work_ahead_until_turns_are_refused():
 def test_short_answers_ahead_wait_less_than_long_ones():
     """Beyond a full batch, a turn waits for earlier turns to finish: for their expected answers."""
     short, long = _admission(max_ttft_s=1000.0), _admission(max_ttft_s=1000.0)
-    for _ in range(12):
-        short.admit(10, max_tokens=8)
-        long.admit(10, max_tokens=500)
+    for i in range(12):
+        short.admit(_prompt(10, i), max_tokens=8)
+        long.admit(_prompt(10, i), max_tokens=500)
     assert short.predicted_ttft_ms(10) < long.predicted_ttft_ms(10)
 
 
 def test_a_place_given_back_twice_counts_once():
     admission = _admission()
-    ticket = admission.admit(10, max_tokens=8)
+    ticket = admission.admit(_prompt(10, 0), max_tokens=8)
     admission.release(ticket)
     admission.release(ticket)
     assert admission.num_admitted == 0
@@ -61,7 +66,28 @@ def test_a_place_given_back_twice_counts_once():
 
 def test_max_queue_bounds_the_admitted_turns_whatever_the_prediction():
     admission = _admission(max_queue=3, max_ttft_s=1e9)
-    for _ in range(3):
-        admission.admit(1, max_tokens=1)
+    for i in range(3):
+        admission.admit(_prompt(1, i), max_tokens=1)
     with pytest.raises(Overloaded):
-        admission.admit(1, max_tokens=1)
+        admission.admit(_prompt(1, 3), max_tokens=1)
+
+
+def test_a_prefix_a_recent_prompt_began_with_is_predicted_cached():
+    """Turns sharing a system prompt, or a conversation's next turn, compute only what is new."""
+    admission = _admission(max_ttft_s=1000.0)
+    system = _prompt(320, 0)
+    first = admission.admit(system + _prompt(20, 1), max_tokens=8)
+    assert first.prompt_left == 340
+    second = admission.admit(system + _prompt(20, 2), max_tokens=8)
+    assert 20 <= second.prompt_left < 36  # the 320 shared tokens (20 whole blocks) are not counted
+    admission.started(second, 300)  # the truth, once the turn starts (its KV turned out to be gone)
+    assert second.prompt_left == 300
+    with_work_ahead = admission.predicted_ttft_ms(100)
+    admission.prefilled(second, 300)
+    admission.prefilled(first, 340)
+    assert first.prompt_left == second.prompt_left == 0
+    idle_prefill = _admission(max_ttft_s=1000.0)  # two turns decoding, nothing left to prefill ahead
+    for i in (5, 6):
+        idle_prefill.started(idle_prefill.admit(_prompt(20, i), max_tokens=8), 0)
+    assert admission.predicted_ttft_ms(100) == pytest.approx(idle_prefill.predicted_ttft_ms(100))
+    assert admission.predicted_ttft_ms(100) < with_work_ahead

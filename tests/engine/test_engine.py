@@ -17,7 +17,7 @@ class Driver:
         self.client = EngineClient(engine)
 
     def submit(self, request: TurnRequest) -> TurnStream:
-        stream = self.client.admit(len(request.prompt_ids), request.sampling.max_tokens)
+        stream = self.client.admit(request.prompt_ids, request.sampling.max_tokens)
         stream.start(request)
         return stream
 

@@ -146,3 +146,12 @@ def test_a_bad_trusted_proxy_is_refused_at_start():
 
     with pytest.raises(ValueError):
         ConnectionGate(10, 10, ("not-an-address",))
+
+
+async def test_the_defaults_let_one_address_hold_more_than_a_handful_of_connections(make_client):
+    """Behind an office NAT or a proxy every user shares one address: 40 tabs from one address open."""
+    client = await make_client()
+    opened = [await client.ws_connect("/ws") for _ in range(40)]
+    assert (await Chat(opened[-1]).hello())["type"] == "session"
+    for ws in opened:
+        await ws.close()
