@@ -171,8 +171,13 @@ def llama_cpp(binary: Path, prompt: int, repeats: int, extra: list[str]) -> tupl
     """(tg128 tok/s, pp<prompt> tok/s) from llama-bench on the default model's GGUF file, 2 threads."""
     from engine.model import default_gguf_path
 
+    # llama.cpp runs in its own default environment: this process's OMP_WAIT_POLICY=PASSIVE (good for our
+    # kernel pool) puts ggml's OpenMP workers to sleep between the many small regions of a decode step,
+    # which made its decode 2.5x slower on a Zen 4
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([str(binary), "-m", str(default_gguf_path()), "-t", "2", "-p", str(prompt), "-n", "128",
-                          "-r", str(repeats), "-o", "json", *extra], check=True, capture_output=True, text=True).stdout
+                          "-r", str(repeats), "-o", "json", *extra], check=True, capture_output=True, text=True,
+                         env=env).stdout
     results = {("pp" if r["n_prompt"] else "tg"): r["avg_ts"] for r in json.loads(out)}  # one row per test
     return results["tg"], results["pp"]
 
