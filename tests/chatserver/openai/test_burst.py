@@ -26,9 +26,13 @@ async def test_beyond_the_predicted_wait_turns_are_refused_with_retry_after_and_
     idle_ms = probe.app[keys.engine].engine.predicted_ttft_ms(PROMPT_TOKENS)  # this machine, measured at start
     # a bound that admits a few of these turns at once, not 40
     client = await make_client(engine=EngineConfig(max_context=1024, max_new_tokens=64, max_ttft_s=8 * idle_ms / 1000))
-    body = {"model": await _model_id(client), "max_tokens": 64, "temperature": 0,
-            "messages": [{"role": "user", "content": "Tell me about the sea. " * 120}]}
-    responses = await asyncio.gather(*[client.post("/v1/chat/completions", json=body) for _ in range(40)])
+    model = await _model_id(client)
+
+    def body(i: int) -> dict:  # prompts that share only the system prompt: each must be computed
+        return {"model": model, "max_tokens": 64, "temperature": 0,
+                "messages": [{"role": "user", "content": f"Question {i}. " + "Tell me about the sea. " * 120}]}
+
+    responses = await asyncio.gather(*[client.post("/v1/chat/completions", json=body(i)) for i in range(40)])
     refused = [r for r in responses if r.status == 429]
     assert refused and any(r.status == 200 for r in responses)
     error = (await refused[0].json())["error"]
@@ -36,7 +40,7 @@ async def test_beyond_the_predicted_wait_turns_are_refused_with_retry_after_and_
     assert int(refused[0].headers["Retry-After"]) >= 1
     metrics = await (await client.get("/metrics")).text()
     assert f'chatserver_turns_refused_total{{reason="predicted_wait"}} {float(len(refused))}' in metrics
-    assert await _status(client, {**SHORT, "model": body["model"]}) == 200  # the burst passed: served again
+    assert await _status(client, {**SHORT, "model": model}) == 200  # the burst passed: served again
 
 
 async def _status(client, body: dict) -> int:
