@@ -125,7 +125,7 @@ def main() -> None:
     add_model_cache_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    loaded = load_model(None, args.model_cache)
+    loaded = load_model(None, args.model_cache, in_place=False)  # float: the references run on it too
     fmt = ChatFormat(loaded.tokenizer, loaded.model.generation_config)
     convs = conversations()
     prompts = [fmt.render(c) for c in convs]

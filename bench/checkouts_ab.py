@@ -31,7 +31,11 @@ try:
 except ImportError:  # the layout before the package reorganisation
     from engine.loader import load_model
     from engine.runner import ForwardItem, ModelRunner
-runner = ModelRunner(load_model(None, __import__("pathlib").Path(sys.argv[2])).model, torch.float32,
+try:
+    loaded = load_model(None, __import__("pathlib").Path(sys.argv[2]), in_place=False)
+except TypeError:  # a checkout without in-place loading
+    loaded = load_model(None, __import__("pathlib").Path(sys.argv[2]))
+runner = ModelRunner(loaded.model, torch.float32,
                      kv_dtype=torch.float16, activations="int16")
 
 def decode(batch, steps):

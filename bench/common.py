@@ -38,7 +38,7 @@ def prepare_model(cache_dir: Path) -> Path:
     Blocking: ~30 s on an empty cache, ~1 s after; imports torch and transformers."""
     from engine.model import load_model
 
-    return load_model(None, cache_dir).path
+    return load_model(None, cache_dir, in_place=False).path
 
 
 def prepared_tokenizer(cache_dir: Path) -> Tokenizer:

@@ -166,7 +166,7 @@ def main() -> None:
     add_model_cache_argument(parser)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    model = load_model(None, args.model_cache)
+    model = load_model(None, args.model_cache, in_place=False)  # float: transformers' generate() runs on it
     sessions: dict = {}
     failures, killed_after, mid_write = 0, [], 0
     with tempfile.TemporaryDirectory() as tmp:

@@ -179,7 +179,7 @@ def main() -> None:
     add_model_cache_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    runner = ModelRunner(load_model(None, args.model_cache).model, MATMUL_DTYPES[args.dtype],
+    runner = ModelRunner(load_model(None, args.model_cache, in_place=False).model, MATMUL_DTYPES[args.dtype],
                          kv_dtype=KV_DTYPES[args.kv_dtype], grid_codes=not args.no_grid_codes,
                          activations=args.activations)
     runner.warmup()

