@@ -21,6 +21,7 @@ def start_engine(config: EngineConfig, model: LoadedModel | None = None, model_c
     loaded = model or load_model(mc.path, mc.cache_dir or model_cache)
     runner = ModelRunner(loaded.model, MATMUL_DTYPES[mc.dtype], kv_dtype=config.kv.torch_dtype,
                          activations=mc.activations, codes=loaded.codes)
+    loaded.codes.clear()  # packed into the runner's own layouts now (the embedding keeps its rows' codes)
     spec = KVSpec(runner.num_layers, runner.num_kv_heads, runner.head_dim, runner.kv_dtype,
                   kv_fingerprint(loaded.fingerprint, mc.dtype, mc.activations))
     engine = Engine(runner, ChatFormat(loaded.tokenizer, loaded.model.generation_config), config, spec,

@@ -95,6 +95,7 @@ class Linear:
         if activations not in ACTIVATIONS:
             raise ValueError(f"activations must be one of {ACTIVATIONS}, not {activations!r}")
         self.weight = weight.detach()
+        self._dtype = weight.dtype
         self.bias = bias
         self.out_features, self.in_features = weight.shape
         kernel = matmul_kernel(weight.dtype) if native else None
@@ -117,13 +118,19 @@ class Linear:
         self._kernel = matmul_kernel(torch.float32) if has_kernels else None
         self.grid = codes.pack(activations) if has_kernels else None
         self.weight = None if has_kernels else codes.dequantize()
+        self._dtype = torch.float32
         self.packed = None
         return self
+
+    def release_weight(self) -> None:
+        """Forget the float weight when the kernels read packed panels or codes (it is not read again)."""
+        if self.packed is not None or self.grid is not None:
+            self.weight = None
 
     @property
     def dtype(self) -> torch.dtype:
         """What the weights compute in: bfloat16 for bf16 panels, else float32 (codes included)."""
-        return self.weight.dtype if self.weight is not None else torch.float32
+        return self._dtype
 
     @property
     def storage(self) -> tuple[str, int]:
@@ -133,7 +140,7 @@ class Linear:
             suffix = "+int16" if self.grid.activations == "int16" else ""
             return self.grid.format + suffix, self.grid.nbytes
         if self.packed is not None:
-            return str(self.weight.dtype).removeprefix("torch."), self.packed.numel() * self.packed.element_size()
+            return str(self.dtype).removeprefix("torch."), self.packed.numel() * self.packed.element_size()
         return "torch", self.weight.numel() * self.weight.element_size()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,12 @@ def fuse_layers(model: PreTrainedModel, matmul_dtype: torch.dtype, native: bool 
         if all(c is not None for c in parts) and (fused := GridCodes.cat(parts)) is not None:
             return Linear.from_codes(fused, bias, native, activations)
         weights = [c.dequantize() if c is not None else p.weight for p, c in zip(projections, parts)]
-        return Linear(_fuse(projections, weights, matmul_dtype), bias, native, grid_codes, activations)
+        lin = Linear(_fuse(projections, weights, matmul_dtype), bias, native, grid_codes, activations)
+        if codes:  # a model loaded in place does not run its own modules: keep only what the kernels read
+            lin.release_weight()
+            for p in projections:
+                p.weight = torch.nn.Parameter(torch.empty(p.weight.shape, device="meta"), requires_grad=False)
+        return lin
 
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
