@@ -23,21 +23,23 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.kernels import kquant
 from engine.kernels.bindings import constant
 
 # engine/kernels/csrc/common.h's layout constants
 BLOCK = constant("BLOCK")  # inputs per quantization block (GGUF Q4_1 / Q8_0)
 PANEL = constant("PANEL")  # outputs per packed panel (float32 activations; also linear.py's float32 panels)
 GROUP = constant("GROUP")  # outputs per packed group (int16 activations)
-FORMATS = {"q4_1": constant("GRID_Q4_1"), "q8_0": constant("GRID_Q8_0")}  # the grid kernels' format argument
+FORMATS = {"q4_1": constant("GRID_Q4_1"), "q8_0": constant("GRID_Q8_0"), "q4_k": constant("GRID_Q4_K"),
+           "q5_k": constant("GRID_Q5_K"), "q6_k": constant("GRID_Q6_K")}  # the grid kernels' format argument
 INT16_FORMAT_OFFSET = constant("GRID_INT16")  # added to a format in layers.c's struct matrix: int16 activations
 ACTIVATIONS = ("float32", "int16")  # what the grid kernel rounds each matmul's input to
 
 
 @dataclass(frozen=True)
 class GridWeights:
-    format: str  # "q4_1" | "q8_0"
-    packed: torch.Tensor  # uint8, layout above
+    format: str  # a key of FORMATS
+    packed: torch.Tensor  # uint8, layout above (K-quants: engine/kernels/kquant.py)
     activations: str = "float32"  # "float32": panels for linear_grid.c; "int16": groups for linear_i16.c
 
     @property
@@ -48,19 +50,34 @@ class GridWeights:
 @dataclass(frozen=True)
 class GridCodes:
     """A matrix W [N, K] as the codes of blocks of 32 inputs: W[n, 32 b + i] = q[n, 32 b + i] * d[n, b]
-    (+ m[n, b] for q4_1, rounded once, as an fma). Where the kernels' packed layouts come from."""
+    (+ m[n, b] for q4_1, rounded once, as an fma); or of GGUF's K-quant super-blocks (q4_k, q5_k, q6_k:
+    the fields as engine/kernels/kquant.py says). Where the kernels' packed layouts come from."""
 
-    format: str  # "q4_1" | "q8_0"
+    format: str  # a key of FORMATS
     q: torch.Tensor  # [N, K]: uint8 0..15 (q4_1) or int8 -127..127 (q8_0)
     d: torch.Tensor  # float16 [N, K / 32]
     m: torch.Tensor | None = None  # float16 [N, K / 32] (q4_1 only)
+    sc: torch.Tensor | None = None  # K-quants: their sub-blocks' integer scales
+    mn: torch.Tensor | None = None  # q4_k, q5_k: their sub-blocks' integer minimums
 
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.q.shape)
 
+    @property
+    def activations(self) -> tuple[str, ...]:
+        """The activations a kernel reads these codes with (ACTIVATIONS; the K-quants: int16 only)."""
+        return ("int16",) if self.format in kquant.K_FORMATS else ACTIVATIONS
+
+    def rows(self, ids: torch.Tensor) -> GridCodes:
+        """The codes of rows ids (long [T]) alone: [T, K]."""
+        pick = [None if t is None else t[ids] for t in (self.m, self.sc, self.mn)]
+        return GridCodes(self.format, self.q[ids], self.d[ids], *pick)
+
     def dequantize(self) -> torch.Tensor:
         """float32 [N, K]: the values the codes stand for (what the kernels compute with, exactly)."""
+        if self.format in kquant.K_FORMATS:
+            return kquant.dequantize(self.format, self.q, self.d, self.m, self.sc, self.mn)
         n, k = self.q.shape
         w = self.q.float().view(n, k // BLOCK, BLOCK) * self.d.float()[..., None]
         if self.m is not None:
@@ -69,10 +86,12 @@ class GridCodes:
 
     def pack(self, activations: str = "float32") -> GridWeights:
         """Packed for the kernel of `activations` (the layouts above)."""
-        if activations not in ACTIVATIONS:
-            raise ValueError(f"activations must be one of {ACTIVATIONS}, not {activations!r}")
+        if activations not in self.activations:
+            raise ValueError(f"{self.format} codes are read with {self.activations} activations, not {activations!r}")
         groups = activations == "int16"
-        if self.format == "q4_1":
+        if self.format in kquant.K_FORMATS:
+            packed = kquant.pack(self.format, self.q, self.d, self.m, self.sc, self.mn, _group_scales, _group_codes)
+        elif self.format == "q4_1":
             packed = (_group_q4_1 if groups else _pack_q4_1)(self.q, self.d, self.m)
         else:
             packed = (_group_q8_0 if groups else _pack_q8_0)(self.q, self.d)
@@ -83,8 +102,8 @@ class GridCodes:
         """The matrices stacked along their outputs (a fused projection), or None if their formats differ."""
         if len({p.format for p in parts}) != 1:
             return None
-        m = torch.cat([p.m for p in parts]) if parts[0].m is not None else None
-        return GridCodes(parts[0].format, torch.cat([p.q for p in parts]), torch.cat([p.d for p in parts]), m)
+        fields = [[getattr(p, name) for p in parts] for name in ("q", "d", "m", "sc", "mn")]
+        return GridCodes(parts[0].format, *(None if f[0] is None else torch.cat(f) for f in fields))
 
 
 def find_grid(w: torch.Tensor, activations: str = "float32") -> GridWeights | None:
@@ -174,7 +193,7 @@ def _pack_q8_0(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 
 
 def _group_scales(s: torch.Tensor) -> torch.Tensor:
-    """f16 [N, B] -> uint8 [groups, B, 32]: the 16 outputs' values of each block, output order."""
+    """[N, B] -> uint8 [groups, B, 16 * bytes of one value]: the 16 outputs' values of each block, output order."""
     s = _panels(s, GROUP)
     return s.view(-1, GROUP, s.shape[1]).permute(0, 2, 1).contiguous().view(torch.uint8)
 

@@ -110,7 +110,10 @@ class Linear:
     def from_codes(cls, codes: GridCodes, bias: torch.Tensor | None = None, native: bool = True,
                    activations: str = "float32") -> Linear:
         """A matrix given by its block codes alone (read from a GGUF file): no float32 copy is made, but
-        where the C kernels cannot be built (torch computes from the dequantized weight)."""
+        where the C kernels cannot be built (torch computes from the dequantized weight) and for codes that
+        have no kernel with these activations (the K-quants with float32 activations: float32 panels)."""
+        if activations not in codes.activations:
+            return cls(codes.dequantize(), bias, native, grid_codes=False)
         self = cls.__new__(cls)
         self.bias = bias
         self.out_features, self.in_features = codes.shape
@@ -134,8 +137,9 @@ class Linear:
 
     @property
     def storage(self) -> tuple[str, int]:
-        """(form a step reads the weight in, its bytes): "q4_1"/"q8_0" codes, "float32"/"bfloat16" panels, or
-        "torch" (no C kernels); codes read with int16 activations are "q4_1+int16"/"q8_0+int16"."""
+        """(form a step reads the weight in, its bytes): codes ("q4_1", "q8_0"; with int16 activations
+        "q4_1+int16", "q8_0+int16", "q4_k+int16", "q5_k+int16", "q6_k+int16"), "float32"/"bfloat16"
+        panels, or "torch" (no C kernels)."""
         if self.grid is not None:
             suffix = "+int16" if self.grid.activations == "int16" else ""
             return self.grid.format + suffix, self.grid.nbytes

@@ -15,6 +15,4 @@ class CodesEmbedding(torch.nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: long [T] -> float32 [T, hidden]."""
-        c = self.codes
-        rows = GridCodes(c.format, c.q[ids], c.d[ids], c.m[ids] if c.m is not None else None)
-        return rows.dequantize()
+        return self.codes.rows(ids).dequantize()

@@ -7,8 +7,15 @@ Blocks of 32 inputs of one output row, as GGML stores them (little-endian, d and
   Q4_1  20 bytes: d | m | qs[16]       the same nibbles;                          w = d * q + m
   Q5_0  22 bytes: d | qh[4] | qs[16]   q = the nibble | bit j of qh << 4;          w = d * (q - 16)
   Q8_0  34 bytes: d | qs[32] int8                                                   w = d * q
-Q4_0 becomes Q4_1 codes with m = -8 d (exact in float16), Q5_0 becomes Q8_0 codes q - 16. Other types
-(the K-quants, Q5_1) have no kernel yet: codes_from_blocks returns None and the loader dequantizes them.
+Q4_0 becomes Q4_1 codes with m = -8 d (exact in float16), Q5_0 becomes Q8_0 codes q - 16.
+
+Super-blocks of 256 inputs (the K-quants; engine/kernels/kquant.py says what the codes stand for):
+  Q4_K 144 bytes: d | dmin | scales[12] | qs[128]              8 sub-blocks of 32, 6-bit sc and mn
+  Q5_K 176 bytes: d | dmin | scales[12] | qh[32] | qs[128]     the same, a fifth bit from qh
+  Q6_K 210 bytes: ql[128] | qh[64] | sc[16] int8 | d           16 sub-blocks of 16, q = 6 bits - 32
+scales[12] holds 8 sc and 8 mn of 6 bits: bytes 0-3 the low 6 bits of sc 0-3 (top 2 bits: sc 4-7's high
+bits), 4-7 the same for mn, 8-11 the low nibbles of sc 4-7 | mn 4-7's << 4. Other types (Q5_1, Q2_K,
+Q3_K) have no kernel: codes_from_blocks returns None and the loader dequantizes them.
 """
 
 from __future__ import annotations
@@ -19,11 +26,14 @@ import torch
 from engine.kernels import GridCodes
 
 BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q8_0": 34}  # per block of 32 inputs
+SUPER_BYTES = {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210}  # per super-block of 256 inputs
 
 
 def codes_from_blocks(kind: str, raw: np.ndarray) -> GridCodes | None:
     """raw: uint8 [N, K / 32 * block bytes], one row of blocks per output, as the file holds it -> the
     codes of the same [N, K] matrix, or None for a block type without a kernel."""
+    if kind in SUPER_BYTES:
+        return _k_codes(kind, np.asarray(raw).reshape(raw.shape[0], -1, SUPER_BYTES[kind]))
     size = BLOCK_BYTES.get(kind)
     if size is None:
         return None
@@ -49,3 +59,35 @@ def _nibbles(qs: np.ndarray, n: int) -> torch.Tensor:
     """[N, B, 16] packed bytes -> uint8 [N, B * 32] codes: the low nibbles are elements 0..15 of each block,
     the high ones 16..31 (numpy: its byte operations are vectorised, torch's are not, 4x)."""
     return torch.from_numpy(np.concatenate([qs & 15, qs >> 4], axis=-1).reshape(n, -1))
+
+
+def _k_codes(kind: str, blocks: np.ndarray) -> GridCodes:
+    """blocks: uint8 [N, S, bytes] super-blocks -> the codes (engine/kernels/kquant.py's fields)."""
+    n, supers = blocks.shape[:2]
+
+    def half(a: int) -> torch.Tensor:  # the float16 at byte a of each super-block -> [N, S]
+        return torch.from_numpy(blocks[..., a:a + 2].copy().view(np.float16)[..., 0])
+
+    def split_nibbles(qs: np.ndarray, run: int) -> np.ndarray:  # runs of `run` bytes: low nibbles, then high
+        qs = qs.reshape(n, supers, -1, 1, run) >> np.array([0, 4], dtype=np.uint8).reshape(2, 1)
+        return (qs & 15).reshape(n, supers, -1, 32)
+
+    if kind == "Q6_K":
+        low = split_nibbles(blocks[..., :128], 64)  # [N, S, 8, 32]
+        high = blocks[..., 128:192].reshape(n, supers, -1, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(4, 1)
+        q = (low | ((high & 3).reshape(low.shape) << 4)).astype(np.int8) - np.int8(32)
+        sc = blocks[..., 192:208].copy().view(np.int8).reshape(n, -1)
+        return GridCodes("q6_k", torch.from_numpy(q.reshape(n, -1)), half(208), sc=torch.from_numpy(sc))
+    scales = blocks[..., 4:16].reshape(n, supers, 3, 4)
+    a, b, c = scales[..., 0, :], scales[..., 1, :], scales[..., 2, :]
+    sc = np.concatenate([a & 63, (c & 15) | ((a >> 2) & 48)], axis=-1).reshape(n, -1)  # [N, S * 8]
+    mn = np.concatenate([b & 63, (c >> 4) | ((b >> 2) & 48)], axis=-1).reshape(n, -1)
+    if kind == "Q4_K":
+        q = split_nibbles(blocks[..., 16:144], 32)
+    else:
+        low = split_nibbles(blocks[..., 48:176], 32)
+        bits = blocks[..., 16:48].reshape(n, supers, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(8, 1)
+        q = low | ((bits & 1) << 4)
+    fmt = "q4_k" if kind == "Q4_K" else "q5_k"
+    return GridCodes(fmt, torch.from_numpy(np.ascontiguousarray(q).reshape(n, -1)), half(0), half(2),
+                     torch.from_numpy(sc), torch.from_numpy(mn))

@@ -1,7 +1,7 @@
 // The kernel library's entry points: every function that Python (through engine/kernels/bindings.py, which
 // derives each ctypes signature from the prototypes below) or layers.c calls. Each is defined in the .c
 // file named above it, which includes this header. Functions shared only between C files are declared in
-// pool.h, strip.h and amx.h.
+// pool.h, strip.h, amx.h and i16.h.
 //
 // Binding rules (bindings.py): one prototype per declaration, every parameter named; parameter types int,
 // float, int64_t or any pointer (passed as an address or None); return type int. Arrays are row-major and
@@ -23,7 +23,8 @@ int linear_bf16_supported(void);
 // linear_grid.c: the same from Q4_1 / Q8_0 codes in panels (format: GRID_Q4_1 or GRID_Q8_0, common.h)
 int linear_grid_f32(int format, int M, int N, int K, const float *x, const uint8_t *Wp, float *y);
 
-// linear_i16.c: the same from codes in groups, activations rounded to int16; AMX tiles on/off/asked
+// linear_i16.c: the same from codes in groups (Q4_1, Q8_0; K-quants through linear_kquant.c), activations
+// rounded to int16; AMX tiles on/off/asked
 int linear_grid_i16(int format, int M, int N, int K, const float *x, const uint8_t *Wp, float *y);
 int linear_i16_tiles(int use);
 

@@ -29,76 +29,15 @@
 
 #include "amx.h"
 #include "common.h"
+#include "i16.h"
 #include "kernels.h"
 #include "pool.h"
 #include "vec.h"
 
-#define NG (GROUP / VL)  // vectors per group of columns: 1 (AVX-512), 2 (AVX2), 4
 #define CHUNK_ROWS 64  // rows of one work item (their int16 activations stay in L2)
 #define TILE_CHUNK_ROWS 256  // the same with AMX tiles: a group's codes are converted once per chunk
 #define ITEM_GROUPS 4  // groups of a work item, at most: 64 columns, 23 KB of codes for K = 576 (items of one
                        // group, 5.8 KB, are 1.2x slower than linear_grid.c streaming the weights from RAM at 1 row)
-#if VL == 16
-#define MAX_ROWS 8  // rows per pass: int32 sums (rows x NG) + 2 NG code vectors fit the register file
-#elif VL == 8
-#define MAX_ROWS 4
-#else
-#define MAX_ROWS 1
-#endif
-
-typedef int16_t vw __attribute__((vector_size(VL * 4)));   // VL lanes (columns) x 2 consecutive k
-typedef uint8_t vub __attribute__((vector_size(VL * 2)));  // the codes of one vw
-typedef int8_t vsb __attribute__((vector_size(VL * 2)));
-typedef int16_t vh __attribute__((vector_size(VL * 2)));  // one vi narrowed
-typedef uint32_t vu32 __attribute__((vector_size(VL * 4)));
-
-// acc + per lane (w[2i] * a[k] + w[2i + 1] * a[k + 1]), pair = a[k] | a[k + 1] << 16: exact
-static inline vi madd(vi acc, vw w, int32_t pair) {
-#if VL == 16 && defined(__AVX512VNNI__)
-    return (vi)_mm512_dpwssd_epi32((__m512i)acc, (__m512i)w, _mm512_set1_epi32(pair));
-#elif VL == 16 && defined(__AVX512BW__)
-    return acc + (vi)_mm512_madd_epi16((__m512i)w, _mm512_set1_epi32(pair));
-#elif VL == 8 && defined(__AVX2__)
-    return acc + (vi)_mm256_madd_epi16((__m256i)w, _mm256_set1_epi32(pair));
-#else
-    vi p;
-    memcpy(&p, &w, sizeof p);
-    return acc + ((p << 16) >> 16) * (int16_t)(pair & 0xffff) + (p >> 16) * (int16_t)(pair >> 16);
-#endif
-}
-
-// 2 VL codes widened to int16: zero-extended (Q4_1, a nibble pair each) or sign-extended (Q8_0); one
-// vpmovzxbw / vpmovsxbw (GCC's generic conversion took 128-bit halves and a vinserti128)
-static inline vw load_u4(const uint8_t *p) {
-#if VL == 16 && defined(__AVX512BW__)
-    return (vw)_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
-#elif VL == 8 && defined(__AVX2__)
-    return (vw)_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
-#else
-    vub b;
-    memcpy(&b, p, sizeof b);
-    return __builtin_convertvector(b, vw);
-#endif
-}
-
-static inline vw load_s8(const uint8_t *p) {
-#if VL == 16 && defined(__AVX512BW__)
-    return (vw)_mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)p));
-#elif VL == 8 && defined(__AVX2__)
-    return (vw)_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p));
-#else
-    vsb b;
-    memcpy(&b, p, sizeof b);
-    return __builtin_convertvector(b, vw);
-#endif
-}
-
-static inline int32_t pair_at(const int16_t *v) {
-    int32_t p;
-    memcpy(&p, v, sizeof p);
-    return p;
-}
-
 // ROWS rows of int16 activations v (row stride K; block scales s and sums xs, row stride K / 32) against
 // one group's codes (FMT 0: Q4_1, 1: Q8_0); y (row stride ldy) gets the group's first `cols` outputs.
 // The integer sums of SPAN blocks go to memory (L1) before their float epilogue: kept in registers with
@@ -130,11 +69,11 @@ static inline int32_t pair_at(const int16_t *v) {
                     vw w0[NG], w1[NG];                                                                       \
                     for (int g = 0; g < NG; g++) {                                                           \
                         if (FMT == 0) {  /* a nibble pair each: k quad j = k pairs 2j (low), 2j + 1 (high) */ \
-                            vw u = load_u4(codes + 32 * j + 2 * VL * g);                                     \
+                            vw u = widen_u8(codes + 32 * j + 2 * VL * g);                                     \
                             w0[g] = u & 15;                                                                  \
                             w1[g] = u >> 4;                                                                  \
                         } else {                                                                             \
-                            w0[g] = w1[g] = load_s8(codes + 32 * j + 2 * VL * g);                            \
+                            w0[g] = w1[g] = widen_s8(codes + 32 * j + 2 * VL * g);                            \
                         }                                                                                    \
                     }                                                                                        \
                     for (int r = 0; r < ROWS; r++) {                                                         \
@@ -168,15 +107,6 @@ static inline int32_t pair_at(const int16_t *v) {
     }
 #define ROW_BLOCKS(ROWS) ROW_BLOCK(0, q4_rows##ROWS, ROWS) ROW_BLOCK(1, q8_rows##ROWS, ROWS)
 
-static inline void store_group(float *y, const vf *acc, int cols) {
-    if (cols == GROUP) {  // (a memcpy of variable size is a libc call: 5% of a 16-row step)
-        for (int g = 0; g < NG; g++) storev(y + VL * g, acc[g]);
-        return;
-    }
-    float tmp[GROUP];
-    memcpy(tmp, acc, sizeof tmp);
-    for (int c = 0; c < cols; c++) y[c] = tmp[c];
-}
 
 ROW_BLOCKS(1)
 #if MAX_ROWS >= 4
@@ -191,7 +121,6 @@ ROW_BLOCKS(7)
 ROW_BLOCKS(8)
 #endif
 
-typedef void (*rows_fn)(int, const int16_t *, const float *, const float *, const uint8_t *, float *, int64_t, int);
 #if MAX_ROWS == 8
 static const rows_fn ROWS_FN[2][MAX_ROWS + 1] = {
     {0, q4_rows1, q4_rows2, q4_rows3, q4_rows4, q4_rows5, q4_rows6, q4_rows7, q4_rows8},
@@ -270,15 +199,27 @@ static void quantize_item(void *ctx, int r) {
                  j->xs + (int64_t)r * nb, j->hi ? j->hi + (int64_t)r * j->K : 0, j->hi ? j->lo + (int64_t)r * j->K : 0);
 }
 
+// bytes of one group's codes over K inputs, in a format's layout
+static int64_t group_bytes(int format, int K) {
+    switch (format) {
+        case GRID_Q4_1: return (int64_t)(K / BLOCK) * Q4_GROUP_BYTES;
+        case GRID_Q8_0: return (int64_t)(K / BLOCK) * Q8_GROUP_BYTES;
+        case GRID_Q4_K: return (int64_t)(K / SUPER) * Q4K_GROUP_BYTES;
+        case GRID_Q5_K: return (int64_t)(K / SUPER) * Q5K_GROUP_BYTES;
+        default: return (int64_t)(K / SUPER) * Q6K_GROUP_BYTES;
+    }
+}
+
 // one chunk of up to CHUNK_ROWS rows against one group of 16 columns, in passes of as even a size as possible
 static void chunk_group(const struct i16_job *j, int r0, int rows, int g) {
     int nb = j->K / BLOCK, c0 = g * GROUP, cols = j->N - c0 < GROUP ? j->N - c0 : GROUP;
-    const uint8_t *group = j->Wp + (int64_t)g * nb * (j->format == GRID_Q4_1 ? Q4_GROUP_BYTES : Q8_GROUP_BYTES);
+    const uint8_t *group = j->Wp + g * group_bytes(j->format, j->K);
     int passes = (rows + MAX_ROWS - 1) / MAX_ROWS;
     for (int i = r0, p = 0; p < passes; p++) {
         int n = (rows - (i - r0) + (passes - p) - 1) / (passes - p);
-        ROWS_FN[j->format][n](j->K, j->v + (int64_t)i * j->K, j->s + (int64_t)i * nb, j->xs + (int64_t)i * nb,
-                              group, j->y + (int64_t)i * j->N + c0, j->N, cols);
+        rows_fn fn = j->format <= GRID_Q8_0 ? ROWS_FN[j->format][n] : kquant_rows(j->format, n);
+        fn(j->K, j->v + (int64_t)i * j->K, j->s + (int64_t)i * nb, j->xs + (int64_t)i * nb, group,
+           j->y + (int64_t)i * j->N + c0, j->N, cols);
         i += n;
     }
 }
@@ -292,9 +233,9 @@ static int tile_rows(const struct i16_job *j, int r0, int rows, int g0, int g1) 
     size_t need = (size_t)(g1 - g0) * nb * AMX_B_BYTES;
     if (reserve(&tile_codes, need)) return 0;
     uint8_t *converted = tile_codes.data;
-    const int64_t group_bytes = (int64_t)nb * Q4_GROUP_BYTES;
+    const int64_t stride = group_bytes(GRID_Q4_1, j->K);
     for (int g = g0; g < g1; g++)
-        amx_convert(j->K, j->Wp + g * group_bytes, converted + (size_t)(g - g0) * nb * AMX_B_BYTES);
+        amx_convert(j->K, j->Wp + g * stride, converted + (size_t)(g - g0) * nb * AMX_B_BYTES);
     amx_begin();
     for (int t = 0; t < tiles; t++) {  // each 16 rows against every group (their activations stay in L1)
         int64_t r = r0 + 16 * t;
@@ -304,7 +245,7 @@ static int tile_rows(const struct i16_job *j, int r0, int rows, int g0, int g1) 
             for (int i = 0; i < n; i++) {
                 int c0 = (g + i) * GROUP;
                 cols[i] = j->N - c0 < GROUP ? j->N - c0 : GROUP;
-                groups[i] = j->Wp + (g + i) * group_bytes;
+                groups[i] = j->Wp + (g + i) * stride;
                 conv[i] = converted + (size_t)(g + i - g0) * nb * AMX_B_BYTES;
             }
             amx_rows(j->K, j->hi + r * j->K, j->lo + r * j->K, j->s + r * nb, j->xs + r * nb, groups, conv, n,
@@ -349,10 +290,11 @@ static int item_groups(int groups, int tiles) {
 
 static __thread struct scratch activations;  // the calling thread's rounded activations
 
-// format: GRID_Q4_1 or GRID_Q8_0 (groups layout above). Returns 0; 1 when K is not a multiple of 32; 2 when
-// out of memory.
+// format: GRID_Q4_1 or GRID_Q8_0 (groups layout above), or a K-quant (linear_kquant.c's layout). Returns 0;
+// 1 when K is not a multiple of the format's block (32; 256 for the K-quants) or the format is unknown; 2
+// when out of memory.
 int linear_grid_i16(int format, int M, int N, int K, const float *x, const uint8_t *Wp, float *y) {
-    if (K % BLOCK) return 1;
+    if (K % BLOCK || format < GRID_Q4_1 || format > GRID_Q6_K || (format >= GRID_Q4_K && K % SUPER)) return 1;
     int tiles = format == GRID_Q4_1 && M >= 32 && linear_i16_tiles(-1);  // (16 rows: 0.95x the vector path)
     size_t nb = (size_t)(K / BLOCK), need = (size_t)M * ((tiles ? 6 : 2) * (size_t)K + 8 * nb);
     if (reserve(&activations, need)) return 2;

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.kernels import bindings, build, grid
+from engine.kernels import bindings, build, grid, kquant
 
 CSRC = bindings.CSRC
-INTERNAL_HEADERS = ("pool.h", "strip.h", "amx.h")  # functions the C files share among themselves only
+INTERNAL_HEADERS = ("pool.h", "strip.h", "amx.h", "i16.h")  # functions the C files share among themselves only
 ENTRY_POINTS = "kernels.h"
 
 
@@ -111,12 +111,15 @@ def _on_grid(fmt: str, n: int, k: int) -> torch.Tensor:
 
 
 def test_the_python_layout_constants_are_common_h_s(tmp_path):
-    names = ["PANEL", "BLOCK", "GROUP", "GRID_Q4_1", "GRID_Q8_0", "GRID_INT16"]
-    sizes = ["Q4_PANEL_BYTES", "Q8_PANEL_BYTES", "Q4_GROUP_BYTES", "Q8_GROUP_BYTES"]
+    formats = ["GRID_Q4_1", "GRID_Q8_0", "GRID_Q4_K", "GRID_Q5_K", "GRID_Q6_K"]
+    names = ["PANEL", "BLOCK", "SUPER", "GROUP", *formats, "GRID_INT16"]
+    sizes = ["Q4_PANEL_BYTES", "Q8_PANEL_BYTES", "Q4_GROUP_BYTES", "Q8_GROUP_BYTES", "Q4K_GROUP_BYTES",
+             "Q5K_GROUP_BYTES", "Q6K_GROUP_BYTES"]
     c = _c_values(tmp_path, {name: name for name in names + sizes})
     assert bindings.constants() == {name: c[name] for name in names}
-    assert (grid.PANEL, grid.BLOCK, grid.GROUP) == (c["PANEL"], c["BLOCK"], c["GROUP"])
-    assert grid.FORMATS == {"q4_1": c["GRID_Q4_1"], "q8_0": c["GRID_Q8_0"]}
+    assert (grid.PANEL, grid.BLOCK, grid.GROUP, kquant.SUPER) == (c["PANEL"], c["BLOCK"], c["GROUP"], c["SUPER"])
+    assert grid.FORMATS == {name.removeprefix("GRID_").lower(): c[name] for name in formats}
+    assert kquant.GROUP_BYTES == {f"q{n}_k": c[f"Q{n}K_GROUP_BYTES"] for n in (4, 5, 6)}
     assert grid.INT16_FORMAT_OFFSET == c["GRID_INT16"]
     for fmt in ("q4_1", "q8_0"):  # the bytes grid.py packs per block are the bytes the kernels step over
         w = _on_grid(fmt, 100, 96)

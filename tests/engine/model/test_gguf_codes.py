@@ -1,5 +1,6 @@
 """GGUF quantized blocks read as our kernels' codes: the same values, bit for bit, as the gguf package's
-own dequantization, for every block type we read in place; types without a kernel say so (None)."""
+own dequantization, for every block type we read in place; types without a kernel say so (None). The
+K-quants' matmul (engine/kernels/csrc/linear_kquant.c) computes its definition whatever the batch."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import torch
 from gguf import GGMLQuantizationType, dequantize, quantize
 
 from engine.kernels import Linear
-from engine.model.gguf_codes import codes_from_blocks
+from engine.model.gguf_codes import SUPER_BYTES, codes_from_blocks
 
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q8_0"]
 
@@ -51,4 +52,76 @@ def test_a_matmul_on_the_codes_equals_one_on_the_dequantized_weights(kind, activ
 def test_types_without_a_kernel_are_left_to_the_loader():
     raw, _ = _quantized("Q5_1")
     assert codes_from_blocks("Q5_1", raw) is None
-    assert codes_from_blocks("Q6_K", np.zeros((1, 210), dtype=np.uint8)) is None
+    assert codes_from_blocks("Q3_K", np.zeros((1, 110), dtype=np.uint8)) is None
+
+
+K_TYPES = list(SUPER_BYTES)
+
+
+def _k_blocks(kind: str, rows: int, supers: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(raw super-blocks [rows, bytes]: random bits with sane float16 scales, the gguf package's
+    dequantization [rows, supers * 256]). (gguf cannot quantize to K-quants; any bits are a valid block.)"""
+    rng = np.random.default_rng(seed)
+    size = SUPER_BYTES[kind]
+    raw = rng.integers(0, 256, (rows, supers * size), dtype=np.uint8)
+    blocks = raw.reshape(rows, supers, size)
+    for at in ([208] if kind == "Q6_K" else [0, 2]):  # d (and dmin): 1e-3 .. 5e-2, as in real files
+        blocks[..., at:at + 2] = rng.uniform(1e-3, 5e-2, (rows, supers, 1)).astype(np.float16).view(np.uint8)
+    blocks[2, 0, :] = 0  # an all-zero super-block
+    return raw, dequantize(raw, GGMLQuantizationType[kind]).reshape(rows, -1)
+
+
+@pytest.mark.parametrize("kind", K_TYPES)
+def test_k_quant_codes_stand_for_exactly_the_files_values(kind):
+    raw, want = _k_blocks(kind, rows=20, supers=3)
+    codes = codes_from_blocks(kind, raw)
+    assert torch.equal(codes.dequantize(), torch.from_numpy(want))
+    ids = torch.tensor([5, 0, 5, 19])  # an embedding's lookup dequantizes only its rows, to the same values
+    assert torch.equal(codes.rows(ids).dequantize(), torch.from_numpy(want)[ids])
+
+
+def _int16_definition(x: torch.Tensor, codes) -> torch.Tensor:
+    """linear_kquant.c's definition in float64: per row and block of 32 inputs, x rounded to
+    s * round(x / s) with s = amax / 32767 (float32, ties to even); y = x_rounded @ W.T, except that the
+    blocks' constant term (-(dmin mn) of Q4_K / Q5_K) multiplies the block's exact sum of x."""
+    b = x.reshape(x.shape[0], -1, 32)
+    amax = b.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, torch.full_like(amax, 32767) / amax, 0.0)
+    xq = (b * inv).round().double() * (amax / 32767).double()
+    y = xq.reshape(x.shape) @ codes.dequantize().double().T
+    if codes.m is not None:  # W = (d sc) q - (m mn): the constant meets sum(x), not sum(x rounded)
+        constant = -(codes.m.double().repeat_interleave(8, 1) * codes.mn.double())  # [N, blocks]
+        y += (b.double().sum(-1) - xq.sum(-1)) @ constant.T
+    return y
+
+
+@pytest.mark.parametrize("kind", K_TYPES)
+def test_a_k_quant_matmul_computes_its_definition_whatever_the_batch(kind):
+    torch.manual_seed(3)
+    for rows, supers in [(70, 2), (16, 1), (7, 3), (33, 4)]:
+        raw, want = _k_blocks(kind, rows, supers, seed=rows)
+        codes = codes_from_blocks(kind, raw)
+        lin = Linear.from_codes(codes, activations="int16")
+        assert lin.weight is None and lin.storage[0] == kind.lower() + "+int16"  # no float copy kept
+        if kind == "Q4_K":  # the file's 4.5 bits a weight, plus 1/8 bit of regrouped scales
+            assert lin.storage[1] <= raw.nbytes * 1.03 * -(-rows // 16) * 16 / rows
+        x = torch.randn(40, supers * 256) * 2
+        x[3, :32] = 0  # an all-zero block
+        x[4] *= 1e-30  # tiny values
+        y = lin(x)
+        w = torch.from_numpy(want)
+        ref = _int16_definition(x, codes)
+        bound = 2e-6 * (x.abs() @ w.abs().T).double() + 1e-30  # float32 rounding of the block terms
+        assert ((y.double() - ref).abs() <= bound).all(), (kind, rows, supers)
+        for n in (1, 2, 3, 4, 5, 8, 9, 17):  # each row as in the batch of 40
+            assert torch.equal(lin(x[:n]), y[:n]), (kind, rows, n)
+        assert torch.equal(lin(x[20:23]), y[20:23])
+
+
+@pytest.mark.parametrize("kind", K_TYPES)
+def test_exact_mode_reads_k_quants_as_their_dequantized_values(kind):
+    raw, want = _k_blocks(kind, rows=24, supers=2)
+    x = torch.randn(3, 512)
+    lin = Linear.from_codes(codes_from_blocks(kind, raw), activations="float32")
+    assert lin.storage[0] == "float32"  # no float32-activation kernel reads K-quant codes
+    assert torch.equal(lin(x), Linear(torch.from_numpy(want), grid_codes=False)(x))
