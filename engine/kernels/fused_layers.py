@@ -3,8 +3,8 @@ goes to the ragged kernel (decode rows and short prefill chunks: nearly every st
 
 Bit-identical to ModelRunner's per-operation loop (same kernels, same order; tested); it saves ~10
 Python calls per layer and the GIL hand-off each ctypes call makes, which under load waits on the
-event loop. Weights in float32 (with grid codes where found) or bfloat16 (all alike). Unavailable (None)
-without the C kernels, with biases or a non-SiLU MLP.
+event loop. Weights in float32 (with grid codes where found) or bfloat16 (all alike); a bias on the qkv
+projection only (Qwen2). Unavailable (None) without the C kernels, with other biases or a non-SiLU MLP.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ def _matrix(lin: Linear) -> ctypes.Structure:
 
 def _layer_weights(w: DecoderWeights) -> ctypes.Structure:
     """kernels.h's struct layer_weights of one layer."""
+    bias = w.qkv.bias.data_ptr() if w.qkv.bias is not None else None
     return bindings.structure("layer_weights")(w.ln1.data_ptr(), w.ln2.data_ptr(), _matrix(w.qkv), _matrix(w.o),
-                                               _matrix(w.gate_up), _matrix(w.down))
+                                               _matrix(w.gate_up), _matrix(w.down), bias)
 
 
 class FusedLayers:
@@ -52,8 +53,11 @@ class FusedLayers:
     def build(cls, layers: list[DecoderWeights], ops: LayerOps, eps: float, scale: float,
               dims: tuple[int, int, int, int, int]) -> FusedLayers | None:
         linears = [lin for w in layers for lin in (w.qkv, w.o, w.gate_up, w.down)]
-        if ops.kernels is None or not ops.is_silu or any(
-                (lin.packed is None and lin.grid is None) or lin.bias is not None for lin in linears):
+        if ops.kernels is None or not ops.is_silu or any(lin.packed is None and lin.grid is None for lin in linears):
+            return None
+        if any(lin.bias is not None for w in layers for lin in (w.o, w.gate_up, w.down)) or any(
+                w.qkv.bias is not None and (w.qkv.bias.dtype != torch.float32 or not w.qkv.bias.is_contiguous())
+                for w in layers):
             return None
         if len({lin.dtype for lin in linears}) != 1:
             return None

@@ -11,7 +11,7 @@
 //   scratch  floats: T * (2 H + (Hq + 2 Hkv) D + (Hq + 2 Hkv) D + Hq D + 3 I)  (see below)
 // Weights per layer (struct layer_weights, kernels.h): RMSNorm vectors [H] and packed panels
 // (engine/kernels/linear.py) of
-//   qkv [(Hq + 2 Hkv) D, H], o [H, Hq D], gate_up [2 I, H], down [H, I]  (no biases),
+//   qkv [(Hq + 2 Hkv) D, H] (+ its bias, if any), o [H, Hq D], gate_up [2 I, H], down [H, I],
 // float32 panels (linear.c), or bfloat16 pair panels (linear_bf16.c) when wbf16 is 1; a float32 matrix
 // may have grid codes instead (linear_grid.c, bit-identical results; or linear_i16.c, int16 activations).
 #include <stdint.h>
@@ -46,6 +46,9 @@ int forward_layers_f32(int T, int L, int H, int Hq, int Hkv, int D, int I, float
     int status = add_rms_norm_f32(T, H, eps, hidden, 0, w[0].ln1, x);
     for (int l = 0; l < L && !status; l++) {
         if ((status = linear(wbf16, T, (int)nqkv, H, x, &w[l].qkv, qkv))) break;
+        if (w[l].qkv_bias)  // y + b, as torch adds it after the matmul
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t c = 0; c < nqkv; c++) qkv[t * nqkv + c] += w[l].qkv_bias[c];
         if ((status = rotary_qkv_f32(T, Hq, Hkv, D, qkv, cos, sin, q, k, v))) break;
         status = ragged_attention_f32(B, Hq, Hkv, D, l, scale, q, k, v, attn, kv_half, bases, caps, starts, rows,
                                       offsets, pbases, pcaps, plens);

@@ -244,6 +244,32 @@ def test_one_call_for_all_layers_is_bit_identical_to_the_per_operation_loop(tiny
     assert all(torch.equal(a, b) for a, b in zip(kv_a, kv_b))
 
 
+@pytest.mark.parametrize("activations", ["float32", "int16"])
+def test_qwen2_attention_biases_take_the_one_call_path_bit_identically(activations):
+    """A Qwen2 layer's q/k/v biases are added inside layers.c as the per-operation loop adds them."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(5)
+    config = Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    model = Qwen2ForCausalLM(config).eval().requires_grad_(False)
+    for layer in model.model.layers:  # random biases (the init zeroes them), large enough to matter
+        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+            proj.bias.normal_(0, 0.5)
+    fused, looped = (ModelRunner(model, activations=activations) for _ in range(2))
+    assert fused._fused is not None
+    looped._fused = None
+    out = []
+    for runner in (fused, looped):
+        kvs = [runner.new_kv() for _ in range(2)]
+        runner.forward([ForwardItem(kvs[0], list(range(3, 12)), False), ForwardItem(kvs[1], [4, 5], False)])
+        out.append([runner.forward([ForwardItem(kv, [7 + i], True) for kv in kvs]) for i in range(3)])
+    assert all(torch.equal(a, b) for a, b in zip(*out))
+    reference = model(torch.tensor([list(range(3, 12)) + [7, 8, 9]])).logits[0, -1]
+    if activations == "float32":
+        torch.testing.assert_close(out[0][2][0], reference, atol=1e-4, rtol=1e-4)
+
+
 def test_float16_kv_takes_half_the_bytes_and_stays_close_to_float32(tiny_model):
     """What the float16 cache changes: bytes halve, logits move by float16 rounding of keys/values only."""
     out = {}
