@@ -4,6 +4,9 @@ attach a disk tier made for this engine's KV. Blocking (seconds): call it off th
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +25,7 @@ def start_engine(config: EngineConfig, model: LoadedModel | None = None, model_c
     runner = ModelRunner(loaded.model, MATMUL_DTYPES[mc.dtype], kv_dtype=config.kv.torch_dtype,
                          activations=mc.activations, codes=loaded.codes)
     loaded.codes.clear()  # packed into the runner's own layouts now (the embedding keeps its rows' codes)
+    _return_freed_memory()
     spec = KVSpec(runner.num_layers, runner.num_kv_heads, runner.head_dim, runner.kv_dtype,
                   kv_fingerprint(loaded.fingerprint, mc.dtype, mc.activations))
     engine = Engine(runner, ChatFormat(loaded.tokenizer, loaded.model.generation_config), config, spec,
@@ -29,6 +33,17 @@ def start_engine(config: EngineConfig, model: LoadedModel | None = None, model_c
     engine.calibrate()
     engine.start()
     return engine, loaded
+
+
+def _return_freed_memory() -> None:
+    """Give the loader's freed buffers back to the system. glibc keeps freed heap memory mapped (its mmap
+    threshold grows after large frees, so the unpacked codes land on the heap): Qwen2.5-0.5B's server
+    held 1.9 GB after load without this, 1.1 GB with it."""
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:  # glibc only
+        trim(0)
 
 
 def max_context(config: EngineConfig, runner: ModelRunner) -> int:
