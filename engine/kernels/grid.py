@@ -31,7 +31,9 @@ BLOCK = constant("BLOCK")  # inputs per quantization block (GGUF Q4_1 / Q8_0)
 PANEL = constant("PANEL")  # outputs per packed panel (float32 activations; also linear.py's float32 panels)
 GROUP = constant("GROUP")  # outputs per packed group (int16 activations)
 FORMATS = {"q4_1": constant("GRID_Q4_1"), "q8_0": constant("GRID_Q8_0"), "q4_k": constant("GRID_Q4_K"),
-           "q5_k": constant("GRID_Q5_K"), "q6_k": constant("GRID_Q6_K")}  # the grid kernels' format argument
+           "q5_k": constant("GRID_Q5_K"), "q6_k": constant("GRID_Q6_K"),
+           "q5_1": constant("GRID_Q5_1")}  # the grid kernels' format argument
+INT16_ONLY = ("q5_1", *kquant.K_FORMATS)  # formats only linear_i16.c reads
 INT16_FORMAT_OFFSET = constant("GRID_INT16")  # added to a format in layers.c's struct matrix: int16 activations
 ACTIVATIONS = ("float32", "int16")  # what the grid kernel rounds each matmul's input to
 
@@ -54,9 +56,9 @@ class GridCodes:
     the fields as engine/kernels/kquant.py says). Where the kernels' packed layouts come from."""
 
     format: str  # a key of FORMATS
-    q: torch.Tensor  # [N, K]: uint8 0..15 (q4_1) or int8 -127..127 (q8_0)
+    q: torch.Tensor  # [N, K]: uint8 0..15 (q4_1), 0..31 (q5_1) or int8 -127..127 (q8_0)
     d: torch.Tensor  # float16 [N, K / 32]
-    m: torch.Tensor | None = None  # float16 [N, K / 32] (q4_1 only)
+    m: torch.Tensor | None = None  # float16 [N, K / 32] (q4_1, q5_1)
     sc: torch.Tensor | None = None  # K-quants: their sub-blocks' integer scales
     mn: torch.Tensor | None = None  # q4_k, q5_k: their sub-blocks' integer minimums
 
@@ -67,7 +69,7 @@ class GridCodes:
     @property
     def activations(self) -> tuple[str, ...]:
         """The activations a kernel reads these codes with (ACTIVATIONS; the K-quants: int16 only)."""
-        return ("int16",) if self.format in kquant.K_FORMATS else ACTIVATIONS
+        return ("int16",) if self.format in INT16_ONLY else ACTIVATIONS
 
     def rows(self, ids: torch.Tensor) -> GridCodes:
         """The codes of rows ids (long [T]) alone: [T, K]."""
@@ -91,11 +93,21 @@ class GridCodes:
         groups = activations == "int16"
         if self.format in kquant.K_FORMATS:
             packed = kquant.pack(self.format, self.q, self.d, self.m, self.sc, self.mn, _group_scales, _group_codes)
+        elif self.format == "q5_1":
+            packed = _group_q5_1(self.q, self.d, self.m)
+        elif groups and self.format == "q8_0" and self.q.min() >= -16 and self.q.max() <= 15:  # a Q5_0 file's
+            return GridCodes("q5_1", (self.q + 16).to(torch.uint8), self.d, self._minus_16d()).pack(activations)
         elif self.format == "q4_1":
             packed = (_group_q4_1 if groups else _pack_q4_1)(self.q, self.d, self.m)
         else:
             packed = (_group_q8_0 if groups else _pack_q8_0)(self.q, self.d)
         return GridWeights(self.format, packed, activations)
+
+    def _minus_16d(self) -> torch.Tensor:
+        """-16 d in float16 (exact: a power of two), so that q d = (q + 16) d + (-16 d)."""
+        m = (-16 * self.d.float()).half()
+        assert torch.equal(m.float(), -16 * self.d.float()), "a scale whose -16 d does not fit float16"
+        return m
 
     @staticmethod
     def cat(parts: list[GridCodes]) -> GridCodes | None:
@@ -209,6 +221,20 @@ def _group_q4_1(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tens
     nibbles = (quads[..., :2] | (quads[..., 2:] << 4)).contiguous()  # [G, B, 8, 16, 2]
     g, nb = nibbles.shape[:2]
     return torch.cat([_group_scales(d), _group_scales(m), nibbles.view(g, nb, -1)], dim=-1).contiguous()
+
+
+def _group_q5_1(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Q4_1's groups of the low 4 bits, then per block 2 rows of 32 bytes of fifth bits (linear_i16.c)."""
+    quads = _group_codes(q, 4)  # [G, B, 8, 16, 4]
+    low = quads & 15
+    nibbles = (low[..., :2] | (low[..., 2:] << 4)).contiguous()  # [G, B, 8, 16, 2]
+    fifth = (quads >> 4).view(*quads.shape[:2], 2, 4, GROUP, 4)  # [G, B, row, j % 4, 16, 4]
+    shift = 2 * torch.arange(4, dtype=torch.uint8).view(4, 1, 1)
+    bits = (fifth[..., :2] << shift) | (fifth[..., 2:] << (shift + 1))  # [G, B, 2, 4, 16, 2]
+    planes = bits.sum(3, dtype=torch.uint8)  # distinct bits: the sum is their or
+    g, nb = nibbles.shape[:2]
+    return torch.cat([_group_scales(d), _group_scales(m), nibbles.view(g, nb, -1), planes.view(g, nb, -1)],
+                     dim=-1).contiguous()
 
 
 def _group_q8_0(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:

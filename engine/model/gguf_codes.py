@@ -6,16 +6,18 @@ Blocks of 32 inputs of one output row, as GGML stores them (little-endian, d and
   Q4_0  18 bytes: d | qs[16]           q[j] = qs[j] & 15, q[j + 16] = qs[j] >> 4;  w = d * (q - 8)
   Q4_1  20 bytes: d | m | qs[16]       the same nibbles;                          w = d * q + m
   Q5_0  22 bytes: d | qh[4] | qs[16]   q = the nibble | bit j of qh << 4;          w = d * (q - 16)
+  Q5_1  24 bytes: d | m | qh[4] | qs[16]  the same q;                             w = d * q + m
   Q8_0  34 bytes: d | qs[32] int8                                                   w = d * q
-Q4_0 becomes Q4_1 codes with m = -8 d (exact in float16), Q5_0 becomes Q8_0 codes q - 16.
+Q4_0 becomes Q4_1 codes with m = -8 d (exact in float16), Q5_0 becomes Q8_0 codes q - 16 (which the
+int16 kernel reads as 5-bit codes again: engine/kernels/grid.py).
 
 Super-blocks of 256 inputs (the K-quants; engine/kernels/kquant.py says what the codes stand for):
   Q4_K 144 bytes: d | dmin | scales[12] | qs[128]              8 sub-blocks of 32, 6-bit sc and mn
   Q5_K 176 bytes: d | dmin | scales[12] | qh[32] | qs[128]     the same, a fifth bit from qh
   Q6_K 210 bytes: ql[128] | qh[64] | sc[16] int8 | d           16 sub-blocks of 16, q = 6 bits - 32
 scales[12] holds 8 sc and 8 mn of 6 bits: bytes 0-3 the low 6 bits of sc 0-3 (top 2 bits: sc 4-7's high
-bits), 4-7 the same for mn, 8-11 the low nibbles of sc 4-7 | mn 4-7's << 4. Other types (Q5_1, Q2_K,
-Q3_K) have no kernel: codes_from_blocks returns None and the loader dequantizes them.
+bits), 4-7 the same for mn, 8-11 the low nibbles of sc 4-7 | mn 4-7's << 4. Other types (Q2_K, Q3_K)
+have no kernel: codes_from_blocks returns None and the loader dequantizes them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 
 from engine.kernels import GridCodes
 
-BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q8_0": 34}  # per block of 32 inputs
+BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34}  # per block of 32 inputs
 SUPER_BYTES = {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210}  # per super-block of 256 inputs
 
 
@@ -49,9 +51,13 @@ def codes_from_blocks(kind: str, raw: np.ndarray) -> GridCodes | None:
         m = (-8 * d.float()).half()
         assert torch.equal(m.float(), -8 * d.float()), "a Q4_0 scale whose -8 d does not fit float16"
         return GridCodes("q4_1", _nibbles(blocks[..., 2:], n), d, m)
-    high = blocks[..., 2:6].copy().view(np.uint32)  # [N, B, 1]: bit j = the high bit of element j
+    at = 4 if kind == "Q5_1" else 2  # where qh begins
+    high = blocks[..., at:at + 4].copy().view(np.uint32)  # [N, B, 1]: bit j = the high bit of element j
     bits = ((high >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)  # [N, B, 32]
-    q = _nibbles(blocks[..., 6:], n).view(n, -1, 32).numpy() | (bits << 4)
+    q = _nibbles(blocks[..., at + 4:], n).view(n, -1, 32).numpy() | (bits << 4)
+    if kind == "Q5_1":
+        m = torch.from_numpy(blocks[..., 2:4].copy().view(np.float16)[..., 0])
+        return GridCodes("q5_1", torch.from_numpy(q.reshape(n, -1)), d, m)
     return GridCodes("q8_0", torch.from_numpy((q.astype(np.int16) - 16).astype(np.int8).reshape(n, -1)), d)
 
 

@@ -17,6 +17,7 @@
 #define GRID_Q4_K 2
 #define GRID_Q5_K 3
 #define GRID_Q6_K 4
+#define GRID_Q5_1 5  // linear_grid_i16 only: Q5_0 (as m = -16 d) and Q5_1
 #define GRID_INT16 8  // added to a format in layers.c's struct matrix: those codes go to linear_grid_i16
 
 // Bytes of one block of 32 inputs: of a panel (linear_grid.c's layout) and of a group (linear_i16.c's)
@@ -24,6 +25,7 @@
 #define Q8_PANEL_BYTES (PANEL * 2 + BLOCK * PANEL)          // d[64] f16, 32 k x 64 int8
 #define Q4_GROUP_BYTES (4 * GROUP + BLOCK * GROUP / 2)      // d[16], m[16] f16, 8 k quads x 32 bytes
 #define Q8_GROUP_BYTES (2 * GROUP + BLOCK * GROUP)          // d[16] f16, 16 k pairs x 32 int8
+#define Q5_GROUP_BYTES (4 * GROUP + BLOCK * GROUP / 2 + BLOCK * GROUP / 8)  // Q4_1's + 2 rows of fifth bits
 
 // Bytes of one super-block of 256 inputs of a group of 16 outputs (linear_kquant.c's layout): a head of
 // scales, then the codes of its 8 blocks of 32 inputs

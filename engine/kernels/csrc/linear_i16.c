@@ -1,11 +1,11 @@
-// y[M, N] = x[M, K] @ W[N, K]^T for weights kept as GGUF Q4_1 / Q8_0 codes (as linear_grid.c), with the
+// y[M, N] = x[M, K] @ W[N, K]^T for weights kept as GGUF Q4_1 / Q8_0 / Q5 codes (as linear_grid.c), with the
 // activations rounded to int16 per block of 32 inputs: integer dot products instead of rebuilding each
 // weight as a float.
 //
 // Per row and block b of 32 k: s = amax|x| / 32767, v[k] = round(x[k] / s) (|v| <= 32767, ~16 bits;
-// the weights stay exact). Per output c, with the block's codes q, scale d and (Q4_1) minimum m:
+// the weights stay exact). Per output c, with the block's codes q, scale d and (Q4_1, Q5_1) minimum m:
 //   dot = sum_k v[k] q[c][k]                   exact in int32 (vpmaddwd: 2 products per lane)
-//   acc = fma(float(dot), d * s, acc)          then, Q4_1 only:  acc = fma(m, sum_k x[k], acc)
+//   acc = fma(float(dot), d * s, acc)          then, Q4_1, Q5_1:  acc = fma(m, sum_k x[k], acc)
 // in block order, starting from 0. Each output depends only on its own row's inputs, with the same
 // operations whatever M is: batch-invariant. Not bit-identical to the float32 kernels (the rounding of
 // x changes the sums by ~2^-16 relative); bench/agreement.py measures what that does to answers.
@@ -21,6 +21,9 @@
 //   Q4_1: d[16] f16, m[16] f16, then 8 rows (k quads j) of 32 bytes:
 //         byte i = q[c][4j + i % 2] | q[c][4j + 2 + i % 2] << 4                                 320 bytes
 //   Q8_0: d[16] f16, then 16 rows (k pairs j) of 32 int8: byte i = q[c][2j + i % 2]           544 bytes
+//   Q5_1: Q4_1's layout with q = the low 4 bits, then 2 rows of fifth bits: bit 2 (j % 4) of byte i of
+//         row j / 4 = bit 4 of q[c][4j + i % 2], the next bit that of q[c][4j + 2 + i % 2]         384 bytes
+//         (GGUF's Q5_1, and its Q5_0 as q + 16 with m = -16 d)
 // Widened to int16, a 32-byte row is 16 columns x 2 consecutive k: the operand layout of vpmaddwd.
 #include <math.h>
 #include <stdint.h>
@@ -39,7 +42,7 @@
 #define ITEM_GROUPS 4  // groups of a work item, at most: 64 columns, 23 KB of codes for K = 576 (items of one
                        // group, 5.8 KB, are 1.2x slower than linear_grid.c streaming the weights from RAM at 1 row)
 // ROWS rows of int16 activations v (row stride K; block scales s and sums xs, row stride K / 32) against
-// one group's codes (FMT 0: Q4_1, 1: Q8_0); y (row stride ldy) gets the group's first `cols` outputs.
+// one group's codes (FMT: GRID_Q4_1, GRID_Q8_0 or GRID_Q5_1); y (row stride ldy) gets the group's first `cols` outputs.
 // The integer sums of SPAN blocks go to memory (L1) before their float epilogue: kept in registers with
 // the float sums, they spilled inside the integer loop (36 moves per 16 vpmaddwd at 4 rows, AVX2).
 #define SPAN 16
@@ -50,7 +53,9 @@
     static void NAME(int K, const int16_t *v, const float *s, const float *xs, const uint8_t *group, float *y, \
                      int64_t ldy, int cols) {                                                                \
         const int nb = K / BLOCK;                                                                            \
-        const int64_t block_bytes = FMT == 0 ? Q4_GROUP_BYTES : Q8_GROUP_BYTES;                              \
+        const int64_t block_bytes = FMT == GRID_Q4_1 ? Q4_GROUP_BYTES                                        \
+                                    : FMT == GRID_Q5_1 ? Q5_GROUP_BYTES : Q8_GROUP_BYTES;                    \
+        enum { NIBBLES = FMT != GRID_Q8_0 };  /* Q4_1, Q5_1: k quads of nibble pairs */                       \
         vf acc[ROWS][NG];                                                                                    \
         vi sums[SPAN][ROWS][NG];                                                                             \
         for (int r = 0; r < ROWS; r++)                                                                       \
@@ -59,29 +64,34 @@
             int span = nb - b0 < SPAN ? nb - b0 : SPAN;                                                      \
             for (int bb = 0; bb < span; bb++) {                                                              \
                 const int b = b0 + bb;                                                                       \
-                const uint8_t *codes = group + b * block_bytes + (FMT == 0 ? 4 : 2) * GROUP;                 \
+                const uint8_t *codes = group + b * block_bytes + (NIBBLES ? 4 : 2) * GROUP;                  \
                 for (int pf = 0; pf < block_bytes; pf += 64) /* 8 blocks ahead, past the group's end too */  \
                     __builtin_prefetch(group + (b + PREFETCH_BLOCKS) * block_bytes + pf);                    \
                 vi dot[ROWS][NG];                                                                            \
                 for (int r = 0; r < ROWS; r++)                                                               \
                     for (int g = 0; g < NG; g++) dot[r][g] = (vi){0};                                        \
-                for (int j = 0; j < (FMT == 0 ? BLOCK / 4 : BLOCK / 2); j++) {                               \
+                for (int j = 0; j < (NIBBLES ? BLOCK / 4 : BLOCK / 2); j++) {                                \
                     vw w0[NG], w1[NG];                                                                       \
                     for (int g = 0; g < NG; g++) {                                                           \
-                        if (FMT == 0) {  /* a nibble pair each: k quad j = k pairs 2j (low), 2j + 1 (high) */ \
-                            vw u = widen_u8(codes + 32 * j + 2 * VL * g);                                     \
+                        if (NIBBLES) {  /* a nibble pair each: k quad j = k pairs 2j (low), 2j + 1 (high) */  \
+                            vw u = widen_u8(codes + 32 * j + 2 * VL * g);                                    \
                             w0[g] = u & 15;                                                                  \
                             w1[g] = u >> 4;                                                                  \
+                            if (FMT == GRID_Q5_1) { /* fifth bits: 2 per byte of row j / 4 of the plane */   \
+                                vw h = widen_u8(codes + 8 * 32 + 32 * (j / 4) + 2 * VL * g) >> (2 * (j % 4)); \
+                                w0[g] |= (h & 1) << 4;                                                       \
+                                w1[g] |= (h & 2) << 3;                                                       \
+                            }                                                                                \
                         } else {                                                                             \
                             w0[g] = w1[g] = widen_s8(codes + 32 * j + 2 * VL * g);                            \
                         }                                                                                    \
                     }                                                                                        \
                     for (int r = 0; r < ROWS; r++) {                                                         \
-                        const int16_t *vr = v + (int64_t)r * K + b * BLOCK + (FMT == 0 ? 4 : 2) * j;         \
+                        const int16_t *vr = v + (int64_t)r * K + b * BLOCK + (NIBBLES ? 4 : 2) * j;          \
                         int32_t a0 = pair_at(vr);                                                            \
                         for (int g = 0; g < NG; g++) {                                                       \
                             dot[r][g] = madd(dot[r][g], w0[g], a0);                                          \
-                            if (FMT == 0) dot[r][g] = madd(dot[r][g], w1[g], pair_at(vr + 2));               \
+                            if (NIBBLES) dot[r][g] = madd(dot[r][g], w1[g], pair_at(vr + 2));                \
                             dot[r][g] = in_register_int(dot[r][g]); /* one chain (vec.h) */                  \
                         }                                                                                    \
                     }                                                                                        \
@@ -94,18 +104,21 @@
                 const uint8_t *blk = group + b * block_bytes;                                                \
                 for (int g = 0; g < NG; g++) {                                                               \
                     vf d = load_halves(blk + 2 * VL * g);                                                    \
-                    vf m = FMT == 0 ? load_halves(blk + 2 * GROUP + 2 * VL * g) : (vf){0};                   \
+                    vf m = NIBBLES ? load_halves(blk + 2 * GROUP + 2 * VL * g) : (vf){0};                    \
                     for (int r = 0; r < ROWS; r++) {                                                         \
                         vf f = __builtin_convertvector(sums[bb][r][g], vf);                                  \
                         acc[r][g] = in_register(acc[r][g] + f * in_register(d * s[(int64_t)r * nb + b]));    \
-                        if (FMT == 0) acc[r][g] = in_register(acc[r][g] + m * xs[(int64_t)r * nb + b]);      \
+                        if (NIBBLES) acc[r][g] = in_register(acc[r][g] + m * xs[(int64_t)r * nb + b]);       \
                     }                                                                                        \
                 }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
         for (int r = 0; r < ROWS; r++) store_group(y + r * ldy, acc[r], cols);                               \
     }
-#define ROW_BLOCKS(ROWS) ROW_BLOCK(0, q4_rows##ROWS, ROWS) ROW_BLOCK(1, q8_rows##ROWS, ROWS)
+#define ROW_BLOCKS(ROWS)                           \
+    ROW_BLOCK(GRID_Q4_1, q4_rows##ROWS, ROWS)      \
+    ROW_BLOCK(GRID_Q8_0, q8_rows##ROWS, ROWS)      \
+    ROW_BLOCK(GRID_Q5_1, q5_rows##ROWS, ROWS)
 
 
 ROW_BLOCKS(1)
@@ -122,15 +135,21 @@ ROW_BLOCKS(8)
 #endif
 
 #if MAX_ROWS == 8
-static const rows_fn ROWS_FN[2][MAX_ROWS + 1] = {
+static const rows_fn ROWS_FN[3][MAX_ROWS + 1] = {
     {0, q4_rows1, q4_rows2, q4_rows3, q4_rows4, q4_rows5, q4_rows6, q4_rows7, q4_rows8},
-    {0, q8_rows1, q8_rows2, q8_rows3, q8_rows4, q8_rows5, q8_rows6, q8_rows7, q8_rows8}};
+    {0, q8_rows1, q8_rows2, q8_rows3, q8_rows4, q8_rows5, q8_rows6, q8_rows7, q8_rows8},
+    {0, q5_rows1, q5_rows2, q5_rows3, q5_rows4, q5_rows5, q5_rows6, q5_rows7, q5_rows8}};
 #elif MAX_ROWS == 4
-static const rows_fn ROWS_FN[2][MAX_ROWS + 1] = {{0, q4_rows1, q4_rows2, q4_rows3, q4_rows4},
-                                                  {0, q8_rows1, q8_rows2, q8_rows3, q8_rows4}};
+static const rows_fn ROWS_FN[3][MAX_ROWS + 1] = {{0, q4_rows1, q4_rows2, q4_rows3, q4_rows4},
+                                                  {0, q8_rows1, q8_rows2, q8_rows3, q8_rows4},
+                                                  {0, q5_rows1, q5_rows2, q5_rows3, q5_rows4}};
 #else
-static const rows_fn ROWS_FN[2][MAX_ROWS + 1] = {{0, q4_rows1}, {0, q8_rows1}};
+static const rows_fn ROWS_FN[3][MAX_ROWS + 1] = {{0, q4_rows1}, {0, q8_rows1}, {0, q5_rows1}};
 #endif
+// ROWS_FN's row of a format (Q4_1, Q8_0, Q5_1); NULL for the K-quants
+static const rows_fn *own_rows(int format) {
+    return format == GRID_Q5_1 ? ROWS_FN[2] : format <= GRID_Q8_0 ? ROWS_FN[format] : 0;
+}
 
 // x rounded per block: v [M, K] int16, s [M, K / 32] (amax / 32767; NaN when the block holds NaN or an
 // infinity, which then reaches every output of the row, as in the float kernels), xs [M, K / 32] = the
@@ -204,6 +223,7 @@ static int64_t group_bytes(int format, int K) {
     switch (format) {
         case GRID_Q4_1: return (int64_t)(K / BLOCK) * Q4_GROUP_BYTES;
         case GRID_Q8_0: return (int64_t)(K / BLOCK) * Q8_GROUP_BYTES;
+        case GRID_Q5_1: return (int64_t)(K / BLOCK) * Q5_GROUP_BYTES;
         case GRID_Q4_K: return (int64_t)(K / SUPER) * Q4K_GROUP_BYTES;
         case GRID_Q5_K: return (int64_t)(K / SUPER) * Q5K_GROUP_BYTES;
         default: return (int64_t)(K / SUPER) * Q6K_GROUP_BYTES;
@@ -217,7 +237,7 @@ static void chunk_group(const struct i16_job *j, int r0, int rows, int g) {
     int passes = (rows + MAX_ROWS - 1) / MAX_ROWS;
     for (int i = r0, p = 0; p < passes; p++) {
         int n = (rows - (i - r0) + (passes - p) - 1) / (passes - p);
-        rows_fn fn = j->format <= GRID_Q8_0 ? ROWS_FN[j->format][n] : kquant_rows(j->format, n);
+        rows_fn fn = own_rows(j->format) ? own_rows(j->format)[n] : kquant_rows(j->format, n);
         fn(j->K, j->v + (int64_t)i * j->K, j->s + (int64_t)i * nb, j->xs + (int64_t)i * nb, group,
            j->y + (int64_t)i * j->N + c0, j->N, cols);
         i += n;
@@ -294,7 +314,8 @@ static __thread struct scratch activations;  // the calling thread's rounded act
 // 1 when K is not a multiple of the format's block (32; 256 for the K-quants) or the format is unknown; 2
 // when out of memory.
 int linear_grid_i16(int format, int M, int N, int K, const float *x, const uint8_t *Wp, float *y) {
-    if (K % BLOCK || format < GRID_Q4_1 || format > GRID_Q6_K || (format >= GRID_Q4_K && K % SUPER)) return 1;
+    int k_quant = format >= GRID_Q4_K && format <= GRID_Q6_K;
+    if (K % BLOCK || format < GRID_Q4_1 || format > GRID_Q5_1 || (k_quant && K % SUPER)) return 1;
     int tiles = format == GRID_Q4_1 && M >= 32 && linear_i16_tiles(-1);  // (16 rows: 0.95x the vector path)
     size_t nb = (size_t)(K / BLOCK), need = (size_t)M * ((tiles ? 6 : 2) * (size_t)K + 8 * nb);
     if (reserve(&activations, need)) return 2;

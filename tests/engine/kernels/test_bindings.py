@@ -111,9 +111,9 @@ def _on_grid(fmt: str, n: int, k: int) -> torch.Tensor:
 
 
 def test_the_python_layout_constants_are_common_h_s(tmp_path):
-    formats = ["GRID_Q4_1", "GRID_Q8_0", "GRID_Q4_K", "GRID_Q5_K", "GRID_Q6_K"]
+    formats = ["GRID_Q4_1", "GRID_Q8_0", "GRID_Q4_K", "GRID_Q5_K", "GRID_Q6_K", "GRID_Q5_1"]
     names = ["PANEL", "BLOCK", "SUPER", "GROUP", *formats, "GRID_INT16"]
-    sizes = ["Q4_PANEL_BYTES", "Q8_PANEL_BYTES", "Q4_GROUP_BYTES", "Q8_GROUP_BYTES", "Q4K_GROUP_BYTES",
+    sizes = ["Q4_PANEL_BYTES", "Q8_PANEL_BYTES", "Q4_GROUP_BYTES", "Q8_GROUP_BYTES", "Q5_GROUP_BYTES", "Q4K_GROUP_BYTES",
              "Q5K_GROUP_BYTES", "Q6K_GROUP_BYTES"]
     c = _c_values(tmp_path, {name: name for name in names + sizes})
     assert bindings.constants() == {name: c[name] for name in names}

@@ -10,7 +10,7 @@ from gguf import GGMLQuantizationType, dequantize, quantize
 from engine.kernels import Linear
 from engine.model.gguf_codes import SUPER_BYTES, codes_from_blocks
 
-TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q8_0"]
+TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
 
 
 def _quantized(kind: str, rows: int = 48, cols: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -37,8 +37,13 @@ def test_a_matmul_on_the_codes_equals_one_on_the_dequantized_weights(kind, activ
     raw, want = _quantized(kind, rows=70, cols=128, seed=1)
     x = torch.randn(5, 128)
     lin = Linear.from_codes(codes_from_blocks(kind, raw), activations=activations)
-    assert lin.weight is None and lin.grid is not None  # no float copy kept
     exact = Linear(torch.from_numpy(want), grid_codes=False)(x)
+    if kind == "Q5_1" and activations == "float32":  # no float32-activation kernel reads 5-bit codes
+        assert lin.storage[0] == "float32" and torch.equal(lin(x), exact)
+        return
+    assert lin.weight is None and lin.grid is not None  # no float copy kept
+    if activations == "int16":  # the 5-bit types are read as 5-bit codes, not 8
+        assert lin.storage[0] == {"Q4_0": "q4_1", "Q5_0": "q5_1"}.get(kind, kind.lower()) + "+int16"
     if activations == "float32":
         assert torch.equal(lin(x), Linear(torch.from_numpy(want))(x))  # the float path's grid kernel, bit for bit
         torch.testing.assert_close(lin(x), exact, rtol=1e-5, atol=1e-5)
@@ -50,8 +55,6 @@ def test_a_matmul_on_the_codes_equals_one_on_the_dequantized_weights(kind, activ
 
 
 def test_types_without_a_kernel_are_left_to_the_loader():
-    raw, _ = _quantized("Q5_1")
-    assert codes_from_blocks("Q5_1", raw) is None
     assert codes_from_blocks("Q3_K", np.zeros((1, 110), dtype=np.uint8)) is None
 
 
@@ -80,29 +83,40 @@ def test_k_quant_codes_stand_for_exactly_the_files_values(kind):
     assert torch.equal(codes.rows(ids).dequantize(), torch.from_numpy(want)[ids])
 
 
-def _int16_definition(x: torch.Tensor, codes) -> torch.Tensor:
-    """linear_kquant.c's definition in float64: per row and block of 32 inputs, x rounded to
-    s * round(x / s) with s = amax / 32767 (float32, ties to even); y = x_rounded @ W.T, except that the
-    blocks' constant term (-(dmin mn) of Q4_K / Q5_K) multiplies the block's exact sum of x."""
+def _block_constant(kind: str, codes) -> torch.Tensor | None:
+    """float64 [N, K / 32]: the term of each block's weights that the int16 kernels multiply by the exact
+    sum of the block's inputs (W = codes part + constant), or None."""
+    if codes.format in ("q4_k", "q5_k"):
+        return -(codes.m.double().repeat_interleave(8, 1) * codes.mn.double())  # -(dmin mn)
+    if kind == "Q5_0":
+        return -16 * codes.d.double()  # read as 5-bit codes q + 16 with m = -16 d
+    return codes.m.double() if codes.m is not None and codes.format in ("q4_1", "q5_1") else None
+
+
+def _int16_definition(x: torch.Tensor, kind: str, codes) -> torch.Tensor:
+    """The int16 kernels' definition (linear_i16.c, linear_kquant.c) in float64: per row and block of 32
+    inputs, x rounded to s * round(x / s) with s = amax / 32767 (float32, ties to even); y = x_rounded @ W.T,
+    except that the blocks' constant term multiplies the block's exact sum of x."""
     b = x.reshape(x.shape[0], -1, 32)
     amax = b.abs().amax(-1, keepdim=True)
     inv = torch.where(amax > 0, torch.full_like(amax, 32767) / amax, 0.0)
     xq = (b * inv).round().double() * (amax / 32767).double()
     y = xq.reshape(x.shape) @ codes.dequantize().double().T
-    if codes.m is not None:  # W = (d sc) q - (m mn): the constant meets sum(x), not sum(x rounded)
-        constant = -(codes.m.double().repeat_interleave(8, 1) * codes.mn.double())  # [N, blocks]
+    constant = _block_constant(kind, codes)
+    if constant is not None:
         y += (b.double().sum(-1) - xq.sum(-1)) @ constant.T
     return y
 
 
-@pytest.mark.parametrize("kind", K_TYPES)
-def test_a_k_quant_matmul_computes_its_definition_whatever_the_batch(kind):
+@pytest.mark.parametrize("kind", K_TYPES + TYPES)
+def test_an_int16_matmul_computes_its_definition_whatever_the_batch(kind):
     torch.manual_seed(3)
     for rows, supers in [(70, 2), (16, 1), (7, 3), (33, 4)]:
-        raw, want = _k_blocks(kind, rows, supers, seed=rows)
+        raw, want = (_k_blocks(kind, rows, supers, seed=rows) if kind in K_TYPES
+                     else _quantized(kind, rows, supers * 256, seed=rows))
         codes = codes_from_blocks(kind, raw)
         lin = Linear.from_codes(codes, activations="int16")
-        assert lin.weight is None and lin.storage[0] == kind.lower() + "+int16"  # no float copy kept
+        assert lin.weight is None and lin.grid is not None  # no float copy kept
         if kind == "Q4_K":  # the file's 4.5 bits a weight, plus 1/8 bit of regrouped scales
             assert lin.storage[1] <= raw.nbytes * 1.03 * -(-rows // 16) * 16 / rows
         x = torch.randn(40, supers * 256) * 2
@@ -110,7 +124,7 @@ def test_a_k_quant_matmul_computes_its_definition_whatever_the_batch(kind):
         x[4] *= 1e-30  # tiny values
         y = lin(x)
         w = torch.from_numpy(want)
-        ref = _int16_definition(x, codes)
+        ref = _int16_definition(x, kind, codes)
         bound = 2e-6 * (x.abs() @ w.abs().T).double() + 1e-30  # float32 rounding of the block terms
         assert ((y.double() - ref).abs() <= bound).all(), (kind, rows, supers)
         for n in (1, 2, 3, 4, 5, 8, 9, 17):  # each row as in the batch of 40
