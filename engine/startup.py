@@ -23,7 +23,7 @@ def start_engine(config: EngineConfig, model: LoadedModel | None = None, model_c
     mc = config.model
     loaded = model or load_model(mc.path, mc.cache_dir or model_cache)
     runner = ModelRunner(loaded.model, MATMUL_DTYPES[mc.dtype], kv_dtype=config.kv.torch_dtype,
-                         activations=mc.activations, codes=loaded.codes)
+                         activations=mc.activations, codes=loaded.codes, embedding_rows=loaded.embedding_rows)
     loaded.codes.clear()  # packed into the runner's own layouts now (the embedding keeps its rows' codes)
     _return_freed_memory()
     spec = KVSpec(runner.num_layers, runner.num_kv_heads, runner.head_dim, runner.kv_dtype,

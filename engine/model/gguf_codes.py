@@ -22,6 +22,8 @@ have no kernel: codes_from_blocks returns None and the loader dequantizes them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -59,6 +61,23 @@ def codes_from_blocks(kind: str, raw: np.ndarray) -> GridCodes | None:
         m = torch.from_numpy(blocks[..., 2:4].copy().view(np.float16)[..., 0])
         return GridCodes("q5_1", torch.from_numpy(q.reshape(n, -1)), d, m)
     return GridCodes("q8_0", torch.from_numpy((q.astype(np.int16) - 16).astype(np.int8).reshape(n, -1)), d)
+
+
+class MappedRows:
+    """A block-type matrix left in the GGUF file (memory-mapped on first use): rows(ids) reads and decodes
+    only those rows. An embedding table looked up this way costs the process no memory beyond the pages
+    of the rows it has read (clean file pages, which the system can take back)."""
+
+    def __init__(self, path: Path, kind: str, offset: int, shape: tuple[int, int]):
+        """shape: [rows, bytes per row] of the tensor's blocks at byte `offset` of the file."""
+        self.path, self.kind, self.offset, self.shape = path, kind, offset, shape
+        self._map: np.ndarray | None = None
+
+    def rows(self, ids: torch.Tensor) -> GridCodes:
+        """ids: long [T] -> the codes of those rows [T, K]."""
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset, shape=self.shape)
+        return codes_from_blocks(self.kind, self._map[ids.numpy()])
 
 
 def _nibbles(qs: np.ndarray, n: int) -> torch.Tensor:

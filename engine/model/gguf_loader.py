@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
 from engine.kernels import GridCodes
-from engine.model.gguf_codes import codes_from_blocks
+from engine.model.gguf_codes import MappedRows, codes_from_blocks
 from engine.model.gguf_meta import GGUFMeta, TensorEntry, read_meta
 
 _FLOAT_KINDS = {"F32", "F16", "BF16"}
@@ -33,6 +33,7 @@ class GGUFModel:
     model: PreTrainedModel  # the matrices named in `codes` are on the meta device; the rest float32
     tokenizer: PreTrainedTokenizerBase
     codes: dict[str, GridCodes]  # by parameter name
+    embedding: MappedRows | None  # the embedding's rows read from the file (its parameter is then on meta)
     digest: str  # sha256 hex of the file
     meta_dir: Path  # the config and tokenizer files read from it (engine/model/gguf_meta.py)
 
@@ -49,13 +50,19 @@ def load_gguf(path: Path, cache_dir: Path) -> GGUFModel:
     matrices.add(_embedding_name(model))
     shapes = {n: p.shape for n, p in model.named_parameters()}
     codes: dict[str, GridCodes] = {}
+    embed_name, embedding = _embedding_name(model), None
     for entry in meta.tensors:
         hf_name = hf_names.get(entry.name)
         if hf_name is None:
             continue
         data = entry.read(path)
         if entry.kind not in _FLOAT_KINDS and hf_name in matrices:
-            kept = codes_from_blocks(entry.kind, _processed(processor, data, entry, hf_names, meta))
+            processed = _processed(processor, data, entry, hf_names, meta)
+            if hf_name == embed_name and processed is data and codes_from_blocks(entry.kind, data[:1]) is not None:
+                embedding = MappedRows(path, entry.kind, entry.offset, tuple(entry.shape))  # rows read on demand
+                if not model.config.tie_word_embeddings:
+                    continue  # (a tied LM head reads the whole matrix: its codes below)
+            kept = codes_from_blocks(entry.kind, processed)
             if kept is not None:
                 codes[hf_name] = kept
                 continue
@@ -63,7 +70,7 @@ def load_gguf(path: Path, cache_dir: Path) -> GGUFModel:
         _assign(model, hf_name, torch.from_numpy(np.array(values, dtype=np.float32)).reshape(shapes[hf_name]))
     _tie(model, codes)
     model.eval().requires_grad_(False)
-    return GGUFModel(model, meta.tokenizer, codes, meta.digest, meta.directory)
+    return GGUFModel(model, meta.tokenizer, codes, embedding, meta.digest, meta.directory)
 
 
 def _name_map(model: PreTrainedModel, meta: GGUFMeta) -> dict[str, str]:

@@ -26,6 +26,7 @@ from transformers.utils import logging as hf_logging
 
 from engine.kernels import GridCodes
 from engine.model.fingerprint import file_digest, model_fingerprint
+from engine.model.gguf_codes import MappedRows
 from engine.model.gguf_loader import load_gguf
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class LoadedModel:
     path: Path  # directory of the config and tokenizer files
     fingerprint: str  # sha256 hex over weights, config, tokenizer and chat template
     codes: dict[str, GridCodes] = field(default_factory=dict)  # matrices kept as GGUF block codes, by parameter name
+    embedding_rows: MappedRows | None = None  # the embedding table's rows read from the GGUF file on demand
 
 
 def default_gguf_path() -> Path:
@@ -90,7 +92,8 @@ def _in_place(path: Path, cache_dir: Path) -> LoadedModel:
     if loaded.tokenizer.chat_template is None:
         raise ModelNotFound(f"{path}: the file has no chat template")
     fingerprint = hashlib.sha256(f"{loaded.digest}:{loaded.tokenizer.chat_template}".encode()).hexdigest()
-    return LoadedModel(loaded.model, loaded.tokenizer, path.stem, loaded.meta_dir, fingerprint, loaded.codes)
+    return LoadedModel(loaded.model, loaded.tokenizer, path.stem, loaded.meta_dir, fingerprint, loaded.codes,
+                       loaded.embedding)
 
 
 def _safetensors_copy_of_gguf(gguf: Path, cache_dir: Path) -> Path:

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 from engine.kernels import SHORT_CHUNK, FusedLayers, GridCodes, LayerOps, RaggedAttention, prefill_attention
 from engine.kv import KV_DTYPES, SessionKV
 from engine.model.embedding import CodesEmbedding
+from engine.model.gguf_codes import MappedRows
 from engine.model.weights import fuse_layers
 
 _MAX_TABLE_POSITIONS = 16384  # rotary table rows kept (4-8 MB); later positions are computed per step
@@ -36,7 +37,7 @@ class ForwardItem:
 class ModelRunner:
     def __init__(self, model: PreTrainedModel, matmul_dtype: torch.dtype = torch.float32, native: bool = True,
                  kv_dtype: torch.dtype = torch.float32, grid_codes: bool = True, activations: str = "float32",
-                 codes: Mapping[str, GridCodes] | None = None):
+                 codes: Mapping[str, GridCodes] | None = None, embedding_rows: MappedRows | None = None):
         """matmul_dtype: dtype of the linear layers' weights (engine/model/weights.py); kv_dtype: what the KV
         caches store, float32 or float16 (half the bytes; attention still computes in float32).
         native: use the C kernels when they can be built. grid_codes: read float32 weights that are exact
@@ -44,7 +45,8 @@ class ModelRunner:
         activations: "int16" rounds the input of every matmul on grid codes to int16 per block of 32
         (engine/kernels/csrc/linear_i16.c: integer dot products, faster, not bit-identical); "float32" is exact.
         codes: the model's matrices (and embedding) kept as GGUF block codes, by parameter name (a GGUF file
-        loaded in place: those parameters are on the meta device)."""
+        loaded in place: those parameters are on the meta device). embedding_rows: the embedding's rows read
+        from the GGUF file on demand (engine/model/gguf_codes.py), instead of its parameter or codes."""
         self.model = model
         cfg = model.config
         self.num_layers = cfg.num_hidden_layers
@@ -62,7 +64,8 @@ class ModelRunner:
         inner = model.model
         codes = codes or {}
         embed_name = next(n for n, m in model.named_modules() if m is inner.embed_tokens) + ".weight"
-        self._embed = CodesEmbedding(codes[embed_name]) if embed_name in codes else inner.embed_tokens
+        rows = embedding_rows or codes.get(embed_name)
+        self._embed = CodesEmbedding(rows) if rows is not None else inner.embed_tokens
         self._norm = inner.norm
         self._rotary = inner.rotary_emb
         self._ops = LayerOps(cfg.rms_norm_eps, inner.layers[0].mlp.act_fn, getattr(cfg, "hidden_act", ""), native)

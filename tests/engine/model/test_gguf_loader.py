@@ -24,7 +24,8 @@ def test_every_matrix_and_the_embedding_stay_codes(in_place):
 
 @pytest.mark.parametrize("activations", ["float32", "int16"])
 def test_logits_equal_those_of_the_dequantized_float_model(in_place, real_model, activations):
-    coded = ModelRunner(in_place.model, kv_dtype=torch.float16, activations=activations, codes=in_place.codes)
+    coded = ModelRunner(in_place.model, kv_dtype=torch.float16, activations=activations, codes=in_place.codes,
+                        embedding_rows=in_place.embedding_rows)
     floats = ModelRunner(real_model.model, kv_dtype=torch.float16, activations=activations)
     assert coded.weights_summary() == floats.weights_summary()  # the same codes, found or read
     kv_a, kv_b = coded.new_kv(), floats.new_kv()
@@ -35,6 +36,13 @@ def test_logits_equal_those_of_the_dequantized_float_model(in_place, real_model,
         token = int(a.argmax())
         a, b = coded.forward([ForwardItem(kv_a, [token], True)]), floats.forward([ForwardItem(kv_b, [token], True)])
     assert torch.equal(a, b)
+
+
+def test_the_embedding_is_read_from_the_file_row_by_row(in_place, real_model):
+    ids = torch.tensor([0, 5, 5, 49151, 1234])
+    rows = in_place.embedding_rows.rows(ids)
+    assert rows.shape == (5, real_model.model.config.hidden_size)
+    assert torch.equal(rows.dequantize(), real_model.model.get_input_embeddings().weight[ids])
 
 
 def test_the_tokenizer_and_chat_template_come_from_the_file(in_place, real_model):
