@@ -34,31 +34,6 @@
 #define MAX_ROWS 1
 #endif
 
-// VL bytes widened to int32 lanes (zero- or sign-extended): one vpmovzxbd / vpmovsxbd
-static inline vi load_u8(const uint8_t *p) {
-#if VL == 16 && defined(__AVX512F__)
-    return (vi)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
-#elif VL == 8 && defined(__AVX2__)
-    return (vi)_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
-#else
-    vu8 b;
-    __builtin_memcpy(&b, p, sizeof b);
-    return __builtin_convertvector(b, vi);
-#endif
-}
-
-static inline vi load_s8(const uint8_t *p) {
-#if VL == 16 && defined(__AVX512F__)
-    return (vi)_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p));
-#elif VL == 8 && defined(__AVX2__)
-    return (vi)_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p));
-#else
-    vs8 b;
-    __builtin_memcpy(&b, p, sizeof b);
-    return __builtin_convertvector(b, vi);
-#endif
-}
-
 // the weights of VL columns c0.. at one k, from that k's code row (column c: byte c % 32, nibble c / 32)
 static inline vf q4_weights(const uint8_t *row, int c0, vf d, vf m) {
     vi q = load_u8(row + c0 % 32);

@@ -24,18 +24,10 @@
 #include "i16.h"
 #include "vec.h"
 
-// VL bytes as float32 lanes (exact)
-static inline vf u8_floats(const uint8_t *p) {
-    vu8 b;
-    memcpy(&b, p, sizeof b);
-    return __builtin_convertvector(b, vf);
-}
+// VL bytes as float32 lanes (exact; vec.h's widening loads: a generic conversion went byte by byte)
+static inline vf u8_floats(const uint8_t *p) { return __builtin_convertvector(load_u8(p), vf); }
 
-static inline vf s8_floats(const uint8_t *p) {
-    vs8 b;
-    memcpy(&b, p, sizeof b);
-    return __builtin_convertvector(b, vf);
-}
+static inline vf s8_floats(const uint8_t *p) { return __builtin_convertvector(load_s8(p), vf); }
 
 #define SUB (SUPER / BLOCK)  // blocks of 32 per super-block: 8
 // FMT: GRID_Q4_K, GRID_Q5_K or GRID_Q6_K. sums: one per sub-block (16 for Q6_K), kept in memory (L1) until

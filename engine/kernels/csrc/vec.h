@@ -64,6 +64,31 @@ static inline vi in_register_int(vi v) {
     return v;
 }
 
+// VL bytes widened to int32 lanes (zero- or sign-extended): one vpmovzxbd / vpmovsxbd
+static inline vi load_u8(const uint8_t *p) {
+#if VL == 16 && defined(__AVX512F__)
+    return (vi)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+#elif VL == 8 && defined(__AVX2__)
+    return (vi)_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+#else
+    vu8 b;
+    __builtin_memcpy(&b, p, sizeof b);
+    return __builtin_convertvector(b, vi);
+#endif
+}
+
+static inline vi load_s8(const uint8_t *p) {
+#if VL == 16 && defined(__AVX512F__)
+    return (vi)_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p));
+#elif VL == 8 && defined(__AVX2__)
+    return (vi)_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p));
+#else
+    vs8 b;
+    __builtin_memcpy(&b, p, sizeof b);
+    return __builtin_convertvector(b, vi);
+#endif
+}
+
 // VL IEEE half values (at p) widened to float32 lanes (exact)
 static inline vf load_halves(const void *p) {
 #if VL == 16 && defined(__AVX512F__)
