@@ -21,8 +21,10 @@ from engine.kernels.linear import Linear
 from engine.kernels.protocols import DecoderWeights
 
 
-def _matrix(lin: Linear) -> ctypes.Structure:
-    """kernels.h's struct matrix of one packed Linear: its grid codes, else its panels."""
+def _matrix(lin: Linear | None) -> ctypes.Structure:
+    """kernels.h's struct matrix of one packed Linear: its grid codes, else its panels (None: neither)."""
+    if lin is None:
+        return bindings.structure("matrix")(None, None, 0)
     grid = lin.grid
     if grid is not None:
         offset = INT16_FORMAT_OFFSET if grid.activations == "int16" else 0
@@ -32,9 +34,12 @@ def _matrix(lin: Linear) -> ctypes.Structure:
 
 def _layer_weights(w: DecoderWeights) -> ctypes.Structure:
     """kernels.h's struct layer_weights of one layer."""
-    bias = w.qkv.bias.data_ptr() if w.qkv.bias is not None else None
+    def bias(lin: Linear | None):
+        return lin.bias.data_ptr() if lin is not None and lin.bias is not None else None
+
     return bindings.structure("layer_weights")(w.ln1.data_ptr(), w.ln2.data_ptr(), _matrix(w.qkv), _matrix(w.o),
-                                               _matrix(w.gate_up), _matrix(w.down), bias)
+                                               _matrix(w.gate_up), _matrix(w.down), bias(w.qkv), _matrix(w.v),
+                                               bias(w.v))
 
 
 class FusedLayers:
@@ -52,13 +57,16 @@ class FusedLayers:
     @classmethod
     def build(cls, layers: list[DecoderWeights], ops: LayerOps, eps: float, scale: float,
               dims: tuple[int, int, int, int, int]) -> FusedLayers | None:
-        linears = [lin for w in layers for lin in (w.qkv, w.o, w.gate_up, w.down)]
+        linears = [lin for w in layers for lin in (w.qkv, w.o, w.gate_up, w.down, w.v) if lin is not None]
         if ops.kernels is None or not ops.is_silu or any(lin.packed is None and lin.grid is None for lin in linears):
             return None
         if any(lin.bias is not None for w in layers for lin in (w.o, w.gate_up, w.down)) or any(
-                w.qkv.bias is not None and (w.qkv.bias.dtype != torch.float32 or not w.qkv.bias.is_contiguous())
-                for w in layers):
+                lin.bias is not None and (lin.bias.dtype != torch.float32 or not lin.bias.is_contiguous())
+                for w in layers for lin in (w.qkv, w.v) if lin is not None):
             return None
+        h, hq, hkv, d, i = dims
+        if any(w.v is not None for w in layers) and 2 * i < (hq + 2 * hkv) * d:
+            return None  # (layers.c computes a v apart in the gate_up buffer)
         if len({lin.dtype for lin in linears}) != 1:
             return None
         norms = [n for w in layers for n in (w.ln1, w.ln2)]

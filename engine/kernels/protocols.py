@@ -64,7 +64,8 @@ class SequenceKV(Protocol):
 
 class DecoderWeights(Protocol):
     """One decoder layer's weights, as engine/kernels/fused_layers.py reads them: RMSNorm vectors [hidden]
-    (float32, contiguous) and the layer's four matrices (qkv fused, o, gate_up fused, down)."""
+    (float32, contiguous) and the layer's four matrices (qkv fused, o, gate_up fused, down); v apart when
+    its block type differs from q's and k's (then qkv holds q and k only)."""
 
     @property
     def ln1(self) -> torch.Tensor: ...
@@ -83,3 +84,6 @@ class DecoderWeights(Protocol):
 
     @property
     def down(self) -> Linear: ...
+
+    @property
+    def v(self) -> Linear | None: ...

@@ -92,7 +92,8 @@ class ModelRunner:
         (forms: Linear.storage)."""
         formats: dict[str, int] = {}
         total = 0
-        for lin in [lin for w in self._layers for lin in (w.qkv, w.o, w.gate_up, w.down)] + [self._lm_head]:
+        for lin in [lin for w in self._layers for lin in (w.qkv, w.v, w.o, w.gate_up, w.down) if lin is not None] + [
+                self._lm_head]:
             form, nbytes = lin.storage
             formats[form] = formats.get(form, 0) + 1
             total += nbytes
@@ -161,7 +162,7 @@ class ModelRunner:
         ops = self._ops
         x = ops.add_rms_norm(hidden, None, self._layers[0].ln1)
         for layer_idx, w in enumerate(self._layers):
-            q, k, v = ops.rotary_qkv(w.qkv(x).view(-1, hq + 2 * hkv, d), cos, sin, hq, hkv)  # [T, H, D] each
+            q, k, v = ops.rotary_qkv(w.project_qkv(x).view(-1, hq + 2 * hkv, d), cos, sin, hq, hkv)  # [T, H, D] each
             out = torch.empty(q.shape[0], hq, d)
             ragged(layer_idx, q, k, v, out)
             for it, s, rows in chunks:

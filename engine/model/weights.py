@@ -35,6 +35,11 @@ class LayerWeights:
     ln2: torch.Tensor
     gate_up: Linear
     down: Linear
+    v: Linear | None = None  # v apart when its block codes' type differs from q's and k's (qkv: q and k only)
+
+    def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, hidden] -> q, k and v [T, (Hq + 2 Hkv) D]."""
+        return self.qkv(x) if self.v is None else torch.cat([self.qkv(x), self.v(x)], dim=1)
 
 
 def fuse_layers(model: PreTrainedModel, matmul_dtype: torch.dtype, native: bool = True, grid_codes: bool = True,
@@ -67,9 +72,13 @@ def fuse_layers(model: PreTrainedModel, matmul_dtype: torch.dtype, native: bool 
             raise ValueError("MLP/output projection biases are not supported")
         qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
         bqkv = torch.cat([p.bias for p in qkv]).float() if attn.q_proj.bias is not None else None
+        parts = [codes.get(names[p] + ".weight") for p in qkv]
+        v_apart = all(c is not None for c in parts) and GridCodes.cat(parts) is None and GridCodes.cat(parts[:2]) is not None
+        nqk = attn.q_proj.out_features + attn.k_proj.out_features
         layers.append(LayerWeights(
             ln1=layer.input_layernorm.weight.float(),
-            qkv=linear(qkv, bqkv),
+            qkv=linear(qkv[:2], None if bqkv is None else bqkv[:nqk]) if v_apart else linear(qkv, bqkv),
+            v=linear(qkv[2:], None if bqkv is None else bqkv[nqk:]) if v_apart else None,
             o=linear([attn.o_proj]),
             ln2=layer.post_attention_layernorm.weight.float(),
             gate_up=linear([mlp.gate_proj, mlp.up_proj]),

@@ -61,6 +61,8 @@ struct layer_weights {
     const float *ln1, *ln2;
     struct matrix qkv, o, gate_up, down;
     const float *qkv_bias;  // [(Hq + 2 Hkv) D] (Qwen2's attention biases), or NULL
+    struct matrix v;        // v [Hkv D, H] apart (grid or panels not NULL): then qkv and its bias hold q and k
+    const float *v_bias;    // [Hkv D] with v apart, or NULL
 };
 
 int forward_layers_f32(int T, int L, int H, int Hq, int Hkv, int D, int I, float eps, float scale,

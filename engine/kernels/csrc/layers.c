@@ -11,13 +11,32 @@
 //   scratch  floats: T * (2 H + (Hq + 2 Hkv) D + (Hq + 2 Hkv) D + Hq D + 3 I)  (see below)
 // Weights per layer (struct layer_weights, kernels.h): RMSNorm vectors [H] and packed panels
 // (engine/kernels/linear.py) of
-//   qkv [(Hq + 2 Hkv) D, H] (+ its bias, if any), o [H, Hq D], gate_up [2 I, H], down [H, I],
+//   qkv [(Hq + 2 Hkv) D, H] (+ its bias, if any; or q and k in one, v apart when their block types
+//   differ: then 2 I >= (Hq + 2 Hkv) D), o [H, Hq D], gate_up [2 I, H], down [H, I],
 // float32 panels (linear.c), or bfloat16 pair panels (linear_bf16.c) when wbf16 is 1; a float32 matrix
 // may have grid codes instead (linear_grid.c, bit-identical results; or linear_i16.c, int16 activations).
 #include <stdint.h>
 
 #include "common.h"
 #include "kernels.h"
+
+// y [T, N] (+ bias [N], if any), or a kernel's failure status (out of memory)
+static int linear_bias(int wbf16, int M, int N, int K, const float *x, const struct matrix *W, const float *bias,
+                       float *y);
+
+// the layer's q, k and v [T, (Hq + 2 Hkv) D] with v apart, computed in `tmp` [T, (Hq + 2 Hkv) D] then
+// interleaved row by row
+static int qkv_apart(int wbf16, int T, int H, int nqk, int nv, const float *x, const struct layer_weights *w,
+                     float *tmp, float *qkv) {
+    float *qk = tmp, *v = tmp + (int64_t)T * nqk;
+    int status = linear_bias(wbf16, T, nqk, H, x, &w->qkv, w->qkv_bias, qk);
+    if (!status) status = linear_bias(wbf16, T, nv, H, x, &w->v, w->v_bias, v);
+    for (int64_t t = 0; t < T && !status; t++) {
+        for (int64_t c = 0; c < nqk; c++) qkv[t * (nqk + nv) + c] = qk[t * nqk + c];
+        for (int64_t c = 0; c < nv; c++) qkv[t * (nqk + nv) + nqk + c] = v[t * nv + c];
+    }
+    return status;
+}
 
 // 0, or a kernel's failure status (out of memory)
 static inline int linear(int wbf16, int M, int N, int K, const float *x, const struct matrix *W, float *y) {
@@ -45,10 +64,11 @@ int forward_layers_f32(int T, int L, int H, int Hq, int Hkv, int D, int I, float
     float *act = gate_up + (int64_t)T * 2 * I;    // [T, I]
     int status = add_rms_norm_f32(T, H, eps, hidden, 0, w[0].ln1, x);
     for (int l = 0; l < L && !status; l++) {
-        if ((status = linear(wbf16, T, (int)nqkv, H, x, &w[l].qkv, qkv))) break;
-        if (w[l].qkv_bias)  // y + b, as torch adds it after the matmul
-            for (int64_t t = 0; t < T; t++)
-                for (int64_t c = 0; c < nqkv; c++) qkv[t * nqkv + c] += w[l].qkv_bias[c];
+        if (w[l].v.grid || w[l].v.panels)
+            status = qkv_apart(wbf16, T, H, (Hq + Hkv) * D, Hkv * D, x, &w[l], gate_up, qkv);
+        else
+            status = linear_bias(wbf16, T, (int)nqkv, H, x, &w[l].qkv, w[l].qkv_bias, qkv);
+        if (status) break;
         if ((status = rotary_qkv_f32(T, Hq, Hkv, D, qkv, cos, sin, q, k, v))) break;
         status = ragged_attention_f32(B, Hq, Hkv, D, l, scale, q, k, v, attn, kv_half, bases, caps, starts, rows,
                                       offsets, pbases, pcaps, plens);
@@ -64,5 +84,14 @@ int forward_layers_f32(int T, int L, int H, int Hq, int Hkv, int D, int I, float
             for (int64_t i = 0; i < (int64_t)T * H; i++) hidden[i] += delta[i];
         }
     }
+    return status;
+}
+
+static int linear_bias(int wbf16, int M, int N, int K, const float *x, const struct matrix *W, const float *bias,
+                       float *y) {
+    int status = linear(wbf16, M, N, K, x, W, y);
+    if (!status && bias)  // y + b, as torch adds it after the matmul
+        for (int64_t t = 0; t < M; t++)
+            for (int64_t c = 0; c < N; c++) y[t * N + c] += bias[c];
     return status;
 }

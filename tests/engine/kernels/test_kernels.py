@@ -1,5 +1,7 @@
 """The C kernels (engine/kernels/csrc/): built on this machine, equal to torch's results, batch-invariant."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -267,6 +269,43 @@ def test_qwen2_attention_biases_take_the_one_call_path_bit_identically(activatio
     assert all(torch.equal(a, b) for a, b in zip(*out))
     reference = model(torch.tensor([list(range(3, 12)) + [7, 8, 9]])).logits[0, -1]
     if activations == "float32":
+        torch.testing.assert_close(out[0][2][0], reference, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("activations", ["float32", "int16"])
+def test_a_v_projection_in_another_block_type_is_computed_apart_bit_identically(activations):
+    """Q4_K_M files store some layers' v in another block type than q and k: those cannot be one matrix of
+    codes, so v is its own; the one-call path and the per-operation loop still give the same bits."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, dequantize, quantize
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from engine.model.gguf_codes import codes_from_blocks
+
+    torch.manual_seed(6)
+    config = Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    model = Qwen2ForCausalLM(config).eval().requires_grad_(False)
+    codes = {}
+    for i, layer in enumerate(model.model.layers):
+        layer.self_attn.v_proj.bias.normal_(0, 0.5)
+        for name, kind in (("q_proj", "Q4_1"), ("k_proj", "Q4_1"), ("v_proj", "Q8_0")):
+            proj = getattr(layer.self_attn, name)
+            raw = quantize(proj.weight.numpy(), GGMLQuantizationType[kind])
+            proj.weight.copy_(torch.from_numpy(dequantize(raw, GGMLQuantizationType[kind]).reshape(proj.weight.shape)))
+            codes[f"model.layers.{i}.self_attn.{name}.weight"] = codes_from_blocks(kind, np.asarray(raw))
+    reference = model(torch.tensor([list(range(3, 12)) + [7, 8, 9]])).logits[0, -1]
+    # (a runner given codes leaves its model's other matrices on the meta device: one model each)
+    fused, looped = (ModelRunner(copy.deepcopy(model), activations=activations, codes=codes) for _ in range(2))
+    assert fused._layers[0].v is not None and fused._fused is not None
+    looped._fused = None
+    out = []
+    for runner in (fused, looped):
+        kvs = [runner.new_kv() for _ in range(2)]
+        runner.forward([ForwardItem(kvs[0], list(range(3, 12)), False), ForwardItem(kvs[1], [4, 5], False)])
+        out.append([runner.forward([ForwardItem(kv, [7 + i], True) for kv in kvs]) for i in range(3)])
+    assert all(torch.equal(a, b) for a, b in zip(*out))
+    if activations == "float32":  # and it is the model's own projection
         torch.testing.assert_close(out[0][2][0], reference, atol=1e-4, rtol=1e-4)
 
 
