@@ -11,7 +11,8 @@ gguf.quants' dequantization gives, bit for bit. Only the int16-activation kernel
 Packed for linear_kquant.c, groups of 16 outputs, per group and super-block (common.h's sizes):
   q4_k: d[16] f16 | -m[16] f16 | sc[8][16] | mn[8][16] | 8 blocks of Q4_1's int16-layout codes (256 bytes)
   q5_k: the same head | 8 blocks of Q8_0's int16-layout codes (512 bytes, uint8)
-  q6_k: d[16] f16 | sc[16][16] int8 | 8 blocks of Q8_0's int16-layout codes (512 bytes, int8)
+  q6_k: d[16] f16 | sc[16][16] int8 | 8 blocks of: q + 32's low 4 bits as Q4_1's codes (256 bytes), then
+        4 rows of 32 bytes of their top 2 bits (2 quads a row; linear_kquant.c)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ SUPER = constant("SUPER")  # inputs per super-block
 K_FORMATS = ("q4_k", "q5_k", "q6_k")
 _G, _B = constant("GROUP"), constant("BLOCK")
 GROUP_BYTES = {"q4_k": 20 * _G + 8 * _B * _G // 2, "q5_k": 20 * _G + 8 * _B * _G,
-               "q6_k": 18 * _G + 8 * _B * _G}  # per group of 16 outputs and super-block: common.h's Q*K_GROUP_BYTES
+               "q6_k": 18 * _G + 8 * _B * _G * 3 // 4}  # per group of 16 outputs and super-block: common.h's Q*K_GROUP_BYTES
 
 
 def sub_scales(d: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -57,6 +58,15 @@ def pack(fmt: str, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, sc:
     if fmt == "q4_k":
         quads = group_codes(q, 4)  # [G, blocks, 8, 16, 4]
         codes = (quads[..., :2] | (quads[..., 2:] << 4)).contiguous()
+    elif fmt == "q6_k":
+        quads = group_codes((q.to(torch.int16) + 32).to(torch.uint8), 4)  # [G, blocks, 8, 16, 4], 0..63
+        low, top = quads & 15, quads >> 4
+        nibbles = (low[..., :2] | (low[..., 2:] << 4)).contiguous()  # [G, blocks, 8, 16, 2]
+        top = top.view(*quads.shape[:2], 4, 2, quads.shape[3], 4)  # [G, blocks, row, j % 2, 16, 4]
+        shift = 4 * torch.arange(2, dtype=torch.uint8).view(2, 1, 1)
+        rows = ((top[..., :2] | (top[..., 2:] << 2)) << shift).sum(3, dtype=torch.uint8)  # distinct bits
+        g, nb = nibbles.shape[:2]
+        codes = torch.cat([nibbles.view(g, nb, -1), rows.view(g, nb, -1)], dim=-1)
     else:
         codes = group_codes(q, 2).contiguous().view(torch.uint8)  # [G, blocks, 16, 16, 2]
     codes = codes.reshape(codes.shape[0], supers, -1)

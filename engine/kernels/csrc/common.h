@@ -33,7 +33,7 @@
 #define Q6K_HEAD_BYTES (2 * GROUP + 16 * GROUP)  // d[16] f16, sc[16][16] int8 (per 16 inputs)
 #define Q4K_GROUP_BYTES (Q4K_HEAD_BYTES + 8 * (BLOCK * GROUP / 2))  // codes as Q4_1's: 8 k quads x 32 bytes
 #define Q5K_GROUP_BYTES (Q4K_HEAD_BYTES + 8 * (BLOCK * GROUP))      // codes as Q8_0's (uint8 0..31)
-#define Q6K_GROUP_BYTES (Q6K_HEAD_BYTES + 8 * (BLOCK * GROUP))      // codes as Q8_0's (int8 -32..31)
+#define Q6K_GROUP_BYTES (Q6K_HEAD_BYTES + 8 * (BLOCK * GROUP * 3 / 4))  // Q4_1's nibbles + 4 rows of 2 high bits
 
 // Work items of a matmul parallel over output panels (pool_run's items): one per PANEL outputs of N
 #define NUM_PANELS(N) (((N) + PANEL - 1) / PANEL)

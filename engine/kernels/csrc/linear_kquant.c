@@ -13,10 +13,12 @@
 //
 // Layout (engine/kernels/kquant.py packs it): groups of 16 output columns; per group and super-block a
 // head of scales, then the codes of its 8 blocks in linear_i16.c's layouts (Q4_K: Q4_1's k quads of nibble
-// pairs; Q5_K and Q6_K: Q8_0's k pairs, one byte a code, zero- / sign-extended):
+// pairs; Q5_K: Q8_0's k pairs, one byte a code; Q6_K: q + 32 (0..63) as Q4_1's nibbles of the low 4 bits,
+// then 4 rows of 32 bytes of the top 2 bits: bits 4 (j % 2) .. + 1 of byte i of row j / 2 for the low
+// nibble of quad j's byte i, the next two for its high nibble):
 //   Q4_K, Q5_K: d[16] f16 | -dmin[16] f16 | sc[8][16] uint8 | mn[8][16] uint8 | codes     (common.h)
 //   Q6_K:       d[16] f16 | sc[16][16] int8 | codes
-// Q4_K keeps the file's 4.5 bits a weight (4.6); Q5_K and Q6_K take 8 (file: 5.5, 6.6).
+// Q4_K and Q6_K keep the file's 4.5 and 6.6 bits a weight (4.6, 6.6); Q5_K takes 8 (file: 5.5).
 #include <stdint.h>
 #include <string.h>
 
@@ -39,7 +41,9 @@ static inline vf s8_floats(const uint8_t *p) { return __builtin_convertvector(lo
         const int64_t head = FMT == GRID_Q6_K ? Q6K_HEAD_BYTES : Q4K_HEAD_BYTES;                             \
         const int64_t bytes = FMT == GRID_Q4_K ? Q4K_GROUP_BYTES : FMT == GRID_Q5_K ? Q5K_GROUP_BYTES        \
                                                                                     : Q6K_GROUP_BYTES;       \
-        const int64_t code_bytes = FMT == GRID_Q4_K ? BLOCK * GROUP / 2 : BLOCK * GROUP;                     \
+        const int64_t code_bytes = FMT == GRID_Q4_K ? BLOCK * GROUP / 2                                      \
+                                   : FMT == GRID_Q6_K ? BLOCK * GROUP * 3 / 4 : BLOCK * GROUP;               \
+        enum { NIBBLES = FMT != GRID_Q5_K }; /* k quads of nibble pairs */                                   \
         vf acc[ROWS][NG];                                                                                    \
         vi sums[2 * SUB][ROWS][NG];                                                                          \
         for (int r = 0; r < ROWS; r++)                                                                       \
@@ -53,28 +57,32 @@ static inline vf s8_floats(const uint8_t *p) { return __builtin_convertvector(lo
                 vi dot[ROWS][NG];                                                                            \
                 for (int r = 0; r < ROWS; r++)                                                               \
                     for (int g = 0; g < NG; g++) dot[r][g] = (vi){0};                                        \
-                for (int j = 0; j < (FMT == GRID_Q4_K ? BLOCK / 4 : BLOCK / 2); j++) {                       \
-                    if (FMT == GRID_Q6_K && j == BLOCK / 4) { /* the second sub-block of 16 */               \
+                for (int j = 0; j < (NIBBLES ? BLOCK / 4 : BLOCK / 2); j++) {                                \
+                    if (FMT == GRID_Q6_K && j == BLOCK / 8) { /* the second sub-block of 16 */               \
                         for (int r = 0; r < ROWS; r++)                                                       \
                             for (int g = 0; g < NG; g++) sums[2 * bb][r][g] = dot[r][g], dot[r][g] = (vi){0}; \
                     }                                                                                        \
                     vw w0[NG], w1[NG];                                                                       \
                     for (int g = 0; g < NG; g++) {                                                           \
-                        if (FMT == GRID_Q4_K) {                                                              \
+                        if (NIBBLES) {                                                                       \
                             vw u = widen_u8(codes + 32 * j + 2 * VL * g);                                    \
                             w0[g] = u & 15;                                                                  \
                             w1[g] = u >> 4;                                                                  \
+                            if (FMT == GRID_Q6_K) { /* the top 2 bits, then q - 32 */                        \
+                                vw h = widen_u8(codes + 8 * 32 + 32 * (j / 2) + 2 * VL * g) >> (4 * (j % 2)); \
+                                w0[g] = (w0[g] | (h & 3) << 4) - 32;                                         \
+                                w1[g] = (w1[g] | (h & 12) << 2) - 32;                                        \
+                            }                                                                                \
                         } else {                                                                             \
-                            w0[g] = w1[g] = FMT == GRID_Q5_K ? widen_u8(codes + 32 * j + 2 * VL * g)         \
-                                                             : widen_s8(codes + 32 * j + 2 * VL * g);        \
+                            w0[g] = w1[g] = widen_u8(codes + 32 * j + 2 * VL * g);                           \
                         }                                                                                    \
                     }                                                                                        \
                     for (int r = 0; r < ROWS; r++) {                                                         \
-                        const int16_t *vr = v + (int64_t)r * K + b * BLOCK + (FMT == GRID_Q4_K ? 4 : 2) * j;  \
+                        const int16_t *vr = v + (int64_t)r * K + b * BLOCK + (NIBBLES ? 4 : 2) * j;          \
                         int32_t a0 = pair_at(vr);                                                            \
                         for (int g = 0; g < NG; g++) {                                                       \
                             dot[r][g] = madd(dot[r][g], w0[g], a0);                                          \
-                            if (FMT == GRID_Q4_K) dot[r][g] = madd(dot[r][g], w1[g], pair_at(vr + 2));       \
+                            if (NIBBLES) dot[r][g] = madd(dot[r][g], w1[g], pair_at(vr + 2));                \
                             dot[r][g] = in_register_int(dot[r][g]); /* one chain (vec.h) */                  \
                         }                                                                                    \
                     }                                                                                        \
