@@ -32,6 +32,8 @@ static inline vf u8_floats(const uint8_t *p) { return __builtin_convertvector(lo
 static inline vf s8_floats(const uint8_t *p) { return __builtin_convertvector(load_s8(p), vf); }
 
 #define SUB (SUPER / BLOCK)  // blocks of 32 per super-block: 8
+#define PREFETCH_AHEAD 2  // super-blocks ahead (4.7 KB for Q4_K, past the group's end too)
+#define PREFETCH_SPAN(bytes) (((bytes) / SUB + 63) / 64 * 64)  // prefetched per block: 1/8 of a super-block
 // FMT: GRID_Q4_K, GRID_Q5_K or GRID_Q6_K. sums: one per sub-block (16 for Q6_K), kept in memory (L1) until
 // the super-block's float epilogue, as linear_i16.c does with its SPAN.
 #define KQ_ROW_BLOCK(FMT, NAME, ROWS)                                                                        \
@@ -50,10 +52,11 @@ static inline vf s8_floats(const uint8_t *p) { return __builtin_convertvector(lo
             for (int g = 0; g < NG; g++) acc[r][g] = (vf){0};                                                \
         for (int sb = 0; sb < K / SUPER; sb++) {                                                             \
             const uint8_t *sup = group + sb * bytes;                                                         \
-            for (int pf = 0; pf < bytes; pf += 64) __builtin_prefetch(sup + bytes + pf); /* the next one */  \
             for (int bb = 0; bb < SUB; bb++) {                                                               \
                 const int b = sb * SUB + bb;                                                                 \
                 const uint8_t *codes = sup + head + bb * code_bytes;                                         \
+                for (int64_t pf = bb * PREFETCH_SPAN(bytes); pf < (bb + 1) * PREFETCH_SPAN(bytes); pf += 64)    \
+                    __builtin_prefetch(sup + PREFETCH_AHEAD * bytes + pf); /* an eighth a block, spread */       \
                 vi dot[ROWS][NG];                                                                            \
                 for (int r = 0; r < ROWS; r++)                                                               \
                     for (int g = 0; g < NG; g++) dot[r][g] = (vi){0};                                        \
