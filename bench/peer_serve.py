@@ -17,10 +17,11 @@ writes bench/results/peer_serve-<model>-<cpu tag>.json.
 
 llama.cpp: `--llama-server PATH`, else a build found under --llama-cache or /work/peers, else built from
 the llama.cpp sources of the llama-cpp-python 0.3.36 sdist (cmake -DGGML_NATIVE=ON, ~10 min on 2 cores).
-Weight repacking is off (`--no-repack`: it dies with SIGILL on AMX CPUs) unless --llama-repack.
+llama.cpp repacks its weights for the CPU (its default, its fastest) except on AMX CPUs, where that path
+dies with SIGILL (`--no-repack`); --llama-repack / --llama-no-repack force either.
 
 Run: .venv/bin/python bench/peer_serve.py [--model PATH|CATALOG_NAME] [--repeats 3] [--ctx-per-slot 4096]
-     [--llama-server PATH] [--llama-repack] [--no-llama-bench]
+     [--llama-server PATH] [--llama-repack | --llama-no-repack] [--no-llama-bench]
 """
 
 from __future__ import annotations
@@ -232,22 +233,31 @@ def run_llama_bench(binary: Path, model: Path, extra: list[str]) -> dict:
 
 def resolve(value: str | None, models_dir: Path) -> tuple[str, Path]:
     """(name for the results file, GGUF path) of --model; a catalog name not present yet is pulled."""
-    from engine.model.catalog import is_catalog_name, is_present, list_models, pull, resolve_model
+    from engine.model import is_catalog_name, list_models, pull, resolve_model
 
-    if is_catalog_name(value) and not is_present(value, models_dir):
-        pull(value, models_dir)
+    if is_catalog_name(value):
+        pull(value, models_dir)  # (nothing is downloaded when it is present)
     path = resolve_model(value, models_dir).resolve()
     name = next((s.entry.name for s in list_models(models_dir) if s.path.resolve() == path), path.stem.lower())
     return name, path
 
 
 def kv_token_bytes(path: Path, model_cache: Path) -> int:
-    """Bytes of one token's float16 K and V in all layers (llama-server's default KV type is f16 too)."""
-    from engine.model.gguf_meta import read_meta
+    """Bytes of one token's float16 K and V in all layers (llama-server's default KV type is f16 too), from
+    the GGUF header as llama.cpp reads it."""
+    from gguf import GGUFReader
 
-    config = read_meta(path, model_cache).config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * 2
+    reader = GGUFReader(path)
+
+    def value(key: str, default=None):
+        field = reader.fields.get(key)
+        return default if field is None else int(field.parts[field.data[0]][0])
+
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    heads = value(f"{arch}.attention.head_count")
+    head_dim = value(f"{arch}.attention.key_length", value(f"{arch}.embedding_length") // heads)
+    kv_heads = value(f"{arch}.attention.head_count_kv", heads)
+    return value(f"{arch}.block_count") * 2 * kv_heads * head_dim * 2
 
 
 ROWS = [("one stream, 64 tokens, tok/s", "one_stream_tok_per_s", 1, "> 1"),
@@ -267,10 +277,15 @@ def main() -> None:
     parser.add_argument("--ctx-per-slot", type=int, default=4096, help="context tokens of each of the 16 slots")
     parser.add_argument("--llama-server", type=Path, help="an existing llama-server binary (default: found or built)")
     parser.add_argument("--llama-cache", type=Path, default=ROOT / ".cache" / "llama.cpp", help="sdist and builds")
-    parser.add_argument("--llama-repack", action="store_true", help="let llama.cpp repack weights (not on AMX CPUs)")
+    repack = parser.add_mutually_exclusive_group()
+    repack.add_argument("--llama-repack", action="store_true", default=None, help="let llama.cpp repack weights")
+    repack.add_argument("--llama-no-repack", dest="llama_repack", action="store_false",
+                        help="no weight repacking (the default on AMX CPUs, where it dies with SIGILL)")
     parser.add_argument("--no-llama-bench", action="store_true", help="skip llama-bench's pp512/tg64")
     parser.add_argument("--out", type=Path, help="JSON file (default: bench/results/peer_serve-<model>-<cpu>.json)")
     args = parser.parse_args()
+    if args.llama_repack is None:  # llama.cpp's default, except where it crashes
+        args.llama_repack = "amx_tile" not in Path("/proc/cpuinfo").read_text().split()
 
     name, gguf = resolve(args.model, args.models_dir)
     llama_server, llama_bench = find_or_build_llama_cpp(args.llama_cache, args.llama_server)
