@@ -30,15 +30,6 @@ def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Ap
     app[keys.metrics] = Metrics()
     app[keys.started_at] = int(time.time())
 
-    async def database(app: web.Application) -> AsyncIterator[None]:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        if config.storage.migrate:
-            await asyncio.to_thread(upgrade, config.db_url)
-        db_engine = create_db_engine(config.db_url)
-        app[keys.transcripts] = TranscriptStore(db_sessionmaker(db_engine))
-        yield
-        await db_engine.dispose()
-
     async def engine(app: web.Application) -> AsyncIterator[None]:
         def disk_for(spec: KVSpec) -> KVFileStore:
             layout = KVLayout(spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.dtype, spec.fingerprint)
@@ -47,17 +38,28 @@ def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Ap
 
         # blocking (model load, weight packing, kernel build, warm-up passes): off the event loop
         started, loaded = await asyncio.to_thread(start_engine, config.engine, model, config.model_cache_dir, disk_for)
-        client = app[keys.engine] = EngineClient(started)
+        app[keys.engine] = EngineClient(started)
         app[keys.model] = loaded
-        on_idle = (lambda sid: client.spill_soon(sid, "disconnect")) if config.engine.kv.spill_on_disconnect else None
-        sessions = app[keys.sessions] = LiveSessions(app[keys.transcripts], loaded.name, on_idle)
-        app[keys.chat] = ChatService(config.chat, client, started.chat_format, app[keys.transcripts], sessions,
-                                     TurnRate(config.chat.turns_per_minute), config.engine.max_new_tokens)
         yield
         await asyncio.to_thread(started.stop)
 
-    app.cleanup_ctx.append(database)
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        """After the engine: a model that cannot be loaded leaves no database behind."""
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        if config.storage.migrate:
+            await asyncio.to_thread(upgrade, config.db_url)
+        db_engine = create_db_engine(config.db_url)
+        app[keys.transcripts] = TranscriptStore(db_sessionmaker(db_engine))
+        client, loaded = app[keys.engine], app[keys.model]
+        on_idle = (lambda sid: client.spill_soon(sid, "disconnect")) if config.engine.kv.spill_on_disconnect else None
+        sessions = app[keys.sessions] = LiveSessions(app[keys.transcripts], loaded.name, on_idle)
+        app[keys.chat] = ChatService(config.chat, client, client.engine.chat_format, app[keys.transcripts], sessions,
+                                     TurnRate(config.chat.turns_per_minute), config.engine.max_new_tokens)
+        yield
+        await db_engine.dispose()
+
     app.cleanup_ctx.append(engine)
+    app.cleanup_ctx.append(database)
     app.on_shutdown.append(close_all)
     routes.setup(app)
     return app

@@ -7,12 +7,13 @@ from engine.model.catalog import (CATALOG, CatalogEntry, Chunk, ModelFetchError,
 from engine.model.chat_format import ChatFormat, ChatMessage
 from engine.model.detokenizer import IncrementalDetokenizer
 from engine.model.fingerprint import kv_fingerprint, model_fingerprint
+from engine.model.gguf_meta import GGUFFormatError
 from engine.model.loader import LoadedModel, ModelNotFound, default_gguf_path, load_model
 from engine.model.reference import greedy_answer, greedy_ids
 from engine.model.runner import ForwardItem, ModelRunner
 from engine.model.weights import MATMUL_DTYPES, LayerWeights, fuse_layers
 
-__all__ = ["CATALOG", "MATMUL_DTYPES", "CatalogEntry", "ChatFormat", "ChatMessage", "Chunk", "ForwardItem",
+__all__ = ["CATALOG", "MATMUL_DTYPES", "CatalogEntry", "ChatFormat", "ChatMessage", "Chunk", "ForwardItem", "GGUFFormatError",
            "IncrementalDetokenizer", "LayerWeights", "LoadedModel", "ModelFetchError", "ModelNotFound", "ModelRunner",
            "ModelStatus", "default_gguf_path", "fuse_layers", "greedy_answer", "greedy_ids", "is_catalog_name",
            "kv_fingerprint", "list_models", "load_model", "model_fingerprint", "pull", "remove",

@@ -23,7 +23,7 @@ from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorPr
 
 from engine.kernels import GridCodes
 from engine.model.gguf_codes import MappedRows, codes_from_blocks
-from engine.model.gguf_meta import GGUFMeta, TensorEntry, read_meta
+from engine.model.gguf_meta import GGUFFormatError, GGUFMeta, TensorEntry, read_meta
 
 _FLOAT_KINDS = {"F32", "F16", "BF16"}
 
@@ -64,13 +64,23 @@ def load_gguf(path: Path, cache_dir: Path) -> GGUFModel:
                     continue  # (a tied LM head reads the whole matrix: its codes below)
             kept = codes_from_blocks(entry.kind, processed)
             if kept is not None:
+                _check_shape(path, entry, kept.shape, shapes[hf_name])
                 codes[hf_name] = kept
                 continue
-        values = _processed(processor, _float(data, entry), entry, hf_names, meta)
-        _assign(model, hf_name, torch.from_numpy(np.array(values, dtype=np.float32)).reshape(shapes[hf_name]))
+        values = np.array(_processed(processor, _float(data, entry), entry, hf_names, meta), dtype=np.float32)
+        _check_shape(path, entry, values.size, shapes[hf_name])
+        _assign(model, hf_name, torch.from_numpy(values).reshape(shapes[hf_name]))
     _tie(model, codes)
     model.eval().requires_grad_(False)
     return GGUFModel(model, meta.tokenizer, codes, embedding, meta.digest, meta.directory)
+
+
+def _check_shape(path: Path, entry: TensorEntry, got, want: torch.Size) -> None:
+    """got: the tensor's [rows, columns] (codes) or number of values; want: the model's parameter shape."""
+    if got != (tuple(want) if isinstance(got, tuple) else want.numel()):
+        held = f"has shape {got}" if isinstance(got, tuple) else f"holds {got} values"
+        raise GGUFFormatError(f"{path}: tensor {entry.name} {held} where the model's configuration expects "
+                              f"{tuple(want)}")
 
 
 def _name_map(model: PreTrainedModel, meta: GGUFMeta) -> dict[str, str]:

