@@ -15,7 +15,12 @@ Q4_1 x Q8_1 and as AVX-512 VNNI would): every linear layer's input rounded per b
 a float scale (amax / 127, Q8_0's scheme), or to two int8 limbs (the second holding the remainder at
 1/128 of the scale: ~15 bits); the matmul itself stays exact, so only the activation rounding differs.
 
-Run: .venv/bin/python bench/agreement.py [--tokens 32] [--show 4] [--activations]
+With --model (a catalog name or a GGUF path: another model than the default), the model is loaded in
+place as the server loads it, and the server's defaults (int16 activations, float16 KV) are compared with
+its exact mode (float32 activations and KV), whose answers are in turn checked against transformers'
+generate() on the float model transformers dequantizes.
+
+Run: .venv/bin/python bench/agreement.py [--tokens 32] [--show 4] [--activations] [--model NAME_OR_PATH]
 """
 
 from __future__ import annotations
@@ -122,13 +127,17 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--show", type=int, default=4, help="differing answers to print side by side")
     parser.add_argument("--activations", action="store_true", help="also the emulated int8 activation modes")
+    parser.add_argument("--model", help="a catalog name or GGUF path: the server's defaults against its exact mode")
     add_model_cache_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    loaded = load_model(None, args.model_cache, in_place=False)  # float: the references run on it too
+    loaded = load_model(args.model, args.model_cache, in_place=False)  # float: the references run on it too
     fmt = ChatFormat(loaded.tokenizer, loaded.model.generation_config)
     convs = conversations()
     prompts = [fmt.render(c) for c in convs]
+    if args.model is not None:
+        ref, modes = _in_place_modes(args, prompts, fmt.stop_token_ids)
+        return _report(args, loaded, convs, prompts, ref, modes)
     ref = greedy(ModelRunner(loaded.model, torch.float32, grid_codes=False), prompts, args.tokens, fmt.stop_token_ids)
     modes = {
         "grid codes (default weights), float32 KV vs float32 panels": greedy(
@@ -149,17 +158,33 @@ def main() -> None:
                             (2, "two int8 limbs per 32 (~15-bit activations, emulated) vs float32")):
             modes[name] = greedy_rounded(ModelRunner(loaded.model, torch.float32, kv_dtype=torch.float16), limbs,
                                          prompts, args.tokens, fmt.stop_token_ids)
+    _report(args, loaded, convs, prompts, ref, modes)
+
+
+def _in_place_modes(args, prompts, stop) -> tuple[list[list[int]], dict]:
+    """The model loaded in place as the server loads it: (its exact mode's answers, {defaults: answers})."""
+    def runner(activations: str, kv_dtype: torch.dtype) -> ModelRunner:
+        model = load_model(args.model, args.model_cache)  # (a runner takes its model's codes: one load each)
+        return ModelRunner(model.model, torch.float32, kv_dtype=kv_dtype, activations=activations,
+                           codes=model.codes, embedding_rows=model.embedding_rows)
+
+    ref = greedy(runner("float32", torch.float32), prompts, args.tokens, stop)
+    defaults = greedy(runner("int16", torch.float16), prompts, args.tokens, stop)
+    return ref, {"the server's defaults (int16 activations, float16 KV) vs its exact mode": defaults}
+
+
+def _report(args, loaded, convs, prompts, ref, modes) -> None:
     hf = [greedy_ids(loaded, p, args.tokens) for p in prompts]
     hf_same = sum(h[:len(r)] == r for h, r in zip(hf, ref))
 
-    print(f"\nmachine: {cpu_summary()}; {len(convs)} conversations, greedy, {args.tokens} tokens\n")
+    print(f"\nmachine: {cpu_summary()}; model {loaded.name}; {len(convs)} conversations, greedy, {args.tokens} tokens\n")
     print("| mode | identical answers | mean agreeing prefix |")
     print("|---|---:|---:|")
     for name, low in modes.items():
         same = sum(a == b for a, b in zip(ref, low))
         prefix = sum(agreeing_prefix(a, b) for a, b in zip(ref, low)) / len(ref)
         print(f"| {name} | {same}/{len(convs)} ({100 * same / len(convs):.0f}%) | {100 * prefix:.1f}% |")
-    print(f"\nfloat32 engine vs transformers generate() (float32, MKL): {hf_same}/{len(hf)} identical\n")
+    print(f"\nthe reference (float32 engine) vs transformers generate() (float32, MKL): {hf_same}/{len(hf)} identical\n")
     for name, low in modes.items():
         shown = 0
         for conv, a, b in zip(convs, ref, low):

@@ -34,6 +34,7 @@ FORMATS = {"q4_1": constant("GRID_Q4_1"), "q8_0": constant("GRID_Q8_0"), "q4_k":
            "q5_k": constant("GRID_Q5_K"), "q6_k": constant("GRID_Q6_K"),
            "q5_1": constant("GRID_Q5_1")}  # the grid kernels' format argument
 INT16_ONLY = ("q5_1", *kquant.K_FORMATS)  # formats only linear_i16.c reads
+PACK_ROWS = 8192  # outputs packed at a time (GridCodes.pack)
 INT16_FORMAT_OFFSET = constant("GRID_INT16")  # added to a format in layers.c's struct matrix: int16 activations
 ACTIVATIONS = ("float32", "int16")  # what the grid kernel rounds each matmul's input to
 
@@ -87,21 +88,30 @@ class GridCodes:
         return w.view(n, k)
 
     def pack(self, activations: str = "float32") -> GridWeights:
-        """Packed for the kernel of `activations` (the layouts above)."""
+        """Packed for the kernel of `activations` (the layouts above), PACK_ROWS outputs at a time (a
+        multiple of PANEL and GROUP: the pieces concatenate to the whole's layout), so that packing a large
+        matrix (a 150k-token LM head) holds a piece's temporaries, not the whole's."""
         if activations not in self.activations:
             raise ValueError(f"{self.format} codes are read with {self.activations} activations, not {activations!r}")
+        if activations == "int16" and self.format == "q8_0" and self.q.min() >= -16 and self.q.max() <= 15:
+            return GridCodes("q5_1", (self.q + 16).to(torch.uint8), self.d, self._minus_16d()).pack(activations)
+        pieces = [self._rows_between(i, i + PACK_ROWS)._pack_whole(activations)
+                  for i in range(0, self.q.shape[0], PACK_ROWS)]
+        return GridWeights(self.format, torch.cat(pieces) if len(pieces) > 1 else pieces[0], activations)
+
+    def _rows_between(self, start: int, end: int) -> GridCodes:
+        pick = [None if t is None else t[start:end] for t in (self.m, self.sc, self.mn)]
+        return GridCodes(self.format, self.q[start:end], self.d[start:end], *pick)
+
+    def _pack_whole(self, activations: str) -> torch.Tensor:
         groups = activations == "int16"
         if self.format in kquant.K_FORMATS:
-            packed = kquant.pack(self.format, self.q, self.d, self.m, self.sc, self.mn, _group_scales, _group_codes)
-        elif self.format == "q5_1":
-            packed = _group_q5_1(self.q, self.d, self.m)
-        elif groups and self.format == "q8_0" and self.q.min() >= -16 and self.q.max() <= 15:  # a Q5_0 file's
-            return GridCodes("q5_1", (self.q + 16).to(torch.uint8), self.d, self._minus_16d()).pack(activations)
-        elif self.format == "q4_1":
-            packed = (_group_q4_1 if groups else _pack_q4_1)(self.q, self.d, self.m)
-        else:
-            packed = (_group_q8_0 if groups else _pack_q8_0)(self.q, self.d)
-        return GridWeights(self.format, packed, activations)
+            return kquant.pack(self.format, self.q, self.d, self.m, self.sc, self.mn, _group_scales, _group_codes)
+        if self.format == "q5_1":
+            return _group_q5_1(self.q, self.d, self.m)
+        if self.format == "q4_1":
+            return (_group_q4_1 if groups else _pack_q4_1)(self.q, self.d, self.m)
+        return (_group_q8_0 if groups else _pack_q8_0)(self.q, self.d)
 
     def _minus_16d(self) -> torch.Tensor:
         """-16 d in float16 (exact: a power of two), so that q d = (q + 16) d + (-16 d)."""
@@ -114,6 +124,8 @@ class GridCodes:
         """The matrices stacked along their outputs (a fused projection), or None if their formats differ."""
         if len({p.format for p in parts}) != 1:
             return None
+        if len(parts) == 1:
+            return parts[0]
         fields = [[getattr(p, name) for p in parts] for name in ("q", "d", "m", "sc", "mn")]
         return GridCodes(parts[0].format, *(None if f[0] is None else torch.cat(f) for f in fields))
 

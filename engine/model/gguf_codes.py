@@ -63,21 +63,53 @@ def codes_from_blocks(kind: str, raw: np.ndarray) -> GridCodes | None:
     return GridCodes("q8_0", torch.from_numpy((q.astype(np.int16) - 16).astype(np.int8).reshape(n, -1)), d)
 
 
-class MappedRows:
-    """A block-type matrix left in the GGUF file (memory-mapped on first use): rows(ids) reads and decodes
-    only those rows. An embedding table looked up this way costs the process no memory beyond the pages
-    of the rows it has read (clean file pages, which the system can take back)."""
+def has_kernel(kind: str) -> bool:
+    """Whether matrices of this GGML block type are read as codes (codes_from_blocks does not return None)."""
+    return kind in BLOCK_BYTES or kind in SUPER_BYTES
 
-    def __init__(self, path: Path, kind: str, offset: int, shape: tuple[int, int]):
-        """shape: [rows, bytes per row] of the tensor's blocks at byte `offset` of the file."""
-        self.path, self.kind, self.offset, self.shape = path, kind, offset, shape
-        self._map: np.ndarray | None = None
+
+class BlockMatrix:
+    """A matrix of GGUF blocks as the file holds them, decoded into codes only when asked: whole when the
+    runner packs it (then the decoded codes, a byte a weight, live only until they are packed), or a few
+    rows at a time (an embedding lookup)."""
+
+    def __init__(self, kind: str, raw: np.ndarray):
+        """raw: uint8 [rows, bytes per row] (often a view of the memory-mapped file)."""
+        self.kind, self._raw = kind, raw
+
+    @property
+    def raw(self) -> np.ndarray:
+        return self._raw
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, nbytes = self.raw.shape
+        per_block, size = (SUPER_BYTES[self.kind], 256) if self.kind in SUPER_BYTES else (BLOCK_BYTES[self.kind], 32)
+        return rows, nbytes // per_block * size
+
+    def decode(self) -> GridCodes:
+        return codes_from_blocks(self.kind, self.raw)
 
     def rows(self, ids: torch.Tensor) -> GridCodes:
         """ids: long [T] -> the codes of those rows [T, K]."""
-        if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset, shape=self.shape)
-        return codes_from_blocks(self.kind, self._map[ids.numpy()])
+        return codes_from_blocks(self.kind, self.raw[ids.numpy()])
+
+
+class MappedRows(BlockMatrix):
+    """A block matrix left in the GGUF file, memory-mapped on first use: an embedding table looked up this
+    way costs the process no memory beyond the pages of the rows it has read (clean file pages, which the
+    system can take back)."""
+
+    def __init__(self, path: Path, kind: str, offset: int, shape: tuple[int, int]):
+        """shape: [rows, bytes per row] of the tensor's blocks at byte `offset` of the file."""
+        super().__init__(kind, None)
+        self.path, self.offset, self.raw_shape = path, offset, shape
+
+    @property
+    def raw(self) -> np.ndarray:
+        if self._raw is None:
+            self._raw = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset, shape=self.raw_shape)
+        return self._raw
 
 
 def _nibbles(qs: np.ndarray, n: int) -> torch.Tensor:

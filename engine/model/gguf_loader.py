@@ -21,8 +21,7 @@ from gguf import GGMLQuantizationType, MODEL_ARCH_NAMES, dequantize, get_tensor_
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
-from engine.kernels import GridCodes
-from engine.model.gguf_codes import MappedRows, codes_from_blocks
+from engine.model.gguf_codes import BlockMatrix, MappedRows, has_kernel
 from engine.model.gguf_meta import GGUFFormatError, GGUFMeta, TensorEntry, read_meta
 
 _FLOAT_KINDS = {"F32", "F16", "BF16"}
@@ -32,7 +31,7 @@ _FLOAT_KINDS = {"F32", "F16", "BF16"}
 class GGUFModel:
     model: PreTrainedModel  # the matrices named in `codes` are on the meta device; the rest float32
     tokenizer: PreTrainedTokenizerBase
-    codes: dict[str, GridCodes]  # by parameter name
+    codes: dict[str, BlockMatrix]  # by parameter name: decoded when the runner packs them
     embedding: MappedRows | None  # the embedding's rows read from the file (its parameter is then on meta)
     digest: str  # sha256 hex of the file
     meta_dir: Path  # the config and tokenizer files read from it (engine/model/gguf_meta.py)
@@ -49,7 +48,7 @@ def load_gguf(path: Path, cache_dir: Path) -> GGUFModel:
     matrices = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     matrices.add(_embedding_name(model))
     shapes = {n: p.shape for n, p in model.named_parameters()}
-    codes: dict[str, GridCodes] = {}
+    codes: dict[str, BlockMatrix] = {}
     embed_name, embedding = _embedding_name(model), None
     for entry in meta.tensors:
         hf_name = hf_names.get(entry.name)
@@ -58,12 +57,12 @@ def load_gguf(path: Path, cache_dir: Path) -> GGUFModel:
         data = entry.read(path)
         if entry.kind not in _FLOAT_KINDS and hf_name in matrices:
             processed = _processed(processor, data, entry, hf_names, meta)
-            if hf_name == embed_name and processed is data and codes_from_blocks(entry.kind, data[:1]) is not None:
+            if hf_name == embed_name and processed is data and has_kernel(entry.kind):
                 embedding = MappedRows(path, entry.kind, entry.offset, tuple(entry.shape))  # rows read on demand
                 if not model.config.tie_word_embeddings:
                     continue  # (a tied LM head reads the whole matrix: its codes below)
-            kept = codes_from_blocks(entry.kind, processed)
-            if kept is not None:
+            if has_kernel(entry.kind):
+                kept = BlockMatrix(entry.kind, np.asarray(processed))
                 _check_shape(path, entry, kept.shape, shapes[hf_name])
                 codes[hf_name] = kept
                 continue
@@ -118,7 +117,7 @@ def _assign(model: PreTrainedModel, name: str, value: torch.Tensor) -> None:
     setattr(model.get_submodule(owner), attr, torch.nn.Parameter(value.contiguous(), requires_grad=False))
 
 
-def _tie(model: PreTrainedModel, codes: dict[str, GridCodes]) -> None:
+def _tie(model: PreTrainedModel, codes: dict[str, BlockMatrix]) -> None:
     """A tied LM head reads the embedding's codes (or its float weight)."""
     if not model.config.tie_word_embeddings:
         return

@@ -25,6 +25,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.utils import logging as hf_logging
 
 from engine.kernels import GridCodes
+from engine.model.gguf_codes import BlockMatrix
 from engine.model.fingerprint import file_digest, model_fingerprint
 from engine.model.gguf_codes import MappedRows
 from engine.model.gguf_loader import load_gguf
@@ -45,7 +46,7 @@ class LoadedModel:
     name: str  # human-readable model name, stored with each session
     path: Path  # directory of the config and tokenizer files
     fingerprint: str  # sha256 hex over weights, config, tokenizer and chat template
-    codes: dict[str, GridCodes] = field(default_factory=dict)  # matrices kept as GGUF block codes, by parameter name
+    codes: dict[str, GridCodes | BlockMatrix] = field(default_factory=dict)  # matrices kept as GGUF block codes, by parameter name
     embedding_rows: MappedRows | None = None  # the embedding table's rows read from the GGUF file on demand
 
 

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 from engine.kernels import SHORT_CHUNK, FusedLayers, GridCodes, LayerOps, RaggedAttention, prefill_attention
 from engine.kv import KV_DTYPES, SessionKV
 from engine.model.embedding import CodesEmbedding
-from engine.model.gguf_codes import MappedRows
+from engine.model.gguf_codes import BlockMatrix, MappedRows
 from engine.model.weights import fuse_layers
 
 _MAX_TABLE_POSITIONS = 16384  # rotary table rows kept (4-8 MB); later positions are computed per step
@@ -37,7 +37,8 @@ class ForwardItem:
 class ModelRunner:
     def __init__(self, model: PreTrainedModel, matmul_dtype: torch.dtype = torch.float32, native: bool = True,
                  kv_dtype: torch.dtype = torch.float32, grid_codes: bool = True, activations: str = "float32",
-                 codes: Mapping[str, GridCodes] | None = None, embedding_rows: MappedRows | None = None):
+                 codes: Mapping[str, GridCodes | BlockMatrix] | None = None,
+                 embedding_rows: MappedRows | None = None):
         """matmul_dtype: dtype of the linear layers' weights (engine/model/weights.py); kv_dtype: what the KV
         caches store, float32 or float16 (half the bytes; attention still computes in float32).
         native: use the C kernels when they can be built. grid_codes: read float32 weights that are exact

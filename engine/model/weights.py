@@ -23,6 +23,7 @@ import torch
 from transformers import PreTrainedModel
 
 from engine.kernels import GridCodes, Linear
+from engine.model.gguf_codes import BlockMatrix
 
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -43,7 +44,7 @@ class LayerWeights:
 
 
 def fuse_layers(model: PreTrainedModel, matmul_dtype: torch.dtype, native: bool = True, grid_codes: bool = True,
-                activations: str = "float32", codes: Mapping[str, GridCodes] | None = None
+                activations: str = "float32", codes: Mapping[str, GridCodes | BlockMatrix] | None = None
                 ) -> tuple[list[LayerWeights], Linear]:
     """Per-layer fused weights and the LM head [vocab, hidden], in matmul_dtype (native, grid_codes,
     activations: engine/kernels/linear.py). codes: block codes by parameter name (a GGUF file loaded in
@@ -53,7 +54,7 @@ def fuse_layers(model: PreTrainedModel, matmul_dtype: torch.dtype, native: bool 
     layers = []
 
     def linear(projections: list[torch.nn.Module], bias: torch.Tensor | None = None) -> Linear:
-        parts = [codes.get(names[p] + ".weight") for p in projections]
+        parts = [_decoded(codes.get(names[p] + ".weight")) for p in projections]
         if all(c is not None for c in parts) and (fused := GridCodes.cat(parts)) is not None:
             return Linear.from_codes(fused, bias, native, activations)
         weights = [c.dequantize() if c is not None else p.weight for p, c in zip(projections, parts)]
@@ -72,7 +73,7 @@ def fuse_layers(model: PreTrainedModel, matmul_dtype: torch.dtype, native: bool 
             raise ValueError("MLP/output projection biases are not supported")
         qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
         bqkv = torch.cat([p.bias for p in qkv]).float() if attn.q_proj.bias is not None else None
-        parts = [codes.get(names[p] + ".weight") for p in qkv]
+        parts = [_decoded(codes.get(names[p] + ".weight")) for p in qkv]
         v_apart = all(c is not None for c in parts) and GridCodes.cat(parts) is None and GridCodes.cat(parts[:2]) is not None
         nqk = attn.q_proj.out_features + attn.k_proj.out_features
         layers.append(LayerWeights(
@@ -96,3 +97,8 @@ def _fuse(projections: list[torch.nn.Linear], weights: list[torch.Tensor], dtype
             p.weight = torch.nn.Parameter(fused[offset:offset + rows], requires_grad=False)
             offset += rows
     return fused
+
+
+def _decoded(codes: GridCodes | BlockMatrix | None) -> GridCodes | None:
+    """Block codes decoded (a GGUF matrix is decoded when it is packed, one layer at a time)."""
+    return codes.decode() if isinstance(codes, BlockMatrix) else codes

@@ -139,3 +139,18 @@ def test_exact_mode_reads_k_quants_as_their_dequantized_values(kind):
     lin = Linear.from_codes(codes_from_blocks(kind, raw), activations="float32")
     assert lin.storage[0] == "float32"  # no float32-activation kernel reads K-quant codes
     assert torch.equal(lin(x), Linear(torch.from_numpy(want), grid_codes=False)(x))
+
+
+@pytest.mark.parametrize("kind", TYPES + K_TYPES)
+@pytest.mark.parametrize("activations", ["float32", "int16"])
+def test_a_matrix_packed_in_pieces_is_the_whole_packed(kind, activations, monkeypatch):
+    from engine.kernels import grid
+
+    raw, _ = _k_blocks(kind, rows=200, supers=1) if kind in K_TYPES else _quantized(kind, rows=200, cols=256)
+    codes = codes_from_blocks(kind, raw)
+    if activations not in codes.activations:
+        return
+    whole = codes.pack(activations)
+    monkeypatch.setattr(grid, "PACK_ROWS", 64)  # 4 pieces, the last one partial
+    pieces = codes.pack(activations)
+    assert pieces.format == whole.format and torch.equal(pieces.packed, whole.packed)
