@@ -32,7 +32,9 @@ class LayerOps:
         self.is_silu = act_name == "silu"
 
     def add_rms_norm(self, hidden: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
-        """hidden += delta (in place, if given); returns weight * rms_normalised(hidden)."""
+        """hidden += delta (in place, if given); returns weight * rms_normalised(hidden). hidden: contiguous."""
+        if not hidden.is_contiguous():
+            raise ValueError("add_rms_norm: hidden must be contiguous (it is updated in place)")
         if self.kernels is None:
             if delta is not None:
                 hidden += delta

@@ -200,9 +200,9 @@ class ModelRunner:
         for layer_idx, w in enumerate(self._layers):
             qkv = w.qkv(x).view(-1, hq + 2 * hkv, d)
             if w.q_norm is not None:  # per head, before rotary
-                t = qkv.shape[0]
-                qkv[:, :hq] = ops.add_rms_norm(qkv[:, :hq].reshape(-1, d), None, w.q_norm).view(t, hq, d)
-                qkv[:, hq:hq + hkv] = ops.add_rms_norm(qkv[:, hq:hq + hkv].reshape(-1, d), None, w.k_norm).view(t, hkv, d)
+                for heads, weight in ((slice(0, hq), w.q_norm), (slice(hq, hq + hkv), w.k_norm)):
+                    part = qkv[:, heads]  # [T, heads, D], rows hq + 2 hkv heads apart
+                    part.copy_(ops.add_rms_norm(part.contiguous().view(-1, d), None, weight).view(part.shape))
             q, k, v = ops.rotary_qkv(qkv, *rope[self._rope_kinds[layer_idx]], hq, hkv)  # [T, H, D] each
             out = torch.empty(q.shape[0], hq, d)
             ragged(layer_idx, q, k, v, out, window=w.window, softcap=self._attn_softcap)

@@ -46,9 +46,10 @@ COMMON = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "
 
 
 def _gemma3(vocab: int):
+    shape = {**COMMON, "num_key_value_heads": 1}  # as gemma-3-270m: one KV head of 256 for 4 query heads
     config = Gemma3TextConfig(vocab_size=vocab, head_dim=256, query_pre_attn_scalar=64, sliding_window=WINDOW,
                               layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-                              rope_local_base_freq=100.0, rope_theta=10_000.0, **COMMON)
+                              rope_local_base_freq=100.0, rope_theta=10_000.0, **shape)
     model = Gemma3ForCausalLM(config)
     with torch.no_grad():  # Gemma's norms start at w = 0 (x1): give them something to get wrong
         for name, p in model.named_parameters():
