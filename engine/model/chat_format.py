@@ -11,7 +11,6 @@ from typing import Iterable
 
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-
 _GEMMA_TURNS = ("<start_of_turn>", "<end_of_turn>")
 _BOS = "{% if bos_token %}{{ bos_token }}{% endif %}"
 # Gemma's instruction format: system text joins the next user turn; the assistant's role is "model"

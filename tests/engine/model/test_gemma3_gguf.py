@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import DoneEvent, EngineConfig, ErrorEvent, ModelConfig, SamplingParams, TurnRequest, start_engine
+from engine import (
+    DoneEvent,
+    EngineConfig,
+    ErrorEvent,
+    ModelConfig,
+    SamplingParams,
+    TurnRequest,
+    start_engine,
+)
 from engine.kv.config import KVStoreConfig
 from engine.model import ChatFormat, ChatMessage, ForwardItem, ModelRunner, load_model
 from engine.model.reference import greedy_ids
@@ -54,7 +62,7 @@ def test_greedy_continuation_equals_transformers_on_the_dequantized_weights(gemm
 def test_past_the_sliding_window_over_turns_the_engine_answers_as_transformers(gemma):
     """A first turn of ~700 tokens (longer than the 512-position window of 15 of its 18 layers), then a
     second turn reading the first's KV: each answer is transformers' generate() on the whole conversation."""
-    in_place, floats = gemma
+    _, floats = gemma
     assert floats.model.config.sliding_window == 512
     config = EngineConfig(model=ModelConfig(activations="float32"), kv=KVStoreConfig(dtype="float32"))
     engine, _ = start_engine(config, load_model(str(GGUF), MODEL_CACHE))
