@@ -116,7 +116,7 @@ static inline vf totals(const vf *p) {
     return level[0];
 }
 
-// One KV head and GG (1-4, a compile-time constant) of its query heads, DIM (64 or 128, compile-time)
+// One KV head and GG (1-4, a compile-time constant) of its query heads, DIM (64, 128 or 256, compile-time)
 // = C native vectors: each key and value is loaded (and widened from float16) once for the GG heads.
 // software prefetch of the row AHEAD positions on (its cache lines), ahead of the hardware's
 #define AHEAD 16
@@ -192,8 +192,10 @@ static inline vf totals(const vf *p) {
 
 ONE_HEAD_GROUPS(64, float, , load_kv)
 ONE_HEAD_GROUPS(128, float, , load_kv)
+ONE_HEAD_GROUPS(256, float, , load_kv)
 ONE_HEAD_GROUPS(64, half, _h, load_kv_h)
 ONE_HEAD_GROUPS(128, half, _h, load_kv_h)
+ONE_HEAD_GROUPS(256, half, _h, load_kv_h)
 
 struct attention_job {
     int B, Hq, Hkv, D, layer, G, kv_half;
@@ -273,6 +275,8 @@ static void attend_job(void *ctx, int item) {
             GROUPED(64, SFX)                                                                            \
         } else if (D == 128) {                                                                          \
             GROUPED(128, SFX)                                                                           \
+        } else if (D == 256) {                                                                          \
+            GROUPED(256, SFX)                                                                           \
         } else {                                                                                        \
             one_head_scalar##SFX(q, PK, PV, np, K, V, out, first, n, G, D, j->scale, scores);           \
         }                                                                                               \

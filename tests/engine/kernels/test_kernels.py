@@ -134,7 +134,7 @@ def test_fallback_runner_agrees_with_native(tiny_model):
 
 @pytest.mark.parametrize("heads", [(6, 2), (10, 2), (4, 4)])  # query heads per KV head: 3, 5 (4 + 1), 1
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("head_dim", [16, 64, 128])  # 64 and 128 take the vector paths, others the plain one
+@pytest.mark.parametrize("head_dim", [16, 64, 128, 256])  # 64, 128 and 256 take the vector paths, 16 the plain one
 def test_decode_attention_kernel_matches_sdpa_for_any_length_and_a_shared_prefix(head_dim, kv_dtype, heads):
     torch.manual_seed(head_dim)
     layers, (hq, hkv) = 2, heads
