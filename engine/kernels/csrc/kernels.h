@@ -79,3 +79,5 @@ int ragged_attention_window_f32(int B, int Hq, int Hkv, int D, int layer, float 
 int chunk_attention_window_f32(int Hq, int Hkv, int D, int layer, float scale, int64_t window, const float *q,
                                float *out, int64_t n, int64_t start, int kv_half, const void *base, int64_t cap,
                                const void *pbase, int64_t pcap, int64_t plen);
+// layer_ops.c: the GELU-tanh-gated product (Gemma's MLP), as silu_mul_f32
+int gelu_tanh_mul_f32(int T, int I, const float *gate_up, float *out);

@@ -188,6 +188,16 @@ def test_layer_ops_match_the_torch_formulas(rows):
     torch.testing.assert_close(native.gated(gate_up), plain.gated(gate_up))
     assert torch.equal(native.gated(gate_up[-1:]), native.gated(gate_up)[-1:]), "rows must not depend on the batch"
 
+    gelu = torch.nn.GELU(approximate="tanh")  # Gemma's gelu_pytorch_tanh
+    native, plain = LayerOps(1e-6, gelu, "gelu_pytorch_tanh"), LayerOps(1e-6, gelu, "gelu_pytorch_tanh", use_native=False)
+    for scale in (30, 1, 0.01):  # saturated tanh, the curve, near 0
+        x = (gate_up * scale).double()
+        u = (2 / torch.pi) ** 0.5 * (x[:, :100] + 0.044715 * x[:, :100] ** 3)
+        exact = x[:, :100] / (1 + torch.exp(-2 * u)) * x[:, 100:]  # 0.5 x (1 + tanh u) * up, in float64
+        for ops in (native, plain):  # ours and torch's float32 rounding, alike
+            torch.testing.assert_close(ops.gated(gate_up * scale).double(), exact, rtol=2e-5, atol=1e-5 * scale)
+    assert torch.equal(native.gated(gate_up[-1:]), native.gated(gate_up)[-1:]), "rows must not depend on the batch"
+
 
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("head_dim", [16, 64])
