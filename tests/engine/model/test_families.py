@@ -135,3 +135,15 @@ def test_an_unsupported_architecture_is_refused_naming_the_supported_ones():
         ModelRunner(model)
     assert str(refused.value) == ("unsupported model architecture 'gpt2'; supported: gemma3_text, llama, mistral, "
                                   "qwen2, qwen3")
+
+
+def test_the_server_refuses_an_unsupported_architecture_at_start(tmp_path, real_model, capsys):
+    from chatserver.cli import main
+
+    model_dir = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(real_model.tokenizer))).save_pretrained(
+        model_dir)
+    real_model.tokenizer.save_pretrained(model_dir)
+    assert main(["serve", "--model", str(model_dir), "--data-dir", str(tmp_path / "data"), "--port", "0"]) == 2
+    assert ("chatserver: unsupported model architecture 'gpt2'; supported: gemma3_text, llama, mistral, qwen2, qwen3"
+            in capsys.readouterr().err)
