@@ -336,7 +336,7 @@ def test_ragged_attention_with_a_sliding_window_matches_masked_sdpa(head_dim, kv
     scale = head_dim ** -0.5
     RaggedAttention(list(zip(kvs, firsts, rows)), hq, scale, use_native=True)(1, q, k, v, got, window=window)
     RaggedAttention(list(zip(twins, firsts, rows)), hq, scale, use_native=False)(1, q, k, v, want, window=window)
-    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(got, want, atol=5e-6, rtol=1e-5)  # sums of up to 256 products of scores ~2x
     unwindowed = torch.empty_like(got)
     RaggedAttention(list(zip(twins, firsts, rows)), hq, scale, use_native=False)(1, q, k, v, unwindowed)
     assert not torch.allclose(unwindowed, want)  # the window matters in these cases
