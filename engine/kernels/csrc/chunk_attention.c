@@ -60,11 +60,13 @@ static const void *kv_row(const struct chunk_job *j, int kind, int h, int64_t t)
     return j->kv_half ? (const void *)((const half *)buf + offset) : (const void *)((const float *)buf + offset);
 }
 
-// item (h, key block): keys t0..t0+KB of KV head h into Kt (transposed) and Vf, as float32
+// item (h, key block): keys t0..t0+KB of KV head h into Kt (transposed) and Vf, as float32; a block
+// wholly before the first row's window is never read, and not packed
 static void pack_job(void *ctx, int item) {
     const struct chunk_job *j = ctx;
     int D = j->D, blocks = (int)(j->Tp / KB), h = item / blocks;
     int64_t t0 = (int64_t)(item % blocks) * KB;
+    if (j->window > 0 && t0 + KB <= j->plen + j->start - j->window + 1) return;
     float *kt = j->Kt + (int64_t)h * D * j->Tp + t0 * D, *vf_ = j->Vf + (int64_t)h * j->Tp * D;
     for (int64_t t = t0; t < t0 + KB; t++) {
         float *v = vf_ + t * D;

@@ -350,7 +350,7 @@ def test_ragged_attention_with_a_sliding_window_matches_masked_sdpa(head_dim, kv
     assert torch.equal(alone, got[rows_last]), "a sequence's output must not depend on the rest of the batch"
 
 
-@pytest.mark.parametrize("window", [1, 50, 64, 100])
+@pytest.mark.parametrize("window", [1, 10, 50, 64, 100])  # 10: position 200 sees key 191, the last of block 2
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("head_dim,hq,hkv", [(64, 9, 3), (256, 4, 1)])
 def test_blocked_attention_with_a_sliding_window_matches_masked_sdpa(head_dim, hq, hkv, kv_dtype, window):
