@@ -10,8 +10,7 @@ Two kinds of sequences share a step:
     machine, bench/attention_kernels.py), else SDPA.
 
 A layer may have a sliding window w (window > 0): a query at position p then sees keys p - w + 1 .. p only
-(transformers' sliding_window: key position > p - w); window 0 sees every earlier position. Attention logit
-soft-capping (cap * tanh(score / cap), Gemma's attn_logit_softcapping) is computed in torch only.
+(transformers' sliding_window: key position > p - w); window 0 sees every earlier position.
 """
 
 from __future__ import annotations
@@ -63,15 +62,15 @@ class RaggedAttention:
                 self._pbases, self._pcaps, self._plens)
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                 window: int = 0, softcap: float | None = None) -> None:
-        """window: the layer's sliding window (0: none); softcap: its attention logit cap (torch only)."""
+                 window: int = 0) -> None:
+        """window: the layer's sliding window (0: none)."""
         if not self.seqs:
             return
-        if self.kernel is None or softcap is not None:
+        if self.kernel is None:
             for (kv, first, n), start in zip(self.seqs, self.starts):
                 rows = slice(first, first + n)
                 out[rows] = prefill_attention(kv, layer, start, q[rows], k[rows], v[rows], self.scale, use_native=False,
-                                              window=window, softcap=softcap)
+                                              window=window)
             return
         assert q.is_contiguous() and k.is_contiguous() and v.is_contiguous() and out.is_contiguous()
         status = self.kernel(len(self.seqs), q.shape[1], k.shape[1], q.shape[2], layer, self.scale, window,
@@ -87,13 +86,13 @@ def chunk_attention_kernel(kv: SequenceKV, use_native: bool):
 
 
 def prefill_attention(kv: SequenceKV, layer: int, start: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      scale: float, *, use_native: bool, window: int = 0, softcap: float | None = None) -> torch.Tensor:
+                      scale: float, *, use_native: bool, window: int = 0) -> torch.Tensor:
     """q [n, Hq, D], k/v [n, Hkv, D] for positions start..start+n; writes k/v; returns [n, Hq, D].
     use_native: the chunk kernel when it can take this KV and shape, else SDPA (the reference).
-    window: the layer's sliding window (0: none); softcap: its attention logit cap (torch only)."""
+    window: the layer's sliding window (0: none)."""
     n = q.shape[0]
     kv.write(layer, start, k.transpose(0, 1), v.transpose(0, 1))
-    kernel = chunk_attention_kernel(kv, use_native) if softcap is None else None
+    kernel = chunk_attention_kernel(kv, use_native)
     if kernel is not None and q.dtype == torch.float32 and q.is_contiguous():
         out = torch.empty_like(q)
         prefix = kv.prefix.data if kv.prefix is not None else None
@@ -109,9 +108,6 @@ def prefill_attention(kv: SequenceKV, layer: int, start: int, q: torch.Tensor, k
     keys, values = kv.view(layer, start + n)  # [Hkv, start+n, D]
     keys, values = keys.to(q.dtype), values.to(q.dtype)  # float16 KV: widened (a copy) for SDPA
     windowed = 0 < window < start + n
-    if softcap is not None:
-        return _softcapped_attention(q, keys, values, prefix_causal_mask(start, n, window, always=True), scale,
-                                     softcap)
     o = F.scaled_dot_product_attention(
         q.transpose(0, 1)[None], keys[None], values[None], attn_mask=prefix_causal_mask(start, n, window),
         is_causal=(start == 0 and n > 1 and not windowed), scale=scale, enable_gqa=True,
@@ -127,15 +123,3 @@ def prefix_causal_mask(start: int, n: int, window: int = 0, always: bool = False
         return None  # a single query sees everything cached; a fresh prefill uses is_causal
     mask = torch.ones(n, start + n, dtype=torch.bool).tril(diagonal=start)
     return mask.triu(diagonal=start - window + 1) if windowed else mask
-
-
-def _softcapped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-                          scale: float, softcap: float) -> torch.Tensor:
-    """q [n, Hq, D], keys/values [Hkv, T, D], mask bool [n, T] -> [n, Hq, D], scores capped as transformers'
-    eager attention does: cap * tanh(q.k * scale / cap)."""
-    group = q.shape[1] // keys.shape[0]
-    keys, values = keys.repeat_interleave(group, 0), values.repeat_interleave(group, 0)  # [Hq, T, D]
-    scores = torch.matmul(q.transpose(0, 1), keys.transpose(1, 2)) * scale  # [Hq, n, T]
-    scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.matmul(torch.softmax(scores, dim=-1), values).transpose(0, 1)  # [n, Hq, D]

@@ -15,7 +15,9 @@ it has. For one layer, with h the residual stream [T, hidden]:
     m = rms(m) * mlp_out_norm                             if sandwich_norms
     h += m
 
-then logits = (rms(h) * final_norm) @ Wlm.T, soft-capped if the config says so. An RMSNorm weight w
+then logits = (rms(h) * final_norm) @ Wlm.T, soft-capped (cap * tanh(x / cap)) if the config sets
+final_logit_softcapping. (Gemma 3's attn_logit_softcapping is not applied: transformers' Gemma 3 does not
+pass it to its attention, so neither do we.) An RMSNorm weight w
 multiplies as (norm_offset + w): Gemma stores w - 1. Embeddings are multiplied by sqrt(hidden), rounded to
 the model's dtype, if scaled_embeddings.
 
@@ -24,7 +26,8 @@ the model's dtype, if scaled_embeddings.
   qwen3            Llama layers with per-head q/k RMSNorm, no biases
   gemma3_text      Gemma 3: four norms per layer (w + 1), GELU-tanh, scaled embeddings, q/k norm,
                    sliding and full layers (config.layer_types) with their own rotary settings,
-                   query_pre_attn_scalar as the attention scale (the attention module's `scaling`)
+                   query_pre_attn_scalar as the attention scale (the attention module's `scaling`),
+                   final logit soft-capping when set
 """
 
 from __future__ import annotations
@@ -103,9 +106,9 @@ def layer_windows(config: PretrainedConfig) -> list[int]:
     return [window if kind == SLIDING else 0 for kind in layer_types(config)]
 
 
-def softcaps(config: PretrainedConfig) -> tuple[float | None, float | None]:
-    """(attention logit cap, final logit cap) of the config, None where not set: x -> cap * tanh(x / cap)."""
-    return getattr(config, "attn_logit_softcapping", None), getattr(config, "final_logit_softcapping", None)
+def final_softcap(config: PretrainedConfig) -> float | None:
+    """The cap of the logits (x -> cap * tanh(x / cap)), None when the config sets none."""
+    return getattr(config, "final_logit_softcapping", None)
 
 
 def norm_weight(family: Family, weight: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel
 from engine.kernels import SHORT_CHUNK, FusedLayers, GridCodes, LayerOps, RaggedAttention, prefill_attention
 from engine.kv import KV_DTYPES, SessionKV
 from engine.model.embedding import CodesEmbedding
-from engine.model.families import FULL, embedding_scale, family_of, norm_weight, softcaps
+from engine.model.families import FULL, embedding_scale, family_of, final_softcap, norm_weight
 from engine.model.weights import fuse_layers
 
 _MAX_TABLE_POSITIONS = 16384  # rotary table rows kept (4-8 MB); later positions are computed per step
@@ -71,7 +71,7 @@ class ModelRunner:
         self._embed = CodesEmbedding(codes[embed_name]) if embed_name in codes else inner.embed_tokens
         self._embed_scale = embedding_scale(self.family, cfg, model.dtype)
         self._final_norm = norm_weight(self.family, inner.norm.weight)
-        self._attn_softcap, self._final_softcap = softcaps(cfg)
+        self._final_softcap = final_softcap(cfg)
         self._rotary = inner.rotary_emb
         act_name = getattr(cfg, "hidden_act", None) or getattr(cfg, "hidden_activation", "")
         self._ops = LayerOps(cfg.rms_norm_eps, inner.layers[0].mlp.act_fn, act_name, native)
@@ -81,9 +81,8 @@ class ModelRunner:
         windows = [w.window for w in self._layers if w.window]
         self._fused_positions = min(windows, default=None)  # the one-call path ignores windows: up to this many
         dims = (cfg.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, cfg.intermediate_size)
-        plain = self.family.plain and self._attn_softcap is None
         self._fused = (FusedLayers.build(self._layers, self._ops, cfg.rms_norm_eps, self._scale, dims)
-                       if native and plain else None)
+                       if native and self.family.plain else None)
         per_kind = self.family.rope_per_layer_type  # else one rotary table for every layer
         self._rope_kinds = [w.kind if per_kind else FULL for w in self._layers]  # each layer's rotary table
         self._rotary_table = {kind: self._static_rotary_table(kind) for kind in sorted(set(self._rope_kinds))}
@@ -205,10 +204,10 @@ class ModelRunner:
                     part.copy_(ops.add_rms_norm(part.contiguous().view(-1, d), None, weight).view(part.shape))
             q, k, v = ops.rotary_qkv(qkv, *rope[self._rope_kinds[layer_idx]], hq, hkv)  # [T, H, D] each
             out = torch.empty(q.shape[0], hq, d)
-            ragged(layer_idx, q, k, v, out, window=w.window, softcap=self._attn_softcap)
+            ragged(layer_idx, q, k, v, out, window=w.window)
             for it, s, rows in chunks:
                 out[rows] = prefill_attention(it.kv, layer_idx, s, q[rows], k[rows], v[rows], self._scale,
-                                              use_native=self.native, window=w.window, softcap=self._attn_softcap)
+                                              use_native=self.native, window=w.window)
             attended = w.o(out.view(-1, hq * d))
             if w.attn_out_norm is not None:
                 attended = ops.add_rms_norm(attended, None, w.attn_out_norm)

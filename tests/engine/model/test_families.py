@@ -34,7 +34,7 @@ from engine import (
     start_engine,
 )
 from engine.kv.config import KVStoreConfig
-from engine.model import ModelRunner
+from engine.model import ForwardItem, ModelRunner
 from engine.model.families import UnsupportedArchitecture
 from engine.model.loader import LoadedModel
 from engine.model.reference import greedy_ids
@@ -147,3 +147,26 @@ def test_the_server_refuses_an_unsupported_architecture_at_start(tmp_path, real_
     assert main(["serve", "--model", str(model_dir), "--data-dir", str(tmp_path / "data"), "--port", "0"]) == 2
     assert ("chatserver: unsupported model architecture 'gpt2'; supported: gemma3_text, llama, mistral, qwen2, qwen3"
             in capsys.readouterr().err)
+
+
+def test_gemma_soft_capping_is_transformers(real_model):
+    """A config with attn_logit_softcapping and final_logit_softcapping: logits of a long chunk, a short chunk
+    and decode steps equal transformers' forward (eager attention, which could cap scores; Gemma 3's does not
+    pass the attention cap, only the final one applies)."""
+    model = _gemma3(len(real_model.tokenizer))
+    model.config.attn_logit_softcapping, model.config.final_logit_softcapping = 0.5, 3.0  # small: they bite
+    model.config._attn_implementation = "eager"
+    model.eval().requires_grad_(False)
+    runner = ModelRunner(model, kv_dtype=torch.float32)
+    ids = list(range(300, 380)) + list(range(900, 910)) + [5, 6, 7]
+    with torch.inference_mode():
+        expected = model(torch.tensor([ids])).logits[0]
+    assert expected.abs().max() < 3.0  # the final cap is in effect
+    kv, got = runner.new_kv(), []
+    for chunk in (ids[:80], ids[80:90], [5], [6], [7]):
+        got.append(runner.forward([ForwardItem(kv, chunk, True)])[0])
+    torch.testing.assert_close(torch.stack(got), expected[[79, 89, 90, 91, 92]], atol=1e-4, rtol=1e-4)
+    uncapped = ModelRunner(model, kv_dtype=torch.float32)
+    uncapped._final_softcap = None
+    kv = uncapped.new_kv()
+    assert not torch.allclose(uncapped.forward([ForwardItem(kv, ids[:80], True)])[0], expected[79], atol=1e-3)
