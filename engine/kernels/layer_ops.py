@@ -1,5 +1,5 @@
 """The small per-token operations of a decoder layer: residual add + RMSNorm, rotary embedding of q/k,
-SiLU-gated product. Through engine/kernels/csrc/layer_ops.c when it is built (one call each, no per-operation
+SiLU- or GELU-tanh-gated product. Through engine/kernels/csrc/layer_ops.c when it is built (one call each, no per-operation
 torch overhead: ~7 ms of a 16-sequence decode step), else the same formulas in torch.
 
 Shapes: hidden [T, H]; qkv [T, Hq + 2 Hkv, D]; cos/sin [T, D]; gate_up [T, 2 I]. float32, contiguous.
@@ -14,25 +14,32 @@ import torch.nn.functional as F
 
 from engine.kernels import bindings
 
+_GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh")  # config names of torch's gelu(approximate="tanh")
+
 
 @functools.cache
 def _kernels():
-    """layer_ops.c's (add_rms_norm_f32, rotary_qkv_f32, silu_mul_f32), or None (no compiler)."""
+    """layer_ops.c's (add_rms_norm_f32, rotary_qkv_f32, silu_mul_f32, gelu_tanh_mul_f32), or None (no
+    compiler)."""
     fns = (bindings.function("add_rms_norm_f32"), bindings.function("rotary_qkv_f32"),
-           bindings.function("silu_mul_f32"))
+           bindings.function("silu_mul_f32"), bindings.function("gelu_tanh_mul_f32"))
     return fns if all(fns) else None
 
 
 class LayerOps:
     def __init__(self, eps: float, act: torch.nn.Module, act_name: str, use_native: bool = True):
-        """act: the model's MLP activation module; act_name: its config name (the C path does "silu")."""
+        """act: the model's MLP activation module; act_name: its config name (the C path does "silu" and
+        "gelu_pytorch_tanh")."""
         self.eps = eps
         self.act = act
         self.kernels = _kernels() if use_native else None
         self.is_silu = act_name == "silu"
+        self._gate_kernel = 2 if self.is_silu else 3 if act_name in _GELU_TANH else None  # index in kernels
 
     def add_rms_norm(self, hidden: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
-        """hidden += delta (in place, if given); returns weight * rms_normalised(hidden)."""
+        """hidden += delta (in place, if given); returns weight * rms_normalised(hidden). hidden: contiguous."""
+        if not hidden.is_contiguous():
+            raise ValueError("add_rms_norm: hidden must be contiguous (it is updated in place)")
         if self.kernels is None:
             if delta is not None:
                 hidden += delta
@@ -60,11 +67,11 @@ class LayerOps:
         return q, k, v
 
     def gated(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """gate_up [T, 2 I] -> act(gate) * up [T, I]."""
-        if self.kernels is None or not self.is_silu:
+        """gate_up [T, 2 I] (contiguous) -> act(gate) * up [T, I]."""
+        if self.kernels is None or self._gate_kernel is None:
             gate, up = gate_up.chunk(2, dim=-1)
             return self.act(gate) * up
         t, two_i = gate_up.shape
         out = torch.empty(t, two_i // 2)
-        self.kernels[2](t, two_i // 2, gate_up.data_ptr(), out.data_ptr())
+        self.kernels[self._gate_kernel](t, two_i // 2, gate_up.data_ptr(), out.data_ptr())
         return out

@@ -25,9 +25,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.utils import logging as hf_logging
 
 from engine.kernels import GridCodes
-from engine.model.gguf_codes import BlockMatrix
+from engine.model.chat_format import fallback_chat_template
 from engine.model.fingerprint import file_digest, model_fingerprint
-from engine.model.gguf_codes import MappedRows
+from engine.model.gguf_codes import BlockMatrix, MappedRows
 from engine.model.gguf_loader import load_gguf
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,7 @@ def load_model(model: str | None, cache_dir: Path, dtype: torch.dtype = torch.fl
     else:
         raise ModelNotFound(f"{source}: expected a .gguf file or a Hugging Face model directory")
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    if tokenizer.chat_template is None:
-        raise ModelNotFound(f"{directory}: the tokenizer has no chat template")
+    _ensure_chat_template(tokenizer, directory)
     # safetensors only: a pickle checkpoint (pytorch_model.bin) could run code when loaded
     lm = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation="sdpa", use_safetensors=True)
     lm.eval().requires_grad_(False)
@@ -90,11 +89,18 @@ def load_model(model: str | None, cache_dir: Path, dtype: torch.dtype = torch.fl
 
 def _in_place(path: Path, cache_dir: Path) -> LoadedModel:
     loaded = load_gguf(path, cache_dir)
-    if loaded.tokenizer.chat_template is None:
-        raise ModelNotFound(f"{path}: the file has no chat template")
+    _ensure_chat_template(loaded.tokenizer, path)
     fingerprint = hashlib.sha256(f"{loaded.digest}:{loaded.tokenizer.chat_template}".encode()).hexdigest()
     return LoadedModel(loaded.model, loaded.tokenizer, path.stem, loaded.meta_dir, fingerprint, loaded.codes,
                        loaded.embedding)
+
+
+def _ensure_chat_template(tokenizer: PreTrainedTokenizerBase, source: Path) -> None:
+    """A tokenizer without a chat template (a base model) gets engine/model/chat_format.py's fallback."""
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = fallback_chat_template(tokenizer)
+        log.info("%s has no chat template: using a fallback (%s)", source,
+                 "Gemma turns" if "<start_of_turn>" in tokenizer.chat_template else "User:/Assistant:")
 
 
 def _safetensors_copy_of_gguf(gguf: Path, cache_dir: Path) -> Path:

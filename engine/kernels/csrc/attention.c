@@ -6,7 +6,9 @@
 // shared, read-only prefix of plens[b] positions (buffer pbases[b], capacity pcaps[b]; plens[b] = 0
 // for none) and its own buffer (bases[b], caps[b]) holding positions plens[b].. . Sequence b's
 // rows[b] new keys/values are written at own indices starts[b].. (= position - plens[b]); its new row
-// r attends to every position up to and including its own (plens[b] + starts[b] + r).
+// r, at position p = plens[b] + starts[b] + r, attends to every position up to and including p, or with a
+// sliding window w > 0 (ragged_attention_window_f32) to positions p - w + 1 .. p only (transformers'
+// sliding_window: key position > p - w).
 //
 // The KV buffers hold float32 or float16 (kv_half = 1: IEEE half, round-to-nearest-even on write,
 // widened to float32 on read; all arithmetic is float32 either way).
@@ -40,29 +42,30 @@ static inline float kv_float_h(half x) { return (float)x; }
 // keys/values of position t: the prefix segment (t < np) or the own one
 #define ROW(P, O, t) ((t) < np ? (P) + (t) * D : (O) + ((t) - np) * D)
 
-// any head_dim; scores: [G, n] scratch
+// any head_dim; positions first..n-1; scores: [G, n - first] scratch
 #define ONE_HEAD_SCALAR(T, SUFFIX, TO_FLOAT)                                                                 \
     static void one_head_scalar##SUFFIX(const float *q, const T *PK, const T *PV, int64_t np, const T *K,       \
-                                        const T *V, float *out, int64_t n, int G, int D, float scale,           \
-                                        float *scores) {                                                      \
+                                        const T *V, float *out, int64_t first, int64_t n, int G, int D,         \
+                                        float scale, float *scores) {                                         \
     float maxes[MAX_GROUP];                                                                                   \
     for (int g = 0; g < G; g++) maxes[g] = -INFINITY;                                                         \
-    for (int64_t t = 0; t < n; t++) {                                                                         \
+    const int64_t cnt = n - first;                                                                            \
+    for (int64_t t = first; t < n; t++) {                                                                     \
         const T *k = ROW(PK, K, t);                                                                           \
         for (int g = 0; g < G; g++) {                                                                         \
             const float *qg = q + g * D;                                                                      \
             float acc = 0.f;                                                                                  \
             for (int d = 0; d < D; d++) acc += qg[d] * TO_FLOAT(k[d]);                                        \
             acc *= scale;                                                                                     \
-            scores[g * n + t] = acc;                                                                          \
+            scores[g * cnt + t - first] = acc;                                                                \
             if (acc > maxes[g]) maxes[g] = acc;                                                               \
         }                                                                                                     \
     }                                                                                                         \
     float sums[MAX_GROUP];                                                                                    \
     for (int g = 0; g < G; g++) {                                                                             \
         float s = 0.f, m = maxes[g];                                                                          \
-        float *row = scores + g * n;                                                                          \
-        for (int64_t t = 0; t < n; t++) {                                                                     \
+        float *row = scores + g * cnt;                                                                        \
+        for (int64_t t = 0; t < cnt; t++) {                                                                   \
             float e = expf(row[t] - m);                                                                       \
             row[t] = e;                                                                                       \
             s += e;                                                                                           \
@@ -70,10 +73,10 @@ static inline float kv_float_h(half x) { return (float)x; }
         sums[g] = s;                                                                                          \
         memset(out + g * D, 0, sizeof(float) * D);                                                            \
     }                                                                                                         \
-    for (int64_t t = 0; t < n; t++) {                                                                         \
+    for (int64_t t = first; t < n; t++) {                                                                     \
         const T *v = ROW(PV, V, t);                                                                           \
         for (int g = 0; g < G; g++) {                                                                         \
-            float p = scores[g * n + t];                                                                      \
+            float p = scores[g * cnt + t - first];                                                            \
             float *o = out + g * D;                                                                           \
             for (int d = 0; d < D; d++) o[d] += p * TO_FLOAT(v[d]);                                           \
         }                                                                                                     \
@@ -113,21 +116,21 @@ static inline vf totals(const vf *p) {
     return level[0];
 }
 
-// One KV head and GG (1-4, a compile-time constant) of its query heads, DIM (64 or 128, compile-time)
+// One KV head and GG (1-4, a compile-time constant) of its query heads, DIM (64, 128 or 256, compile-time)
 // = C native vectors: each key and value is loaded (and widened from float16) once for the GG heads.
 // software prefetch of the row AHEAD positions on (its cache lines), ahead of the hardware's
 #define AHEAD 16
 #define PREFETCH_ROW(p, bytes)                                                            \
     for (int line = 0; line < (int)(bytes); line += 64) __builtin_prefetch((const char *)(p) + line)
-// Scores of VL positions at a time; positions past n in the last block repeat position n - 1 and get
-// weight 0. scores: [GG, n rounded up to 16] scratch. Every head's arithmetic, and its order, is the
+// Positions first..n-1, scores of VL at a time; positions past n in the last block repeat position n - 1
+// and get weight 0. scores: [GG, n - first rounded up to 16] scratch. Every head's arithmetic, and its order, is the
 // same whatever GG is (it depends on the vector width: AVX-512 and AVX2 machines round differently).
 #define ONE_HEAD_G(DIM, GG, T, SUFFIX, LOAD)                                                               \
     static void one_head_##DIM##_g##GG##SUFFIX(const float *q, const T *PK, const T *PV, int64_t np,       \
-                                               const T *K, const T *V, float *out, int64_t n, float scale,  \
-                                               float *scores) {                                             \
+                                               const T *K, const T *V, float *out, int64_t first,           \
+                                               int64_t n, float scale, float *scores) {                     \
         enum { D = DIM, C = DIM / VL };                                                                    \
-        const int64_t blocks = (n + VL - 1) / VL, padded = blocks * VL;                                    \
+        const int64_t blocks = (n - first + VL - 1) / VL, padded = blocks * VL;                            \
         vf qv[GG][C], m[GG], sum[GG];                                                                      \
         for (int g = 0; g < GG; g++) {                                                                     \
             for (int c = 0; c < C; c++) qv[g][c] = loadf(q + g * D + VL * c);                              \
@@ -136,7 +139,7 @@ static inline vf totals(const vf *p) {
         for (int64_t blk = 0; blk < blocks; blk++) {                                                       \
             vf p[GG][VL];                                                                                  \
             for (int i = 0; i < VL; i++) {                                                                 \
-                int64_t t = blk * VL + i < n ? blk * VL + i : n - 1;                                       \
+                int64_t t = first + blk * VL + i < n ? first + blk * VL + i : n - 1;                       \
                 const T *k = ROW(PK, K, t);                                                                \
                 PREFETCH_ROW(ROW(PK, K, t + AHEAD < n ? t + AHEAD : n - 1), D * sizeof(T));                \
                 vf kv[C];                                                                                  \
@@ -157,7 +160,7 @@ static inline vf totals(const vf *p) {
             float *row = scores + g * padded, mx = maxv(m[g]);                                             \
             for (int64_t blk = 0; blk < blocks; blk++) {                                                   \
                 vf e = expv(loadf(row + blk * VL) - mx);                                                   \
-                e = selectv(IOTA < (float)(n - blk * VL), e, (vf){0});                                     \
+                e = selectv(IOTA < (float)(n - first - blk * VL), e, (vf){0});                             \
                 storev(row + blk * VL, e);                                                                 \
                 sum[g] += e;                                                                               \
             }                                                                                              \
@@ -165,13 +168,13 @@ static inline vf totals(const vf *p) {
         vf o[GG][C];                                                                                       \
         for (int g = 0; g < GG; g++)                                                                       \
             for (int c = 0; c < C; c++) o[g][c] = (vf){0};                                                 \
-        for (int64_t t = 0; t < n; t++) {                                                                  \
+        for (int64_t t = first; t < n; t++) {                                                              \
             const T *v = ROW(PV, V, t);                                                                    \
             PREFETCH_ROW(ROW(PV, V, t + AHEAD < n ? t + AHEAD : n - 1), D * sizeof(T));                    \
             vf vv[C];                                                                                      \
             for (int c = 0; c < C; c++) vv[c] = LOAD(v + VL * c);                                          \
             for (int g = 0; g < GG; g++) {                                                                 \
-                float w = scores[g * padded + t];                                                          \
+                float w = scores[g * padded + t - first];                                                  \
                 for (int c = 0; c < C; c++) o[g][c] += w * vv[c];                                          \
             }                                                                                              \
         }                                                                                                  \
@@ -189,12 +192,15 @@ static inline vf totals(const vf *p) {
 
 ONE_HEAD_GROUPS(64, float, , load_kv)
 ONE_HEAD_GROUPS(128, float, , load_kv)
+ONE_HEAD_GROUPS(256, float, , load_kv)
 ONE_HEAD_GROUPS(64, half, _h, load_kv_h)
 ONE_HEAD_GROUPS(128, half, _h, load_kv_h)
+ONE_HEAD_GROUPS(256, half, _h, load_kv_h)
 
 struct attention_job {
     int B, Hq, Hkv, D, layer, G, kv_half;
     float scale;
+    int64_t window;  // 0: none
     const float *q, *k_new, *v_new;
     float *out;
     void *const *bases;
@@ -236,10 +242,11 @@ static void attend_job(void *ctx, int item) {
     while (j->first_item[b + 1] <= item) b++;
     int64_t local = item - j->first_item[b], r = local / Hkv;
     int h = (int)(local % Hkv);
-    int64_t np = j->plens[b], n = np + j->starts[b] + r + 1;
+    int64_t np = j->plens[b], n = np + j->starts[b] + r + 1;  // positions 0..n-1 are visible, or the window's
+    int64_t first = j->window > 0 && n > j->window ? n - j->window : 0;
     int64_t pk = np ? head_offset(j, 0, h, j->pcaps[b]) : 0, pv = np ? head_offset(j, 1, h, j->pcaps[b]) : 0;
     int64_t k_at = head_offset(j, 0, h, j->caps[b]), v_at = head_offset(j, 1, h, j->caps[b]);
-    float *scores = malloc(sizeof(float) * G * ((n + 15) / 16 * 16));
+    float *scores = malloc(sizeof(float) * G * ((n - first + 15) / 16 * 16));
     if (!scores) {
         atomic_store(&j->failed, 1);
         return;
@@ -254,10 +261,10 @@ static void attend_job(void *ctx, int item) {
         const float *qg = q + g0 * D;                                                                   \
         float *og = out + g0 * D;                                                                       \
         switch (G - g0 < 4 ? G - g0 : 4) {                                                              \
-            case 1: one_head_##C##_g1##SFX(qg, PK, PV, np, K, V, og, n, j->scale, scores); break;       \
-            case 2: one_head_##C##_g2##SFX(qg, PK, PV, np, K, V, og, n, j->scale, scores); break;       \
-            case 3: one_head_##C##_g3##SFX(qg, PK, PV, np, K, V, og, n, j->scale, scores); break;       \
-            default: one_head_##C##_g4##SFX(qg, PK, PV, np, K, V, og, n, j->scale, scores);             \
+            case 1: one_head_##C##_g1##SFX(qg, PK, PV, np, K, V, og, first, n, j->scale, scores); break;\
+            case 2: one_head_##C##_g2##SFX(qg, PK, PV, np, K, V, og, first, n, j->scale, scores); break;\
+            case 3: one_head_##C##_g3##SFX(qg, PK, PV, np, K, V, og, first, n, j->scale, scores); break;\
+            default: one_head_##C##_g4##SFX(qg, PK, PV, np, K, V, og, first, n, j->scale, scores);      \
         }                                                                                               \
     }
 #define ATTEND(T, SFX)                                                                                  \
@@ -268,8 +275,10 @@ static void attend_job(void *ctx, int item) {
             GROUPED(64, SFX)                                                                            \
         } else if (D == 128) {                                                                          \
             GROUPED(128, SFX)                                                                           \
+        } else if (D == 256) {                                                                          \
+            GROUPED(256, SFX)                                                                           \
         } else {                                                                                        \
-            one_head_scalar##SFX(q, PK, PV, np, K, V, out, n, G, D, j->scale, scores);                  \
+            one_head_scalar##SFX(q, PK, PV, np, K, V, out, first, n, G, D, j->scale, scores);           \
         }                                                                                               \
     }
     if (j->kv_half)
@@ -281,20 +290,30 @@ static void attend_job(void *ctx, int item) {
     free(scores);
 }
 
-// kv_half: 0 = the buffers hold float32, 1 = float16
-int ragged_attention_f32(int B, int Hq, int Hkv, int D, int layer, float scale, const float *q, const float *k_new,
-                         const float *v_new, float *out, int kv_half, void *const *bases, const int64_t *caps,
-                         const int64_t *starts, const int64_t *rows, const int64_t *offsets,
-                         const void *const *pbases, const int64_t *pcaps, const int64_t *plens) {
+// kv_half: 0 = the buffers hold float32, 1 = float16; window: 0 = none, else the sliding window (> 0)
+int ragged_attention_window_f32(int B, int Hq, int Hkv, int D, int layer, float scale, int64_t window,
+                                const float *q, const float *k_new, const float *v_new, float *out, int kv_half,
+                                void *const *bases, const int64_t *caps, const int64_t *starts, const int64_t *rows,
+                                const int64_t *offsets, const void *const *pbases, const int64_t *pcaps,
+                                const int64_t *plens) {
     int G = Hq / Hkv;
+    if (window < 0) return 1;
     if (G > MAX_GROUP || G * Hkv != Hq) return 1;
     int64_t first_item[B + 1];
     first_item[0] = 0;
     for (int b = 0; b < B; b++) first_item[b + 1] = first_item[b] + rows[b] * Hkv;
     if (first_item[B] > 0xffff) return 3;  // more items than one pool job takes
-    struct attention_job job = {B, Hq, Hkv, D, layer, G, kv_half, scale, q, k_new, v_new, out, bases, caps, starts,
-                                rows, offsets, pbases, pcaps, plens, first_item, 0};
+    struct attention_job job = {B, Hq, Hkv, D, layer, G, kv_half, scale, window, q, k_new, v_new, out, bases, caps,
+                                starts, rows, offsets, pbases, pcaps, plens, first_item, 0};
     pool_run(B * Hkv, write_job, &job);  // every new key is in place before any row attends
     pool_run((int)first_item[B], attend_job, &job);
     return atomic_load(&job.failed) ? 2 : 0;
+}
+
+int ragged_attention_f32(int B, int Hq, int Hkv, int D, int layer, float scale, const float *q, const float *k_new,
+                         const float *v_new, float *out, int kv_half, void *const *bases, const int64_t *caps,
+                         const int64_t *starts, const int64_t *rows, const int64_t *offsets,
+                         const void *const *pbases, const int64_t *pcaps, const int64_t *plens) {
+    return ragged_attention_window_f32(B, Hq, Hkv, D, layer, scale, 0, q, k_new, v_new, out, kv_half, bases, caps,
+                                       starts, rows, offsets, pbases, pcaps, plens);
 }

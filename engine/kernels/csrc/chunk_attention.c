@@ -5,7 +5,8 @@
 // products per block (scores = Q K^T, out += P V) in strip.h's register blocking.
 //
 // The chunk's own keys/values are already written into the buffers (engine/kernels/attention.py).
-// Row r of the chunk is at position plen + start + r and sees positions 0 .. plen + start + r. KV layout and
+// Row r of the chunk is at position p = plen + start + r and sees positions 0 .. p, or with a sliding window
+// w > 0 (chunk_attention_window_f32) p - w + 1 .. p (transformers' sliding_window). KV layout and
 // segments as in attention.c: a shared prefix of plen positions (pbase, capacity pcap; plen = 0 for
 // none) then the own buffer (base, capacity cap) from own index 0; [L, 2, Hkv, capacity, D] of float32,
 // or float16 when kv_half (widened exactly; all arithmetic float32).
@@ -43,6 +44,7 @@ struct chunk_job {
     int Hq, Hkv, D, G, layer, kv_half;
     float scale;
     int64_t n, start, T, Tp;  // new rows, own index of the first, visible keys of the last row, T padded
+    int64_t window;           // 0: none
     const float *q;
     float *out;
     const void *base, *pbase;
@@ -58,11 +60,13 @@ static const void *kv_row(const struct chunk_job *j, int kind, int h, int64_t t)
     return j->kv_half ? (const void *)((const half *)buf + offset) : (const void *)((const float *)buf + offset);
 }
 
-// item (h, key block): keys t0..t0+KB of KV head h into Kt (transposed) and Vf, as float32
+// item (h, key block): keys t0..t0+KB of KV head h into Kt (transposed) and Vf, as float32; a block
+// wholly before the first row's window is never read, and not packed
 static void pack_job(void *ctx, int item) {
     const struct chunk_job *j = ctx;
     int D = j->D, blocks = (int)(j->Tp / KB), h = item / blocks;
     int64_t t0 = (int64_t)(item % blocks) * KB;
+    if (j->window > 0 && t0 + KB <= j->plen + j->start - j->window + 1) return;
     float *kt = j->Kt + (int64_t)h * D * j->Tp + t0 * D, *vf_ = j->Vf + (int64_t)h * j->Tp * D;
     for (int64_t t = t0; t < t0 + KB; t++) {
         float *v = vf_ + t * D;
@@ -103,22 +107,31 @@ static void attend_job(void *ctx, int item) {
     for (int i = 0; i < M; i++) m[i] = -INFINITY, l[i] = 0.f;
     const int64_t first_pos = j->plen + j->start + r0, last_pos = first_pos + rows - 1;
     const float *kt = j->Kt + (int64_t)h * D * j->Tp, *vf_ = j->Vf + (int64_t)h * j->Tp * D;
-    for (int64_t t0 = 0; t0 <= last_pos; t0 += KB) {
+    const int64_t w = j->window, lowest = w > 0 && first_pos >= w ? first_pos - w + 1 : 0;  // first visible key
+    for (int64_t t0 = lowest / KB * KB; t0 <= last_pos; t0 += KB) {
         matmul(M, KB, D, Q, D, kt + t0 * D, KB, S, KB, 0);  // S [M, KB] = Q K^T
         for (int i = 0; i < M; i++) {
             float *s = S + i * KB;
             const float limit = (float)(first_pos + i / G - t0);  // keys t0 + c with c <= limit are visible
+            const float below = w > 0 ? limit - (float)w : -1.f;    // and with c > below (the window)
             vf mx = (vf){0} - INFINITY;
-            if (limit >= KB - 1) {
+            if (limit >= KB - 1 && below < 0) {
                 for (int c = 0; c < KB; c += VL) mx = vmaxv(mx, loadf(s + c));
             } else {
                 for (int c = 0; c < KB; c += VL) {
-                    vf x = selectv(IOTA + (float)c <= limit, loadf(s + c), (vf){0} - INFINITY);
+                    vf col = IOTA + (float)c;
+                    vf x = selectv(col <= limit, loadf(s + c), (vf){0} - INFINITY);
+                    x = selectv(col > below, x, (vf){0} - INFINITY);
                     storev(s + c, x);
                     mx = vmaxv(mx, x);
                 }
             }
-            float m_new = fmaxf(m[i], maxv(mx)), alpha = expf(m[i] - m_new);  // block 0 always has key 0
+            float m_new = fmaxf(m[i], maxv(mx));
+            if (m_new == -INFINITY) {  // no visible key yet (a window starting past this block): weight 0
+                memset(s, 0, sizeof(float) * KB);
+                continue;
+            }
+            float alpha = expf(m[i] - m_new);  // 0 when m[i] is still -inf
             vf sum = (vf){0};
             for (int c = 0; c < KB; c += VL) {
                 vf p = expv(loadf(s + c) - m_new);
@@ -144,19 +157,26 @@ static void attend_job(void *ctx, int item) {
 
 static struct scratch packed;  // Kt then Vf, kept between calls (the engine thread is the only caller)
 
-// 0 = done; 1 = shapes the kernel does not take; 2 = out of memory
-int chunk_attention_f32(int Hq, int Hkv, int D, int layer, float scale, const float *q, float *out, int64_t n,
-                        int64_t start, int kv_half, const void *base, int64_t cap, const void *pbase, int64_t pcap,
-                        int64_t plen) {
+// 0 = done; 1 = shapes the kernel does not take; 2 = out of memory. window: 0 = none, else > 0
+int chunk_attention_window_f32(int Hq, int Hkv, int D, int layer, float scale, int64_t window, const float *q,
+                               float *out, int64_t n, int64_t start, int kv_half, const void *base, int64_t cap,
+                               const void *pbase, int64_t pcap, int64_t plen) {
     int G = Hq / Hkv;
-    if (G * Hkv != Hq || D % STRIP || n <= 0) return 1;
+    if (G * Hkv != Hq || D % STRIP || n <= 0 || window < 0) return 1;
     int64_t T = plen + start + n, Tp = (T + KB - 1) / KB * KB, blocks_q = (n + QB - 1) / QB;
     if (Hkv * Tp / KB > 0xffff || Hkv * blocks_q > 0xffff) return 1;  // more items than one pool job takes
     if (reserve(&packed, sizeof(float) * 2 * (size_t)Hkv * Tp * D)) return 2;
     float *kt = packed.data;
-    struct chunk_job job = {Hq, Hkv, D, G, layer, kv_half, scale, n, start, T, Tp, q, out, base, pbase, cap, pcap,
-                            plen, kt, kt + (size_t)Hkv * Tp * D, 0};
+    struct chunk_job job = {Hq, Hkv, D, G, layer, kv_half, scale, n, start, T, Tp, window, q, out, base, pbase, cap,
+                            pcap, plen, kt, kt + (size_t)Hkv * Tp * D, 0};
     pool_run((int)(Hkv * Tp / KB), pack_job, &job);
     pool_run((int)(Hkv * blocks_q), attend_job, &job);
     return atomic_load(&job.failed) ? 2 : 0;
+}
+
+int chunk_attention_f32(int Hq, int Hkv, int D, int layer, float scale, const float *q, float *out, int64_t n,
+                        int64_t start, int kv_half, const void *base, int64_t cap, const void *pbase, int64_t pcap,
+                        int64_t plen) {
+    return chunk_attention_window_f32(Hq, Hkv, D, layer, scale, 0, q, out, n, start, kv_half, base, cap, pbase, pcap,
+                                      plen);
 }

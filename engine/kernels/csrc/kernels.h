@@ -70,3 +70,18 @@ int forward_layers_f32(int T, int L, int H, int Hq, int Hkv, int D, int I, float
                        float *scratch, int B, int kv_half, void *const *bases, const int64_t *caps,
                        const int64_t *starts, const int64_t *rows, const int64_t *offsets, const void *const *pbases,
                        const int64_t *pcaps, const int64_t *plens);
+
+// Sliding-window attention (decoder layers that see only the last `window` positions; window 0 = all, as
+// ragged_attention_f32 / chunk_attention_f32, which call these with 0)
+// attention.c: ragged_attention_f32 with a window
+int ragged_attention_window_f32(int B, int Hq, int Hkv, int D, int layer, float scale, int64_t window,
+                                const float *q, const float *k_new, const float *v_new, float *out, int kv_half,
+                                void *const *bases, const int64_t *caps, const int64_t *starts, const int64_t *rows,
+                                const int64_t *offsets, const void *const *pbases, const int64_t *pcaps,
+                                const int64_t *plens);
+// chunk_attention.c: chunk_attention_f32 with a window
+int chunk_attention_window_f32(int Hq, int Hkv, int D, int layer, float scale, int64_t window, const float *q,
+                               float *out, int64_t n, int64_t start, int kv_half, const void *base, int64_t cap,
+                               const void *pbase, int64_t pcap, int64_t plen);
+// layer_ops.c: the GELU-tanh-gated product (Gemma's MLP), as silu_mul_f32
+int gelu_tanh_mul_f32(int T, int I, const float *gate_up, float *out);

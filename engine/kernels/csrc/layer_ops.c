@@ -9,6 +9,8 @@
 //   rotary_qkv_f32:    qkv[T, Hq + 2 Hkv, D] -> q[T, Hq, D], k[T, Hkv, D] rotated by cos/sin[T, D]
 //                      (x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1)), v[T, Hkv, D] copied
 //   silu_mul_f32:      gate_up[T, 2 I] -> out[T, I] = silu(gate) * up
+//   gelu_tanh_mul_f32: gate_up[T, 2 I] -> out[T, I] = gelu_tanh(gate) * up, gelu_tanh(x) =
+//                      0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (torch's gelu(approximate="tanh"))
 // Row-major contiguous float32.
 #include <math.h>
 #include <stdint.h>
@@ -104,5 +106,25 @@ static void silu_row(void *ctx, int t) {
 int silu_mul_f32(int T, int I, const float *gate_up, float *out) {
     struct silu_job job = {I, gate_up, out};
     pool_run(T, silu_row, &job);
+    return 0;
+}
+
+// 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)): no cancellation where tanh(u) nears -1
+static void gelu_tanh_row(void *ctx, int t) {
+    const struct silu_job *j = ctx;
+    const float k2 = 1.5957691216057308f;  // 2 sqrt(2 / pi)
+    int I = j->I, i = 0;
+    const float *g = j->gate_up + (int64_t)t * 2 * I, *u = g + I;
+    float *o = j->out + (int64_t)t * I;
+    for (; i + VL <= I; i += VL) {
+        vf x = loadf(g + i);
+        storev(o + i, x / (1.0f + expv(-k2 * (x + 0.044715f * x * x * x))) * loadf(u + i));
+    }
+    for (; i < I; i++) o[i] = g[i] / (1.0f + expf(-k2 * (g[i] + 0.044715f * g[i] * g[i] * g[i]))) * u[i];
+}
+
+int gelu_tanh_mul_f32(int T, int I, const float *gate_up, float *out) {
+    struct silu_job job = {I, gate_up, out};
+    pool_run(T, gelu_tanh_row, &job);
     return 0;
 }

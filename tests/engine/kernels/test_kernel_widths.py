@@ -21,8 +21,9 @@ from tests.helpers.paths import REPO
 
 pytestmark = [pytest.mark.slow]
 
-KERNEL_TESTS = ["tests/engine/kernels/test_kernels.py", "tests/engine/kernels/test_grid_weights.py",
-                "tests/engine/model/test_runner.py", "tests/engine/test_sampling.py",
+KERNEL_TESTS = ["tests/engine/kernels/test_kernels.py", "tests/engine/kernels/test_sliding_window.py",
+                "tests/engine/kernels/test_grid_weights.py", "tests/engine/model/test_runner.py",
+                "tests/engine/model/test_families.py", "tests/engine/test_sampling.py",
                 "tests/engine/model/test_gguf_codes.py"]
 STRIP_OF_LANES = {16: 64, 8: 16, 4: 8}  # strip.h: columns of the matmuls' register block
 NATIVE_LANES = {strip: lanes for lanes, strip in STRIP_OF_LANES.items()}[strip_width()]

@@ -136,7 +136,7 @@ def test_fallback_runner_agrees_with_native(tiny_model):
 
 @pytest.mark.parametrize("heads", [(6, 2), (10, 2), (4, 4)])  # query heads per KV head: 3, 5 (4 + 1), 1
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("head_dim", [16, 64, 128])  # 64 and 128 take the vector paths, others the plain one
+@pytest.mark.parametrize("head_dim", [16, 64, 128, 256])  # 64, 128 and 256 take the vector paths, 16 the plain one
 def test_decode_attention_kernel_matches_sdpa_for_any_length_and_a_shared_prefix(head_dim, kv_dtype, heads):
     torch.manual_seed(head_dim)
     layers, (hq, hkv) = 2, heads
@@ -188,6 +188,16 @@ def test_layer_ops_match_the_torch_formulas(rows):
 
     gate_up = torch.randn(rows, 2 * 100) * 30  # large magnitudes: exp over- and underflow
     torch.testing.assert_close(native.gated(gate_up), plain.gated(gate_up))
+    assert torch.equal(native.gated(gate_up[-1:]), native.gated(gate_up)[-1:]), "rows must not depend on the batch"
+
+    gelu = torch.nn.GELU(approximate="tanh")  # Gemma's gelu_pytorch_tanh
+    native, plain = LayerOps(1e-6, gelu, "gelu_pytorch_tanh"), LayerOps(1e-6, gelu, "gelu_pytorch_tanh", use_native=False)
+    for scale in (30, 1, 0.01):  # saturated tanh, the curve, near 0
+        x = (gate_up * scale).double()
+        u = (2 / torch.pi) ** 0.5 * (x[:, :100] + 0.044715 * x[:, :100] ** 3)
+        exact = x[:, :100] / (1 + torch.exp(-2 * u)) * x[:, 100:]  # 0.5 x (1 + tanh u) * up, in float64
+        for ops in (native, plain):  # ours and torch's float32 rounding, alike
+            torch.testing.assert_close(ops.gated(gate_up * scale).double(), exact, rtol=2e-5, atol=1e-5 * scale)
     assert torch.equal(native.gated(gate_up[-1:]), native.gated(gate_up)[-1:]), "rows must not depend on the batch"
 
 

@@ -65,7 +65,7 @@ def test_common_prefix_length():
 def test_positions_past_the_rotary_table_are_computed_per_step(tiny_model):
     """The precomputed cos/sin table covers the first positions; a step reaching past it computes its own."""
     full, short = ModelRunner(tiny_model.model), ModelRunner(tiny_model.model)
-    short._rotary_table = tuple(t[:8] for t in short._rotary_table)
+    short._rotary_table = {kind: tuple(t[:8] for t in table) for kind, table in short._rotary_table.items()}
     prompt = list(range(3, 23))  # positions 0..19, past the short table's 8
     logits = [r.forward([ForwardItem(r.new_kv(), prompt, True)]) for r in (full, short)]
     torch.testing.assert_close(logits[0], logits[1])
