@@ -8,10 +8,9 @@ import urllib.request
 import pytest
 
 from engine.model import load_model
-from engine.model.catalog import pull
 from engine.model.chat_format import ChatMessage
 from engine.model.reference import greedy_answer
-from tests.helpers.paths import MODEL_CACHE, REPO
+from tests.helpers.paths import MODEL_CACHE, real_gguf
 from tests.helpers.real_server import WsChat, serving
 
 pytestmark = [pytest.mark.real_server, pytest.mark.slow]
@@ -28,7 +27,7 @@ ADMIN = "qwen-admin"
 
 @pytest.fixture(scope="module")
 def gguf():
-    return pull(NAME, REPO / ".data" / "models")  # (present after the first run: nothing is downloaded)
+    return real_gguf(NAME)
 
 
 @pytest.fixture(scope="module")

