@@ -256,30 +256,48 @@ def test_one_call_for_all_layers_is_bit_identical_to_the_per_operation_loop(tiny
     assert all(torch.equal(a, b) for a, b in zip(kv_a, kv_b))
 
 
-@pytest.mark.parametrize("activations", ["float32", "int16"])
-def test_qwen2_attention_biases_take_the_one_call_path_bit_identically(activations):
-    """A Qwen2 layer's q/k/v biases are added inside layers.c as the per-operation loop adds them."""
+def _tiny_qwen2(seed: int):
+    """A 2-layer random Qwen2 with random q/k/v biases (its init zeroes them), large enough to matter."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    torch.manual_seed(5)
+    torch.manual_seed(seed)
     config = Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
     model = Qwen2ForCausalLM(config).eval().requires_grad_(False)
-    for layer in model.model.layers:  # random biases (the init zeroes them), large enough to matter
+    for layer in model.model.layers:
         for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
             proj.bias.normal_(0, 0.5)
-    fused, looped = (ModelRunner(model, activations=activations) for _ in range(2))
+    return model
+
+
+PROMPT, FOLLOW = list(range(3, 12)), [7, 8, 9]
+
+
+def _one_call_and_loop(model, activations: str, codes=None) -> list[torch.Tensor]:
+    """Two sessions (a 9- and a 2-token prompt, then 3 decode steps together) through the one-call layers
+    and through the per-operation loop: the one-call path's logits of each step, after checking that the
+    loop gives the same bits. (A runner given codes leaves its model's other matrices on the meta device:
+    one model copy each.)"""
+    fused, looped = (ModelRunner(copy.deepcopy(model), activations=activations, codes=codes) for _ in range(2))
     assert fused._fused is not None
     looped._fused = None
     out = []
     for runner in (fused, looped):
         kvs = [runner.new_kv() for _ in range(2)]
-        runner.forward([ForwardItem(kvs[0], list(range(3, 12)), False), ForwardItem(kvs[1], [4, 5], False)])
-        out.append([runner.forward([ForwardItem(kv, [7 + i], True) for kv in kvs]) for i in range(3)])
+        runner.forward([ForwardItem(kvs[0], PROMPT, False), ForwardItem(kvs[1], [4, 5], False)])
+        out.append([runner.forward([ForwardItem(kv, [token], True) for kv in kvs]) for token in FOLLOW])
     assert all(torch.equal(a, b) for a, b in zip(*out))
-    reference = model(torch.tensor([list(range(3, 12)) + [7, 8, 9]])).logits[0, -1]
+    return out[0]
+
+
+@pytest.mark.parametrize("activations", ["float32", "int16"])
+def test_qwen2_attention_biases_take_the_one_call_path_bit_identically(activations):
+    """A Qwen2 layer's q/k/v biases are added inside layers.c as the per-operation loop adds them."""
+    model = _tiny_qwen2(5)
+    steps = _one_call_and_loop(model, activations)
     if activations == "float32":
-        torch.testing.assert_close(out[0][2][0], reference, atol=1e-4, rtol=1e-4)
+        reference = model(torch.tensor([PROMPT + FOLLOW])).logits[0, -1]
+        torch.testing.assert_close(steps[-1][0], reference, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("activations", ["float32", "int16"])
@@ -288,35 +306,22 @@ def test_a_v_projection_in_another_block_type_is_computed_apart_bit_identically(
     codes, so v is its own; the one-call path and the per-operation loop still give the same bits."""
     import numpy as np
     from gguf import GGMLQuantizationType, dequantize, quantize
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from engine.model.gguf_codes import codes_from_blocks
 
-    torch.manual_seed(6)
-    config = Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    model = Qwen2ForCausalLM(config).eval().requires_grad_(False)
+    model = _tiny_qwen2(6)
     codes = {}
     for i, layer in enumerate(model.model.layers):
-        layer.self_attn.v_proj.bias.normal_(0, 0.5)
         for name, kind in (("q_proj", "Q4_1"), ("k_proj", "Q4_1"), ("v_proj", "Q8_0")):
             proj = getattr(layer.self_attn, name)
             raw = quantize(proj.weight.numpy(), GGMLQuantizationType[kind])
             proj.weight.copy_(torch.from_numpy(dequantize(raw, GGMLQuantizationType[kind]).reshape(proj.weight.shape)))
             codes[f"model.layers.{i}.self_attn.{name}.weight"] = codes_from_blocks(kind, np.asarray(raw))
-    reference = model(torch.tensor([list(range(3, 12)) + [7, 8, 9]])).logits[0, -1]
-    # (a runner given codes leaves its model's other matrices on the meta device: one model each)
-    fused, looped = (ModelRunner(copy.deepcopy(model), activations=activations, codes=codes) for _ in range(2))
-    assert fused._layers[0].v is not None and fused._fused is not None
-    looped._fused = None
-    out = []
-    for runner in (fused, looped):
-        kvs = [runner.new_kv() for _ in range(2)]
-        runner.forward([ForwardItem(kvs[0], list(range(3, 12)), False), ForwardItem(kvs[1], [4, 5], False)])
-        out.append([runner.forward([ForwardItem(kv, [7 + i], True) for kv in kvs]) for i in range(3)])
-    assert all(torch.equal(a, b) for a, b in zip(*out))
+    assert ModelRunner(copy.deepcopy(model), codes=codes)._layers[0].v is not None
+    steps = _one_call_and_loop(model, activations, codes)
     if activations == "float32":  # and it is the model's own projection
-        torch.testing.assert_close(out[0][2][0], reference, atol=1e-4, rtol=1e-4)
+        reference = model(torch.tensor([PROMPT + FOLLOW])).logits[0, -1]
+        torch.testing.assert_close(steps[-1][0], reference, atol=1e-4, rtol=1e-4)
 
 
 def test_float16_kv_takes_half_the_bytes_and_stays_close_to_float32(tiny_model):
