@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
 from engine.model.fingerprint import file_digest
@@ -69,8 +69,12 @@ def read_meta(path: Path, cache_dir: Path) -> GGUFMeta:
         _write_meta(path, target)
     table = json.loads((target / _TABLE).read_text())
     tensors = [TensorEntry(t["name"], t["kind"], tuple(t["shape"]), t["offset"]) for t in table["tensors"]]
-    return GGUFMeta(AutoConfig.from_pretrained(target), AutoTokenizer.from_pretrained(target), table["architecture"],
-                    table["parsed_config"], tensors, digest, target)
+    # the saved tokenizer.json, read by the generic class: the same ids and decoding as the family's class
+    # (tests/engine/model/test_gguf_meta.py), which rebuilds its vocabulary and merges as Python objects
+    # as well (resident after load: gemma-3 470 MB instead of 115, Qwen2.5 365 MB instead of 114)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(target)
+    return GGUFMeta(AutoConfig.from_pretrained(target), tokenizer, table["architecture"], table["parsed_config"],
+                    tensors, digest, target)
 
 
 def _tensor_table(path: Path) -> tuple[str, list[dict]]:
