@@ -34,9 +34,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import ROOT, add_model_cache_argument, cpu_summary  # noqa: E402
-from engine.model import (ChatFormat, ChatMessage, ForwardItem, ModelRunner, greedy_ids, is_catalog_name,  # noqa: E402
-                          load_model, pull)
+from bench.common import MODELS_DIR, add_model_cache_argument, catalog_gguf, cpu_summary  # noqa: E402
+from engine.model import ChatFormat, ChatMessage, ForwardItem, ModelRunner, greedy_ids, load_model  # noqa: E402
 from engine.kernels import Linear  # noqa: E402
 
 TOPICS = ["the ocean", "mountains", "coffee", "trains", "gardening", "chess", "the moon", "bicycles", "rain",
@@ -129,13 +128,13 @@ def main() -> None:
     parser.add_argument("--show", type=int, default=4, help="differing answers to print side by side")
     parser.add_argument("--activations", action="store_true", help="also the emulated int8 activation modes")
     parser.add_argument("--model", help="a catalog name or GGUF path: the server's defaults against its exact mode")
-    parser.add_argument("--models-dir", type=Path, default=ROOT / ".data" / "models",
+    parser.add_argument("--models-dir", type=Path, default=MODELS_DIR,
                         help="where catalog models are (a name not there is pulled)")
     add_model_cache_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    if is_catalog_name(args.model):
-        args.model = str(pull(args.model, args.models_dir))
+    if args.model is not None:
+        args.model = str(catalog_gguf(args.model, args.models_dir))
     loaded = load_model(args.model, args.model_cache, in_place=False)  # float: the references run on it too
     fmt = ChatFormat(loaded.tokenizer, loaded.model.generation_config)
     convs = conversations()

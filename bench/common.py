@@ -17,11 +17,21 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-__all__ = ["MODEL_CACHE", "ROOT", "add_model_cache_argument", "cpu_summary", "percentile", "prepare_model",
-           "prepared_tokenizer"]
+__all__ = [
+    "MODELS_DIR",
+    "MODEL_CACHE",
+    "ROOT",
+    "add_model_cache_argument",
+    "catalog_gguf",
+    "cpu_summary",
+    "percentile",
+    "prepare_model",
+    "prepared_tokenizer",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CACHE = ROOT / ".cache" / "models"
+MODELS_DIR = ROOT / ".data" / "models"  # catalog models (the server's default data directory's)
 
 
 def add_model_cache_argument(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +56,16 @@ def prepared_tokenizer(cache_dir: Path) -> Tokenizer:
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(prepare_model(cache_dir) / "tokenizer.json"))
+
+
+def catalog_gguf(value: str | None, models_dir: Path = MODELS_DIR) -> Path:
+    """The GGUF file of --model: a path, or a catalog name, pulled into models_dir unless present (a
+    download of hundreds of MB on a fresh machine); None: the default model."""
+    from engine.model import is_catalog_name, pull, resolve_model
+
+    if is_catalog_name(value):
+        pull(value, models_dir)
+    return resolve_model(value, models_dir).resolve()
 
 
 def percentile(values: list[float], q: float) -> float:

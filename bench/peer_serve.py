@@ -46,7 +46,13 @@ import openai
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import ROOT, add_model_cache_argument, cpu_summary  # noqa: E402
+from bench.common import (  # noqa: E402
+    MODELS_DIR,
+    ROOT,
+    add_model_cache_argument,
+    catalog_gguf,
+    cpu_summary,
+)
 from tests.helpers.real_server import RealServer  # noqa: E402
 
 LLAMA_CPP_PYTHON = "0.3.36"  # the sdist whose vendor/llama.cpp is built
@@ -233,11 +239,9 @@ def run_llama_bench(binary: Path, model: Path, extra: list[str]) -> dict:
 
 def resolve(value: str | None, models_dir: Path) -> tuple[str, Path]:
     """(name for the results file, GGUF path) of --model; a catalog name not present yet is pulled."""
-    from engine.model import is_catalog_name, list_models, pull, resolve_model
+    from engine.model import list_models
 
-    if is_catalog_name(value):
-        pull(value, models_dir)  # (nothing is downloaded when it is present)
-    path = resolve_model(value, models_dir).resolve()
+    path = catalog_gguf(value, models_dir)
     name = next((s.entry.name for s in list_models(models_dir) if s.path.resolve() == path), path.stem.lower())
     return name, path
 
@@ -271,7 +275,7 @@ ROWS = [("one stream, 64 tokens, tok/s", "one_stream_tok_per_s", 1, "> 1"),
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a GGUF file or a catalog name (default: the server's default model)")
-    parser.add_argument("--models-dir", type=Path, default=ROOT / ".data" / "models", help="where catalog models are")
+    parser.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="where catalog models are")
     add_model_cache_argument(parser)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ctx-per-slot", type=int, default=4096, help="context tokens of each of the 16 slots")
