@@ -1,5 +1,5 @@
 """The small per-token operations of a decoder layer: residual add + RMSNorm, rotary embedding of q/k,
-SiLU- or GELU-tanh-gated product. Through engine/kernels/csrc/layer_ops.c when it is built (one call each, no per-operation
+SiLU- or GELU-tanh-gated product, per-head q/k RMSNorm. Through engine/kernels/csrc/layer_ops.c when it is built (one call each, no per-operation
 torch overhead: ~7 ms of a 16-sequence decode step), else the same formulas in torch.
 
 Shapes: hidden [T, H]; qkv [T, Hq + 2 Hkv, D]; cos/sin [T, D]; gate_up [T, 2 I]. float32, contiguous.
@@ -19,10 +19,11 @@ _GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh")  # config names of torch's gelu(
 
 @functools.cache
 def _kernels():
-    """layer_ops.c's (add_rms_norm_f32, rotary_qkv_f32, silu_mul_f32, gelu_tanh_mul_f32), or None (no
-    compiler)."""
+    """layer_ops.c's (add_rms_norm_f32, rotary_qkv_f32, silu_mul_f32, gelu_tanh_mul_f32, head_rms_norm_f32),
+    or None (no compiler)."""
     fns = (bindings.function("add_rms_norm_f32"), bindings.function("rotary_qkv_f32"),
-           bindings.function("silu_mul_f32"), bindings.function("gelu_tanh_mul_f32"))
+           bindings.function("silu_mul_f32"), bindings.function("gelu_tanh_mul_f32"),
+           bindings.function("head_rms_norm_f32"))
     return fns if all(fns) else None
 
 
@@ -49,6 +50,27 @@ class LayerOps:
         self.kernels[0](t, h, self.eps, hidden.data_ptr(), delta.contiguous().data_ptr() if delta is not None else None,
                         weight.data_ptr(), out.data_ptr())
         return out
+
+    def head_norms(self, qkv: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor, hq: int, hkv: int) -> None:
+        """Each head [D] of q and of k in qkv [T, Hq + 2 Hkv, D] (contiguous) RMS-normalised in place, times
+        q_norm / k_norm [D] (Qwen3's and Gemma 3's norms before rotary)."""
+        t, _, d = qkv.shape
+        if self.kernels is None:
+            for heads, weight in ((slice(0, hq), q_norm), (slice(hq, hq + hkv), k_norm)):
+                part = qkv[:, heads]
+                part.copy_(F.rms_norm(part, (d,), weight, self.eps))
+            return
+        self.kernels[4](t, hq, hkv, d, self.eps, qkv.data_ptr(), q_norm.data_ptr(), k_norm.data_ptr())
+
+    @property
+    def gelu(self) -> bool:
+        """Whether the MLP's gate is GELU-tanh (else SiLU)."""
+        return self._gate_kernel == 3
+
+    @property
+    def has_gate_kernel(self) -> bool:
+        """Whether layer_ops.c computes this model's gated product (SiLU or GELU-tanh)."""
+        return self.kernels is not None and self._gate_kernel is not None
 
     def rotary_qkv(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, hq: int, hkv: int):
         """qkv [T, Hq + 2 Hkv, D] -> contiguous q [T, Hq, D], k [T, Hkv, D] (rotated), v [T, Hkv, D]."""

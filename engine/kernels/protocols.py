@@ -65,7 +65,8 @@ class SequenceKV(Protocol):
 class DecoderWeights(Protocol):
     """One decoder layer's weights, as engine/kernels/fused_layers.py reads them: RMSNorm vectors [hidden]
     (float32, contiguous) and the layer's four matrices (qkv fused, o, gate_up fused, down); v apart when
-    its block type differs from q's and k's (then qkv holds q and k only)."""
+    its block type differs from q's and k's (then qkv holds q and k only); the families' extra norms and
+    sliding window."""
 
     @property
     def ln1(self) -> torch.Tensor: ...
@@ -87,3 +88,21 @@ class DecoderWeights(Protocol):
 
     @property
     def v(self) -> Linear | None: ...
+
+    @property
+    def q_norm(self) -> torch.Tensor | None:
+        """[head_dim] per-head norm of q before rotary (with k_norm), or None."""
+
+    @property
+    def k_norm(self) -> torch.Tensor | None: ...
+
+    @property
+    def attn_out_norm(self) -> torch.Tensor | None:
+        """[hidden] norm of the attention output before it joins the residual stream, or None."""
+
+    @property
+    def mlp_out_norm(self) -> torch.Tensor | None: ...
+
+    @property
+    def window(self) -> int:
+        """Sliding window in positions, 0: none."""

@@ -55,11 +55,6 @@ class Family:
     scaled_embeddings: bool = False  # embeddings * sqrt(hidden) in the model's dtype
     rope_per_layer_type: bool = False  # the rotary module takes the layer type (sliding / full tables)
 
-    @property
-    def plain(self) -> bool:
-        """Llama's layer exactly (biases aside): what the one-call path (engine/kernels/fused_layers.py) runs."""
-        return not (self.attn_out_norm or self.mlp_out_norm or self.qk_norm or self.norm_offset
-                    or self.scaled_embeddings or self.rope_per_layer_type)
 
 
 _LLAMA = Family("llama", "input_layernorm", "post_attention_layernorm")

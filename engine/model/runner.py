@@ -25,7 +25,7 @@ from engine.kernels import SHORT_CHUNK, FusedLayers, GridCodes, LayerOps, Ragged
 from engine.kv import KV_DTYPES, SessionKV
 from engine.model.embedding import CodesEmbedding
 from engine.model.gguf_codes import BlockMatrix, MappedRows
-from engine.model.families import FULL, embedding_scale, family_of, final_softcap, norm_weight
+from engine.model.families import FULL, SLIDING, embedding_scale, family_of, final_softcap, norm_weight
 from engine.model.weights import fuse_layers
 
 _MAX_TABLE_POSITIONS = 16384  # rotary table rows kept (4-8 MB); later positions are computed per step
@@ -82,13 +82,11 @@ class ModelRunner:
         self._scale = inner.layers[0].self_attn.scaling
         self._layers, self._lm_head = fuse_layers(model, matmul_dtype, native, grid_codes, activations, codes)
         self.vocab_size = self._lm_head.out_features
-        windows = [w.window for w in self._layers if w.window]
-        self._fused_positions = min(windows, default=None)  # the one-call path ignores windows: up to this many
-        dims = (cfg.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, cfg.intermediate_size)
-        self._fused = (FusedLayers.build(self._layers, self._ops, cfg.rms_norm_eps, self._scale, dims)
-                       if native and self.family.plain else None)
         per_kind = self.family.rope_per_layer_type  # else one rotary table for every layer
         self._rope_kinds = [w.kind if per_kind else FULL for w in self._layers]  # each layer's rotary table
+        dims = (cfg.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, cfg.intermediate_size)
+        self._fused = (FusedLayers.build(self._layers, self._ops, cfg.rms_norm_eps, self._scale, dims,
+                                         [kind == SLIDING for kind in self._rope_kinds]) if native else None)
         self._rotary_table = {kind: self._static_rotary_table(kind) for kind in sorted(set(self._rope_kinds))}
 
     def _rope(self, kind: str, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,9 +163,10 @@ class ModelRunner:
                 chunks.append((it, s, slice(offset, offset + n)))
             offset += n
         ragged = RaggedAttention(short, self.num_heads, self._scale, self.native)
-        windows_apart = self._fused_positions is None or end <= self._fused_positions  # no window cuts anything
-        if not chunks and self._fused is not None and ragged.kernel is not None and windows_apart:
-            self._fused(hidden, *rope[FULL], ragged)  # every layer in one C call, bit-identical to _layer_loop
+        if not chunks and self._fused is not None and ragged.kernel is not None:
+            cos, sin = rope.get(FULL) or rope[SLIDING]
+            self._fused(hidden, cos, sin, *rope.get(SLIDING, (cos, sin)), ragged)  # every layer in one C call,
+            # bit-identical to _layer_loop
         else:
             self._layer_loop(hidden, rope, ragged, chunks)
 
@@ -204,9 +203,7 @@ class ModelRunner:
         for layer_idx, w in enumerate(self._layers):
             qkv = w.project_qkv(x).view(-1, hq + 2 * hkv, d)
             if w.q_norm is not None:  # per head, before rotary
-                for heads, weight in ((slice(0, hq), w.q_norm), (slice(hq, hq + hkv), w.k_norm)):
-                    part = qkv[:, heads]  # [T, heads, D], rows hq + 2 hkv heads apart
-                    part.copy_(ops.add_rms_norm(part.contiguous().view(-1, d), None, weight).view(part.shape))
+                ops.head_norms(qkv, w.q_norm, w.k_norm, hq, hkv)
             q, k, v = ops.rotary_qkv(qkv, *rope[self._rope_kinds[layer_idx]], hq, hkv)  # [T, H, D] each
             out = torch.empty(q.shape[0], hq, d)
             ragged(layer_idx, q, k, v, out, window=w.window)

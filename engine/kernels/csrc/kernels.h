@@ -63,13 +63,17 @@ struct layer_weights {
     const float *qkv_bias;  // [(Hq + 2 Hkv) D] (Qwen2's attention biases), or NULL
     struct matrix v;        // v [Hkv D, H] apart (grid or panels not NULL): then qkv and its bias hold q and k
     const float *v_bias;    // [Hkv D] with v apart, or NULL
+    const float *q_norm, *k_norm;  // [D] per-head norms of q and k before rotary (Qwen3, Gemma 3), or NULL
+    const float *attn_out_norm, *mlp_out_norm;  // [H] norms of the attention / MLP outputs (Gemma 3), or NULL
+    int64_t window;         // sliding window in positions (0: every earlier position)
+    int64_t rope;           // the rotary table this layer reads: 0 (cos, sin) or 1 (cos2, sin2)
 };
 
 int forward_layers_f32(int T, int L, int H, int Hq, int Hkv, int D, int I, float eps, float scale,
-                       const struct layer_weights *w, int wbf16, float *hidden, const float *cos, const float *sin,
-                       float *scratch, int B, int kv_half, void *const *bases, const int64_t *caps,
-                       const int64_t *starts, const int64_t *rows, const int64_t *offsets, const void *const *pbases,
-                       const int64_t *pcaps, const int64_t *plens);
+                       const struct layer_weights *w, int wbf16, int gelu, float *hidden, const float *cos,
+                       const float *sin, const float *cos2, const float *sin2, float *scratch, int B, int kv_half,
+                       void *const *bases, const int64_t *caps, const int64_t *starts, const int64_t *rows,
+                       const int64_t *offsets, const void *const *pbases, const int64_t *pcaps, const int64_t *plens);
 
 // Sliding-window attention (decoder layers that see only the last `window` positions; window 0 = all, as
 // ragged_attention_f32 / chunk_attention_f32, which call these with 0)
@@ -85,3 +89,6 @@ int chunk_attention_window_f32(int Hq, int Hkv, int D, int layer, float scale, i
                                const void *pbase, int64_t pcap, int64_t plen);
 // layer_ops.c: the GELU-tanh-gated product (Gemma's MLP), as silu_mul_f32
 int gelu_tanh_mul_f32(int T, int I, const float *gate_up, float *out);
+// layer_ops.c: per-head RMSNorm of q's and k's heads in qkv [T, Hq + 2 Hkv, D], in place
+int head_rms_norm_f32(int T, int Hq, int Hkv, int D, float eps, float *qkv, const float *q_norm,
+                      const float *k_norm);

@@ -6,6 +6,8 @@
 //
 //   add_rms_norm_f32:  hidden[T, H] += delta (if given); out = weight * (hidden * rsqrt(mean(hidden^2) + eps))
 //                      (transformers' LlamaRMSNorm in float32)
+//   head_rms_norm_f32: each head [D] of q and k in qkv[T, Hq + 2 Hkv, D], in place: weight * rms_normalised
+//                      (q_norm for q's heads, k_norm for k's; Qwen3's and Gemma 3's per-head norms)
 //   rotary_qkv_f32:    qkv[T, Hq + 2 Hkv, D] -> q[T, Hq, D], k[T, Hkv, D] rotated by cos/sin[T, D]
 //                      (x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1)), v[T, Hkv, D] copied
 //   silu_mul_f32:      gate_up[T, 2 I] -> out[T, I] = silu(gate) * up
@@ -27,15 +29,12 @@ struct norm_job {
     float *out;
 };
 
-static void norm_row(void *ctx, int t) {
-    const struct norm_job *j = ctx;
-    int H = j->H, i = 0;
-    float *h = j->hidden + (int64_t)t * H;
-    float *o = j->out + (int64_t)t * H;
-    if (j->delta) {
-        const float *d = j->delta + (int64_t)t * H;
+// one row h[H] (+= d[H], if d): o = w * (h * rsqrt(mean(h^2) + eps)); o may be h (each o[c] is written
+// after h[c] is read)
+static void rms_row(int H, float eps, float *h, const float *d, const float *w, float *o) {
+    int i = 0;
+    if (d)
         for (int c = 0; c < H; c++) h[c] += d[c];
-    }
     vf acc = {0};
     for (; i + VL <= H; i += VL) {
         vf x = loadf(h + i);
@@ -43,13 +42,42 @@ static void norm_row(void *ctx, int t) {
     }
     float ss = sumv(acc);
     for (; i < H; i++) ss += h[i] * h[i];
-    float r = 1.0f / sqrtf(ss / (float)H + j->eps);
-    for (int c = 0; c < H; c++) o[c] = j->weight[c] * (h[c] * r);
+    float r = 1.0f / sqrtf(ss / (float)H + eps);
+    for (int c = 0; c < H; c++) o[c] = w[c] * (h[c] * r);
+}
+
+static void norm_row(void *ctx, int t) {
+    const struct norm_job *j = ctx;
+    rms_row(j->H, j->eps, j->hidden + (int64_t)t * j->H, j->delta ? j->delta + (int64_t)t * j->H : 0, j->weight,
+            j->out + (int64_t)t * j->H);
 }
 
 int add_rms_norm_f32(int T, int H, float eps, float *hidden, const float *delta, const float *weight, float *out) {
     struct norm_job job = {H, eps, hidden, delta, weight, out};
     pool_run(T, norm_row, &job);
+    return 0;
+}
+
+struct head_norm_job {
+    int Hq, Hkv, D;
+    float eps;
+    float *qkv;
+    const float *q_norm, *k_norm;
+};
+
+static void head_norm_row(void *ctx, int t) {
+    const struct head_norm_job *j = ctx;
+    float *row = j->qkv + (int64_t)t * (j->Hq + 2 * j->Hkv) * j->D;
+    for (int h = 0; h < j->Hq + j->Hkv; h++) {
+        float *x = row + (int64_t)h * j->D;
+        rms_row(j->D, j->eps, x, 0, h < j->Hq ? j->q_norm : j->k_norm, x);
+    }
+}
+
+int head_rms_norm_f32(int T, int Hq, int Hkv, int D, float eps, float *qkv, const float *q_norm,
+                      const float *k_norm) {
+    struct head_norm_job job = {Hq, Hkv, D, eps, qkv, q_norm, k_norm};
+    pool_run(T, head_norm_row, &job);
     return 0;
 }
 

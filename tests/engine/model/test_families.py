@@ -129,6 +129,28 @@ async def test_sessions_batched_in_one_step_answer_as_alone(exact_engine):
     assert list(together) == alone
 
 
+@pytest.mark.parametrize("activations", ["float32", "int16"])
+def test_every_family_takes_the_one_call_path_bit_identically_past_its_window(family_model, activations):
+    """layers.c runs each family's extras (q/k norms, output norms, GELU-tanh, per-layer rotary tables, sliding
+    windows) as the per-operation loop does: the same logits and KV, bit for bit, for decode steps and short
+    chunks of two sessions whose contexts are longer than the window."""
+    runners = [ModelRunner(family_model.model, kv_dtype=torch.float16, activations=activations) for _ in range(2)]
+    fused, looped = runners
+    assert fused._fused is not None
+    looped._fused = None
+    results = []
+    for runner in runners:
+        kvs = [runner.new_kv() for _ in range(2)]
+        runner.forward([ForwardItem(kvs[0], list(range(300, 340)), False), ForwardItem(kvs[1], [4, 5, 6], False)])
+        steps = [runner.forward([ForwardItem(kvs[0], [7 + s], True), ForwardItem(kvs[1], list(range(50, 50 + WINDOW + 2)),
+                                                                                       True)]) for s in range(3)]
+        results.append((steps, [kv.positions(0, kv.length) for kv in kvs]))
+    (steps_a, kv_a), (steps_b, kv_b) = results
+    assert kv_a[1].shape[-2] > 3 * WINDOW  # (the second session's context grew past the window too)
+    assert all(torch.equal(a, b) for a, b in zip(steps_a, steps_b))
+    assert all(torch.equal(a, b) for a, b in zip(kv_a, kv_b))
+
+
 def test_an_unsupported_architecture_is_refused_naming_the_supported_ones():
     model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=100)).eval()
     with pytest.raises(UnsupportedArchitecture) as refused:
