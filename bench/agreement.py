@@ -18,7 +18,8 @@ a float scale (amax / 127, Q8_0's scheme), or to two int8 limbs (the second hold
 With --model (a catalog name or a GGUF path: another model than the default), the model is loaded in
 place as the server loads it, and the server's defaults (int16 activations, float16 KV) are compared with
 its exact mode (float32 activations and KV), whose answers are in turn checked against transformers'
-generate() on the float model transformers dequantizes.
+generate() on the float model transformers dequantizes; with --activations also the emulated int8
+activations (on the exact mode's weights, with float16 KV).
 
 Run: .venv/bin/python bench/agreement.py [--tokens 32] [--show 4] [--activations] [--model NAME_OR_PATH]
 """
@@ -173,8 +174,12 @@ def _in_place_modes(args, prompts, stop) -> tuple[list[list[int]], dict]:
                            codes=model.codes, embedding_rows=model.embedding_rows)
 
     ref = greedy(runner("float32", torch.float32), prompts, args.tokens, stop)
-    defaults = greedy(runner("int16", torch.float16), prompts, args.tokens, stop)
-    return ref, {"the server's defaults (int16 activations, float16 KV) vs its exact mode": defaults}
+    modes = {"the server's defaults (int16 activations, float16 KV) vs its exact mode":
+             greedy(runner("int16", torch.float16), prompts, args.tokens, stop)}
+    if args.activations:
+        modes["int8 activations per 32 (llama.cpp's Q8 scheme, emulated), float16 KV vs the exact mode"] = \
+            greedy_rounded(runner("float32", torch.float16), 1, prompts, args.tokens, stop)
+    return ref, modes
 
 
 def _report(args, loaded, convs, prompts, ref, modes) -> None:
