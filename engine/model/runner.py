@@ -28,7 +28,9 @@ from engine.model.gguf_codes import BlockMatrix, MappedRows
 from engine.model.families import FULL, SLIDING, embedding_scale, family_of, final_softcap, norm_weight
 from engine.model.weights import fuse_layers
 
-_MAX_TABLE_POSITIONS = 16384  # rotary table rows kept (4-8 MB); later positions are computed per step
+_MAX_TABLE_POSITIONS = 16384  # rotary table rows kept at most; later positions are computed per step
+_FIRST_TABLE_POSITIONS = 4096  # rows computed at start, doubled when a step goes past them (Gemma 3's two
+# tables of head_dim 256: 17 MB at 4096 positions, 67 MB at 16384)
 
 
 @dataclass
@@ -95,7 +97,8 @@ class ModelRunner:
             return self._rotary(x, positions, kind)
         return self._rotary(x, positions)
 
-    def _static_rotary_table(self, kind: str = FULL) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _static_rotary_table(self, kind: str = FULL, positions: int = _FIRST_TABLE_POSITIONS
+                             ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """cos, sin [positions, head_dim] of the model's rotary embedding for layers of this kind, computed
         once by its own module (a step then indexes rows instead of running ~10 torch ops); None for rotary
         kinds whose tables depend on the sequence (dynamic scaling), which are computed per step."""
@@ -104,7 +107,7 @@ class ModelRunner:
             rope_type = rope_type.get(kind, "default")
         if rope_type not in ("default", "linear", "llama3"):
             return None
-        positions = torch.arange(min(self.max_context, _MAX_TABLE_POSITIONS))
+        positions = torch.arange(min(self.max_context, _MAX_TABLE_POSITIONS, positions))
         with torch.inference_mode():
             cos, sin = self._rope(kind, torch.empty(1, dtype=self.dtype), positions[None])
         return cos[0].contiguous(), sin[0].contiguous()
@@ -149,6 +152,8 @@ class ModelRunner:
         end = max(s + n for s, n in zip(starts, lengths))
         rope = {}  # layer kind -> cos, sin [T, head_dim]
         for kind, table in self._rotary_table.items():
+            if table is not None and table[0].shape[0] < end <= min(self.max_context, _MAX_TABLE_POSITIONS):
+                self._rotary_table[kind] = table = self._static_rotary_table(kind, 2 ** (end - 1).bit_length())
             if table is not None and end <= table[0].shape[0]:
                 rope[kind] = tuple(t.index_select(0, positions) for t in table)
             else:

@@ -62,10 +62,19 @@ def test_common_prefix_length():
     assert common_prefix_length([1, 2], [1, 2]) == 2
 
 
-def test_positions_past_the_rotary_table_are_computed_per_step(tiny_model):
-    """The precomputed cos/sin table covers the first positions; a step reaching past it computes its own."""
+def test_the_rotary_table_grows_with_the_positions_and_is_computed_per_step_past_its_cap(tiny_model, monkeypatch):
+    """The precomputed cos/sin table covers the first positions and doubles when a step reaches past it, up to
+    a cap; a step past the cap computes its own rows. Either way the logits are those of a full table."""
+    import engine.model.runner as runner_module
+
     full, short = ModelRunner(tiny_model.model), ModelRunner(tiny_model.model)
     short._rotary_table = {kind: tuple(t[:8] for t in table) for kind, table in short._rotary_table.items()}
     prompt = list(range(3, 23))  # positions 0..19, past the short table's 8
     logits = [r.forward([ForwardItem(r.new_kv(), prompt, True)]) for r in (full, short)]
-    torch.testing.assert_close(logits[0], logits[1])
+    assert torch.equal(logits[0], logits[1])
+    assert all(t[0].shape[0] == 32 for t in short._rotary_table.values())  # grown to a power of two past 19
+    monkeypatch.setattr(runner_module, "_MAX_TABLE_POSITIONS", 8)
+    capped = ModelRunner(tiny_model.model)
+    assert all(t[0].shape[0] == 8 for t in capped._rotary_table.values())
+    torch.testing.assert_close(capped.forward([ForwardItem(capped.new_kv(), prompt, True)]), logits[0])
+    assert all(t[0].shape[0] == 8 for t in capped._rotary_table.values())  # not grown past the cap
