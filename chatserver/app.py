@@ -1,9 +1,11 @@
 """Builds the aiohttp application: the wiring of engine, storage and transports. Lifetimes of the
-database and of the engine live in cleanup_ctx; open WebSockets are closed (GOING_AWAY) on shutdown."""
+database and of the engine live in cleanup_ctx; on shutdown running turns are cancelled and stored, then
+open WebSockets are closed (GOING_AWAY)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
 from typing import AsyncIterator
@@ -16,7 +18,10 @@ from chatserver.config import ServerConfig
 from chatserver.engine_client import EngineClient
 from chatserver.ops import ConnectionGate, Metrics, TurnRate
 from engine import KVSpec, LoadedModel, start_engine
-from storage import KVFileStore, KVLayout, TranscriptStore, create_db_engine, db_sessionmaker, upgrade
+from storage import (KVFileStore, KVLayout, StorageUnavailable, TranscriptStore, create_db_engine, db_sessionmaker,
+                     upgrade)
+
+log = logging.getLogger(__name__)
 
 
 def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Application:
@@ -50,9 +55,14 @@ def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Ap
             await asyncio.to_thread(upgrade, config.db_url)
         db_engine = create_db_engine(config.db_url)
         app[keys.transcripts] = TranscriptStore(db_sessionmaker(db_engine))
+        try:  # a turn the server was killed during left its user message unanswered
+            await app[keys.transcripts].close_unanswered("interrupted")
+        except StorageUnavailable as exc:
+            log.warning("could not mark interrupted turns: %s", exc)
         client, loaded = app[keys.engine], app[keys.model]
         on_idle = (lambda sid: client.spill_soon(sid, "disconnect")) if config.engine.kv.spill_on_disconnect else None
-        sessions = app[keys.sessions] = LiveSessions(app[keys.transcripts], loaded.name, on_idle)
+        sessions = app[keys.sessions] = LiveSessions(app[keys.transcripts], loaded.name, on_idle,
+                                                     config.chat.detached_turn_seconds)
         app[keys.chat] = ChatService(config.chat, client, client.engine.chat_format, app[keys.transcripts], sessions,
                                      TurnRate(config.chat.turns_per_minute), config.engine.max_new_tokens)
         yield

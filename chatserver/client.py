@@ -48,6 +48,9 @@ async def run_chat(args) -> int:
         session_id, token = frame["session_id"], frame["resume_token"]
         for m in frame["messages"]:
             print(f"[{m['role']}] {m['content']}")
+        if frame.get("turn"):  # a turn of this session runs (or ended while we were away): its frames follow
+            print("[assistant] ", end="")
+            await _print_answer(ws)
         if args.system and not frame["resumed"]:
             await ws.send(json.dumps({"type": "system", "content": args.system}))
         print(f"session {session_id} ({'resumed' if frame['resumed'] else 'new'}); /quit or Ctrl+D to leave")

@@ -53,6 +53,11 @@ class ChatConfig:
     max_content_chars: int = field(default=100_000, metadata={"help": "longest message accepted, in characters"})
     turns_per_minute: int = field(default=30, metadata={
         "help": "turns a session may start per minute (0: unlimited; beyond: error rate_limited)"})
+    detached_turn_seconds: float = field(default=120.0, metadata={
+        "unit": "s",
+        "help": "a turn goes on this long while no connection of its session is open (a client that comes back "
+                "reads it, docs/PROTOCOL.md), then it is cancelled and stored as it stands; a finished turn's "
+                "frames are kept as long after its session's last connection left"})
     sampling: SamplingParams = field(default_factory=SamplingParams, metadata={
         "internal": True, "help": "defaults for the sampling fields a turn omits"})
 

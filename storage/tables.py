@@ -44,7 +44,7 @@ class MessageRow(Base):
     num_tokens: Mapped[int | None] = mapped_column(Integer)  # tokens of `content` alone
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)  # assistant: whole prompt of the turn
     cached_tokens: Mapped[int | None] = mapped_column(Integer)  # assistant: prompt tokens reused from KV
-    finish_reason: Mapped[str | None] = mapped_column(String(16))  # assistant: stop | length | cancelled | error
+    finish_reason: Mapped[str | None] = mapped_column(String(16))  # assistant: stop | length | cancelled | error | interrupted
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     session: Mapped[SessionRow] = relationship(back_populates="messages")

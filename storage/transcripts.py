@@ -130,6 +130,23 @@ class TranscriptStore:
                 )
 
     @_refusals_typed
+    async def close_unanswered(self, finish_reason: str) -> list[str]:
+        """Answer every session whose last message is a user's (its turn was never stored: the process
+        died) with an empty assistant message ending with `finish_reason`; returns those sessions' ids."""
+        last = (select(MessageRow.session_id, func.max(MessageRow.seq).label("seq"))
+                .group_by(MessageRow.session_id).subquery())
+        query = (select(MessageRow.session_id, MessageRow.seq)
+                 .join(last, (MessageRow.session_id == last.c.session_id) & (MessageRow.seq == last.c.seq))
+                 .where(MessageRow.role == "user"))
+        now = utcnow()
+        async with self._sm.begin() as db:
+            rows = (await db.execute(query)).all()
+            for session_id, seq in rows:
+                db.add(MessageRow(session_id=session_id, seq=seq + 1, role="assistant", content="",
+                                  finish_reason=finish_reason, created_at=now))
+        return [session_id for session_id, _ in rows]
+
+    @_refusals_typed
     async def delete(self, session_id: str) -> bool:
         async with self._sm.begin() as db:
             result = await db.execute(delete(SessionRow).where(SessionRow.id == session_id))

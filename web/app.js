@@ -55,10 +55,9 @@ let retryTimer = 0, retryAt = 0, countdown = 0;
 let wanted = null;          // the session to show: {session_id, resume_token} or null for a new one
 let current = null;         // the session the server attached us to
 let helloSent = null;       // the hello awaiting its session frame: {target}
-let switchAfterTurn = false; // a hello waits for the running turn to end
 let turns = 0;              // user messages in the displayed transcript
-let turn = null;            // running turn: {session_id, turnNo, view, text, userView, content}
-let interrupted = null;     // {session_id, turnNo, tries}: a turn cut off by a dropped connection
+let turn = null;            // running turn: {session_id, turnNo, view, text, userView, content, turnId, seq}
+let resumable = null;       // the turn a dropped connection cut off: resumed from its last seq on reconnect
 let lastCancelAt = 0;
 let sendWhenReady = false;  // Enter pressed while the hello was still unanswered: send once it is
 let pendingNotice = null;   // shown once the next transcript is rendered
@@ -86,6 +85,7 @@ function connect() {
     let f;
     try { f = JSON.parse(event.data); } catch { return; }
     if (f.type === "session") onSession(f);
+    else if (f.type === "turn") onTurnStarted(f);
     else if (f.type === "token") onToken(f);
     else if (f.type === "done") onDone(f);
     else if (f.type === "error") onError(f);
@@ -98,7 +98,7 @@ function dropped() {
   sendWhenReady = false;
   helloSent = null;
   current = null;  // the next connection must say hello again (to `wanted`)
-  if (turn) interruptTurn();
+  if (turn) suspendTurn();
   scheduleReconnect();
 }
 
@@ -135,10 +135,12 @@ function send(frame) {
   return true;
 }
 
-function hello(target) {
-  helloSent = { target };
-  switchAfterTurn = false;
-  send(target ? { type: "hello", session_id: target.session_id, resume_token: target.resume_token } : { type: "hello" });
+function hello(target, resume = true) {
+  const frame = target ? { type: "hello", session_id: target.session_id, resume_token: target.resume_token } : { type: "hello" };
+  const cut = resume && target && resumable && resumable.session_id === target.session_id && resumable.turnId ? resumable : null;
+  if (cut) frame.last_seq = { turn_id: cut.turnId, seq: cut.seq };  // the frames after it follow the session frame
+  helloSent = { target, withSeq: !!cut };
+  send(frame);
   updateComposer();
 }
 
@@ -147,44 +149,80 @@ function onSession(f) {
   helloSent = null;
   current = wanted = { session_id: f.session_id, resume_token: f.resume_token };
   try { localStorage.setItem(CURRENT, f.session_id); } catch { /* ignore */ }
+  const cut = resumable && resumable.session_id === f.session_id ? resumable : null;
+  if (cut) resumable = null;
+  if (cut && !(f.turn && f.turn.turn_id === cut.turnId)) noteEndedAway(f.messages, cut);
   const entry = findSession(f.session_id);
-  if (interrupted && interrupted.session_id === f.session_id) markInterrupted(f);
   renderTranscript(f.messages, entry ? entry.notes || {} : {});  // the server's transcript is authoritative
+  if (f.turn) followTurn(f.turn, f.messages, cut);  // its answer is not in messages: its frames follow
   renderSidebar();
   updateComposer();
   if (sendWhenReady) { sendWhenReady = false; sendMessage(); }
 }
 
-function markInterrupted(f) {
-  // The server stores the partial answer when the connection drops, but it may still be storing it
-  // when we are back: ask again shortly (a few times) if the answer is not in the transcript yet.
+/** The answer `cut` was streaming ended while the page was away (it is in the transcript): keep how it
+ *  ended with the chat; "cancelled" by the server (a shutdown), not by this page, reads as interrupted. */
+function noteEndedAway(messages, cut) {
   let n = -1;
-  const answered = f.messages.some((m) => (m.role === "user" ? (n++, false) : m.role === "assistant" && n === interrupted.turnNo));
-  if (answered || interrupted.tries >= 3) {
-    interrupted = null;
-  } else {
-    interrupted.tries++;
-    const again = wanted;
-    setTimeout(() => { if (!turn && isOpen() && wanted === again) hello(again); }, 400);
-  }
+  const m = messages.find((x) => (x.role === "user" ? (n++, false) : x.role === "assistant" && n === cut.turnNo));
+  if (!m) return;
+  const note = { finish: m.finish_reason === "cancelled" && !cut.cancelled ? "interrupted" : m.finish_reason };
+  updateSessions((list) => {
+    const entry = findSession(cut.session_id, list);
+    if (entry) (entry.notes ||= {})[cut.turnNo] = note;
+  });
+}
+
+/** A turn of this session runs (or ended since `cut` was streaming): show its answer as its frames come,
+ *  continuing the text `cut` already holds when it is the same turn (the server sends only what follows). */
+function followTurn(t, messages, cut) {
+  const same = cut && cut.turnId === t.turn_id;
+  const users = ui.messages.querySelectorAll(".msg.user");
+  const asked = messages.filter((m) => m.role === "user");
+  hideEmpty();
+  const view = addAssistant("streaming");
+  turn = { session_id: current.session_id, turnNo: turns - 1, view, userView: users[users.length - 1] || null,
+           content: asked.length ? asked[asked.length - 1].content : "", text: same ? cut.text : "",
+           turnId: t.turn_id, seq: same ? cut.seq : -1 };
+  if (turn.text) renderAnswer(view, turn.text);
+  if (cut) announce("Reconnected: the answer continues.");
+  stick = true;
+  followBottom();
+}
+
+/** Another connection of this session (another tab) started a turn: follow it here too. */
+function onTurnStarted(f) {
+  if (turn || !current || helloSent) return;
+  hideEmpty();
+  const userView = addUser(f.content);
+  const view = addAssistant("streaming");
+  turn = { session_id: current.session_id, turnNo: turns++, view, text: "", userView, content: f.content,
+           turnId: f.turn_id, seq: -1 };
+  followBottom();
+  updateComposer();
 }
 
 function onToken(f) {
-  if (!turn) return;
+  if (!turn || (turn.turnId && f.turn_id !== turn.turnId) || f.seq <= turn.seq) return;  // not ours, or shown
+  turn.turnId = f.turn_id;
+  turn.seq = f.seq;
   turn.text += f.text;
   if (!frame) frame = requestAnimationFrame(() => { frame = 0; if (turn) { renderAnswer(turn.view, turn.text); followBottom(); } });
 }
 
 function onDone(f) {
-  if (!turn) return;
-  finishTurn({ finish: f.finish_reason, usage: f.usage, timings: f.timings, cache: f.cache });
+  if (!turn || (turn.turnId && f.turn_id !== turn.turnId)) return;
+  // cancelled, not by this page: by the server (shutdown, nobody connected for too long) or another tab
+  const finish = f.finish_reason === "cancelled" && !turn.cancelled ? "interrupted" : f.finish_reason;
+  finishTurn({ finish, usage: f.usage, timings: f.timings, cache: f.cache });
 }
 
 function onError(f) {
   const code = f.code || "error", message = f.message || "";
   if (helloSent) {
-    const target = helloSent.target;
+    const target = helloSent.target, withSeq = helloSent.withSeq;
     helloSent = null;
+    if (withSeq && code === "bad_request") { resumable = null; hello(target, false); return; }  // resume without it
     if (target && (code === "unauthorized" || code === "session_not_found")) {
       updateSessions((list) => { const i = list.findIndex((s) => s.session_id === target.session_id); if (i >= 0) list.splice(i, 1); });
       wanted = current = null;
@@ -194,9 +232,10 @@ function onError(f) {
       return;
     }
   }
+  if (turn && f.turn_id && turn.turnId && f.turn_id !== turn.turnId) return;  // another turn's
   if (turn) {
     const t = turn;
-    if (!t.text && code !== "internal_error") {  // refused before it started: nothing was stored
+    if (!t.text && !t.turnId && code !== "internal_error") {  // refused before it started: nothing was stored
       t.view.el.remove();
       t.userView.classList.add("failed");
       t.userView.title = "Not sent";
@@ -204,7 +243,6 @@ function onError(f) {
       if (!ui.input.value) ui.input.value = t.content;
       turn = null;
       updateComposer();
-      afterTurn();
     } else {
       finishTurn({ finish: "error" });
     }
@@ -243,7 +281,7 @@ function sendMessage() {
 }
 
 function canSend() {
-  return isOpen() && current !== null && helloSent === null && turn === null && !switchAfterTurn;
+  return isOpen() && current !== null && helloSent === null && turn === null;
 }
 
 function cancelTurn() {
@@ -266,19 +304,29 @@ function finishTurn(note) {
     if (entry) { entry.updated = Date.now(); (entry.notes ||= {})[t.turnNo] = note; }
   });
   followBottom();
-  announce(note.finish === "cancelled" ? "Answer stopped." : note.finish === "interrupted" ? "Connection lost." : "Answer complete.");
+  announce(note.finish === "cancelled" ? "Answer stopped." : note.finish === "interrupted" ? "Answer interrupted." : "Answer complete.");
   updateComposer();
-  afterTurn();
 }
 
-function interruptTurn() {
-  interrupted = { session_id: turn.session_id, turnNo: turn.turnNo, tries: 0 };
-  finishTurn({ finish: "interrupted" });
+/** Another chat is opened while this answer streams: stop showing it here. */
+function leaveTurn() {
+  turn = null;
+  cancelAnimationFrame(frame);
+  frame = 0;
 }
 
-function afterTurn() {
-  if (switchAfterTurn && isOpen()) hello(wanted);
+/** The connection dropped mid-answer: show the answer as interrupted until the reconnect resumes it. */
+function suspendTurn() {
+  resumable = turn;
+  turn = null;
+  cancelAnimationFrame(frame);
+  frame = 0;
+  renderAnswer(resumable.view, resumable.text);
+  applyNote(resumable.view, { finish: "interrupted" });
+  announce("Connection lost.");
+  updateComposer();
 }
+
 
 // ---- opening, creating and deleting chats
 function openChat(target) {
@@ -290,8 +338,8 @@ function openChat(target) {
   clearTranscript();
   setTitle(target);
   renderSidebar();
-  if (turn) { switchAfterTurn = true; cancelTurn(); }
-  else if (isOpen()) hello(target);
+  if (turn) leaveTurn();  // it goes on in its chat on the server, which stores it
+  if (isOpen()) hello(target);
   ui.input.focus();
 }
 
@@ -322,7 +370,7 @@ function renderTranscript(messages, notes) {
     } else if (m.role === "assistant") {
       const view = addAssistant("done");
       renderAnswer(view, m.content);
-      const note = notes[turns - 1] || (interrupted && interrupted.turnNo === turns - 1 ? { finish: "interrupted" } : null);
+      const note = notes[turns - 1] || (m.finish_reason ? { finish: m.finish_reason } : null);
       if (note) applyNote(view, note);
     }
   }
@@ -361,7 +409,7 @@ function renderAnswer(view, text) {
   view.body.replaceChildren(renderMarkdown(text));
 }
 
-const STATUS = { cancelled: "Stopped", interrupted: "Interrupted: the connection was lost", length: "Reached the length limit", error: "Failed" };
+const STATUS = { cancelled: "Stopped", interrupted: "Interrupted", length: "Reached the length limit", error: "Failed" };
 
 function applyNote(view, note) {
   const state = note.finish === "stop" || note.finish === "length" ? "done" : note.finish;

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from chatserver.errors import BadRequest
 from chatserver.jsonbody import parse_json
-from engine import DoneEvent
+from chatserver.chat.turn_log import TurnLog
+from engine import DoneEvent, ErrorEvent, TurnEvent
 
 _ID = Annotated[str, Field(min_length=1, max_length=64)]
 _TOKEN = Annotated[str, Field(min_length=1, max_length=256)]
@@ -21,10 +22,18 @@ class _Frame(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
 
+class LastSeq(_Frame):
+    """The last frame of a turn a client holds."""
+
+    turn_id: _ID
+    seq: Annotated[int, Field(ge=0)]
+
+
 class Hello(_Frame):
     type: Literal["hello"]
     session_id: _ID | None = None
     resume_token: _TOKEN | None = None
+    last_seq: LastSeq | None = None
 
 
 class System(_Frame):
@@ -74,9 +83,27 @@ def parse_frame(text: str) -> Hello | System | User | Cancel:
         raise BadRequest(f"{where}: {err['msg']}") from None
 
 
-def session_frame(session_id: str, resume_token: str, resumed: bool, messages: list[dict], busy: bool) -> dict:
+def session_frame(session_id: str, resume_token: str, resumed: bool, messages: list[dict], busy: bool,
+                  turn: TurnLog | None = None) -> dict:
+    """turn: the turn whose frames follow this one (running, or finished and partly missed), or None."""
+    shown = None if turn is None else {"turn_id": turn.turn_id, "running": not turn.is_finished}
     return {"type": "session", "session_id": session_id, "resume_token": resume_token, "resumed": resumed,
-            "messages": messages, "busy": busy}
+            "messages": messages, "busy": busy, "turn": shown}
+
+
+def turn_started_frame(turn: TurnLog) -> dict:
+    return {"type": "turn", "turn_id": turn.turn_id, "content": turn.content}
+
+
+def turn_frame(turn_id: str, seq: int, event: TurnEvent) -> dict:
+    """The frame of a turn's event number `seq`: token, done, or error."""
+    if isinstance(event, DoneEvent):
+        frame = done_frame(event)
+    elif isinstance(event, ErrorEvent):
+        frame = {"type": "error", "code": event.code, "message": event.message}
+    else:
+        frame = {"type": "token", "text": event.text}
+    return {**frame, "turn_id": turn_id, "seq": seq}
 
 
 def done_frame(event: DoneEvent) -> dict:

@@ -3,7 +3,9 @@
 A turn: check the message, insert the system prompt, render the conversation with the chat template,
 check the context window and clamp max_tokens, admit it to the engine, persist the user message (a
 stored session), stream the answer, persist the answer (also when cancelled or failed), and hold the
-session's busy flag throughout. The WebSocket handler (chat/websocket.py) and the OpenAI API
+session's busy flag throughout. A stored session's turn belongs to the session, not to a connection: its
+events are numbered in a TurnLog (chat/turn_log.py) and handed to every connection of the session, and it
+outlives the connection that started it. The WebSocket handler (chat/websocket.py) and the OpenAI API
 (openai/routes.py) only parse requests, call this, and format its events.
 
 Stored sessions keep their transcript in the database; stateless requests (the OpenAI API) bring their
@@ -15,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
-from chatserver.chat.sessions import LiveSession, LiveSessions
+from chatserver.chat.sessions import LiveSession, LiveSessions, SessionListener
+from chatserver.chat.turn_log import TurnLog, new_turn_id
 from chatserver.config import ChatConfig
 from chatserver.engine_client import EngineClient, TurnStream
 from chatserver.errors import BadRequest, Busy
@@ -53,19 +55,33 @@ class ChatService:
         self._check_content(content)
         live.pending_system = content
 
-    async def start_turn(self, live: LiveSession, content: str, sampling: dict) -> TurnStream:
-        """Everything up to the first token of a stored session's turn; read its events with answer().
+    async def start_turn(self, live: LiveSession, content: str, sampling: dict,
+                         origin: SessionListener | None = None) -> TurnLog:
+        """Start a turn of a stored session and return its log. The turn then belongs to the session, not
+        to the connection that asked: each event is logged and handed to every connection of the session
+        as it comes (SessionListener), the answer is stored when it ends (also cancelled or failed), and it
+        runs to its end whoever is connected (LiveSessions cancels it after a while with nobody).
         sampling: the turn's own temperature, top_p, top_k, seed, max_tokens (None: the defaults).
+        origin: the connection that asked; the others are told the turn started.
         On any error nothing is stored, the transcript is unchanged and the session is not busy."""
         if live.is_busy:
             raise Busy("a turn is already running in this session; send cancel or wait for done")
         self.turn_rate.check(live.id)  # raises RateLimited: nothing stored
         live.is_busy = True  # before any await: a second turn from any connection is refused
         try:
-            return await self._start_stored(live, content, sampling)
+            async with live.lock:
+                stream = await self._start_stored(live, content, sampling)
+                turn_log = live.log = TurnLog(new_turn_id(), content)
+                live.stream = stream
+                live.turn_task = asyncio.create_task(self._run(live, stream, turn_log))
+                for conn in list(live.connections):
+                    if conn is not origin:
+                        conn.on_turn_started(turn_log)
         except BaseException:
             live.is_busy = False
             raise
+        self.sessions.turn_started(live)
+        return turn_log
 
     async def _start_stored(self, live: LiveSession, content: str, sampling: dict) -> TurnStream:
         self._check_content(content)
@@ -98,24 +114,37 @@ class ChatService:
         live.pending_system = None
         return stream
 
-    async def answer(self, live: LiveSession, stream: TurnStream) -> AsyncIterator[TurnEvent]:
-        """The turn's events; the answer is stored when it ends (also cancelled or failed), then the
-        session is free for its next turn. Leaving the iteration early cancels the turn."""
+    async def _run(self, live: LiveSession, stream: TurnStream, turn_log: TurnLog) -> None:
+        """The turn's events into its log and out to the session's connections. The answer is stored before
+        the last event is published, under live.lock; then the session is free for its next turn."""
         pieces: list[str] = []
         try:
             async for event in stream:
-                if isinstance(event, DoneEvent):
-                    await self._store_answer(live, event.text, event.finish_reason, event)
-                elif isinstance(event, ErrorEvent):
-                    await self._store_answer(live, "".join(pieces), "error", None)
+                if isinstance(event, (DoneEvent, ErrorEvent)):
+                    async with live.lock:
+                        turn_log.is_answer_stored = await self._store_final(live, event, "".join(pieces))
+                        _publish(live, turn_log, event)
                 elif event.text:
                     pieces.append(event.text)
-                yield event
+                    _publish(live, turn_log, event)
         finally:
-            if not stream.is_finished:  # the reader went away (shutdown): stop the engine's work too
+            if not stream.is_finished:  # this task was cancelled: stop the engine's work too
                 stream.cancel()
+            live.stream = None
             live.is_busy = False
-            self.sessions.forget_if_idle(live)
+            self.sessions.turn_ended(live)
+
+    async def _store_final(self, live: LiveSession, event: DoneEvent | ErrorEvent, partial: str) -> bool:
+        """Store the answer of a turn that ended with `event`; False if it could not be (or need not be)."""
+        try:
+            if isinstance(event, DoneEvent):
+                await self._store_answer(live, event.text, event.finish_reason, event)
+            else:
+                await self._store_answer(live, partial, "error", None)
+        except StorageUnavailable as exc:
+            log.warning("could not store the answer of session %s: %s", live.id, exc)
+            return False
+        return not live.is_deleted
 
     async def transcript(self, live: LiveSession) -> list[dict]:
         """Messages for a `session` frame; assistant messages carry how they ended."""
@@ -192,3 +221,9 @@ class ChatService:
             raise BadRequest("content: must not be empty", param="content")
         if len(content) > self.config.max_content_chars:
             raise BadRequest(f"content: longer than {self.config.max_content_chars} characters", param="content")
+
+
+def _publish(live: LiveSession, turn_log: TurnLog, event: TurnEvent) -> None:
+    seq = turn_log.append(event)
+    for conn in list(live.connections):
+        conn.on_turn_event(turn_log, seq, event)

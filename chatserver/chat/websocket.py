@@ -1,5 +1,6 @@
 """GET /ws: one chat connection, a thin transport over the chat service (chat/service.py). Frames are
-parsed and built in chat/protocol.py and documented in docs/PROTOCOL.md."""
+parsed and built in chat/protocol.py and documented in docs/PROTOCOL.md. A connection follows its
+session's turns, whoever started them; on hello it is first sent what it missed of the current one."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from chatserver import keys
-from chatserver.chat.protocol import Cancel, Hello, System, User, done_frame, parse_frame, session_frame
+from chatserver.chat.protocol import Cancel, Hello, System, User, parse_frame, session_frame, turn_frame
+from chatserver.chat.protocol import turn_started_frame
 from chatserver.chat.sessions import LiveSession
-from chatserver.engine_client import TurnStream
-from chatserver.errors import BadRequest, Busy, SessionNotFound, code_of, error_frame
-from engine import DoneEvent, ErrorEvent
+from chatserver.chat.turn_log import TurnLog, replay_start
+from chatserver.errors import BadRequest, SessionNotFound, code_of, error_frame
+from engine import TurnEvent
 
 log = logging.getLogger(__name__)
 
@@ -23,19 +25,53 @@ SESSION_GONE = 4004  # WebSocket close code (application range): the session no 
 
 
 class Connection:
+    """One socket's side of the protocol. Every frame it sends goes through one queue, drained by its
+    sender task, in the order posted: replies, and the turn frames of the session it is attached to."""
+
     def __init__(self, ws: web.WebSocketResponse, app: web.Application):
         self.ws = ws
         self.sessions = app[keys.sessions]
         self.chat = app[keys.chat]
         self.engine = app[keys.engine]
         self.live: LiveSession | None = None
-        self.turn_task: asyncio.Task | None = None
-        self.stream: TurnStream | None = None
-        self._send_lock = asyncio.Lock()
+        self._outbox: asyncio.Queue[dict | None] = asyncio.Queue()  # None: stop sending
+        self._sender = asyncio.create_task(self._send_all())
 
-    async def send(self, frame: dict) -> None:
-        async with self._send_lock:
-            await self.ws.send_str(json.dumps(frame, ensure_ascii=False))
+    def post(self, frame: dict) -> None:
+        self._outbox.put_nowait(frame)
+
+    async def _send_all(self) -> None:
+        while (frame := await self._outbox.get()) is not None:
+            try:
+                await self.ws.send_str(json.dumps(frame, ensure_ascii=False))
+            except (ConnectionError, RuntimeError):
+                return  # the client went away; its session's turn goes on, in its log
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Send what is queued (at most `timeout` seconds), then nothing more."""
+        if self._sender.done():
+            return
+        self.post(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._sender), timeout)
+        except TimeoutError:
+            self._sender.cancel()
+
+    # ---- SessionListener
+
+    def on_turn_started(self, turn: TurnLog) -> None:
+        self.post(turn_started_frame(turn))
+
+    def on_turn_event(self, turn: TurnLog, seq: int, event: TurnEvent) -> None:
+        self.post(turn_frame(turn.turn_id, seq, event))
+
+    async def terminate(self, code: str, message: str) -> None:
+        """Server-side end of this connection (its session was deleted): say why, close."""
+        self.post({"type": "error", "code": code, "message": message})
+        await self.flush()
+        await self.ws.close(code=SESSION_GONE, message=code.encode())
+
+    # ---- frames from the client
 
     async def handle(self, text: str) -> None:
         try:
@@ -51,57 +87,63 @@ class Connection:
         except Exception as exc:  # noqa: BLE001 - typed errors and bugs alike keep the socket open
             if code_of(exc) == "internal_error":
                 log.exception("unexpected error handling a frame")
-            await self.send(error_frame(exc))
+            self.post(error_frame(exc))
 
     async def on_hello(self, frame: Hello) -> None:
-        if self.is_turn_running:
-            raise Busy("a turn is running on this connection")
         if frame.session_id is None:
-            live, token, resumed = *self.sessions.create(), False
-            messages = []
-        else:
-            live = await self.sessions.resume(frame.session_id, frame.resume_token)
-            token, resumed = frame.resume_token, True
-            self.engine.prefetch(live.id)  # KV back from disk while the person types
+            if frame.last_seq is not None:
+                raise BadRequest("last_seq: only with the session_id of a session to resume", param="last_seq")
+            live, token = self.sessions.create()
+            self._attach(live)
+            self.post(session_frame(live.id, token, False, [], False))
+            return
+        live = await self.sessions.resume(frame.session_id, frame.resume_token)
+        self.engine.prefetch(live.id)  # KV back from disk while the person types
+        last_turn_id, last_seq = (frame.last_seq.turn_id, frame.last_seq.seq) if frame.last_seq else (None, None)
+        async with live.lock:  # the transcript read and the log followed agree (LiveSession.lock)
             messages = await self.chat.transcript(live)
+            turn = live.log
+            start = replay_start(turn, last_turn_id, last_seq)  # raises BadRequest: nothing changed
+            if live.is_deleted:
+                raise SessionNotFound(f"no session {live.id!r}")
+            if self.sessions.get_live(live.id) not in (None, live):  # forgotten and loaded again meanwhile
+                return await self.on_hello(frame)
+            if start is None:
+                turn = None
+            elif turn.is_finished and turn.is_answer_stored:
+                assert messages and messages[-1]["role"] == "assistant"
+                messages = messages[:-1]  # its answer follows as frames instead
+            # no await from here: every later event of the turn reaches this connection once, after these
+            self._attach(live)
+            self.post(session_frame(live.id, frame.resume_token, True, messages, live.is_busy, turn))
+            if turn is not None:
+                for seq, event in turn.after(start - 1):
+                    self.on_turn_event(turn, seq, event)
+
+    def _attach(self, live: LiveSession) -> None:
+        if self.live is live:
+            return
         if self.live is not None:
             self.sessions.detach(self.live, self)
         self.live = live
         self.sessions.attach(live, self)
-        await self.send(session_frame(live.id, token, resumed, messages, live.is_busy))
 
     def on_system(self, frame: System) -> None:
         self.chat.set_system(self._require_session(), frame.content)
 
     async def on_user(self, frame: User) -> None:
-        live = self._require_session()
-        self.stream = await self.chat.start_turn(live, frame.content, frame.sampling())
-        self.turn_task = asyncio.create_task(self._forward(live, self.stream))
-
-    async def _forward(self, live: LiveSession, stream: TurnStream) -> None:
-        """The turn's events as frames; a vanished client does not stop the turn (it is stored whole)."""
-        async for event in self.chat.answer(live, stream):
-            if isinstance(event, DoneEvent):
-                frame = done_frame(event)
-            elif isinstance(event, ErrorEvent):
-                frame = {"type": "error", "code": event.code, "message": event.message}
-            elif event.text:
-                frame = {"type": "token", "text": event.text}
-            else:
-                continue
-            try:
-                await self.send(frame)
-            except (ConnectionError, RuntimeError):
-                pass  # the client went away; the turn still completes and is stored
+        await self.chat.start_turn(self._require_session(), frame.content, frame.sampling(), origin=self)
 
     def on_cancel(self) -> None:
-        if not self.is_turn_running:
+        live = self._require_session()
+        if live.stream is None:
             raise BadRequest("no turn is running")
-        self.stream.cancel()
+        live.stream.cancel()
 
     @property
     def is_turn_running(self) -> bool:
-        return self.turn_task is not None and not self.turn_task.done()
+        """A turn of this connection's session runs."""
+        return self.live is not None and self.live.is_busy
 
     def _require_session(self) -> LiveSession:
         if self.live is None:
@@ -110,27 +152,17 @@ class Connection:
             raise SessionNotFound("this session was deleted")
         return self.live
 
-    async def terminate(self, code: str, message: str) -> None:
-        """Server-side end of this connection (its session was deleted): finish the turn, say why, close."""
-        if self.is_turn_running:
-            self.stream.cancel()
-            await asyncio.shield(self.turn_task)
-        try:
-            await self.send({"type": "error", "code": code, "message": message})
-        except (ConnectionError, RuntimeError):
-            pass
-        await self.ws.close(code=SESSION_GONE, message=code.encode())
+    async def shut(self, code: int, message: bytes) -> None:
+        """Server shutdown: send what is queued, then close."""
+        await self.flush()
+        await self.ws.close(code=code, message=message)
 
     async def close(self) -> None:
-        """The client is gone: stop its turn at the next engine step and wait for the answer to be stored."""
-        if self.is_turn_running:
-            self.stream.cancel()
-            try:
-                await asyncio.shield(self.turn_task)
-            except Exception:  # noqa: BLE001 - already logged by the task
-                pass
+        """The socket is closed: leave the session (its running turn goes on) and stop sending."""
         if self.live is not None:
             self.sessions.detach(self.live, self)
+        self._sender.cancel()
+        await asyncio.gather(self._sender, return_exceptions=True)
 
 
 def _is_same_origin(request: web.Request, allowed: tuple[str, ...]) -> bool:
@@ -153,11 +185,11 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=http.max_frame_bytes, heartbeat=http.ws_heartbeat_s)
         await ws.prepare(request)
         conn = Connection(ws, app)
-        app[keys.websockets].add(ws)
+        app[keys.websockets].add(conn)
         try:
             await _serve(ws, conn, http.ws_idle_timeout_s)
         finally:
-            app[keys.websockets].discard(ws)
+            app[keys.websockets].discard(conn)
             await conn.close()
     finally:
         gate.release(client)
@@ -178,15 +210,17 @@ async def _serve(ws: web.WebSocketResponse, conn: Connection, idle_timeout: floa
         if msg.type == WSMsgType.TEXT:
             await conn.handle(msg.data)
         elif msg.type == WSMsgType.BINARY:
-            await conn.send(error_frame(BadRequest("binary frames are not supported; send JSON text")))
+            conn.post(error_frame(BadRequest("binary frames are not supported; send JSON text")))
         elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
             return
 
 
 async def close_all(app: web.Application) -> None:
-    """on_shutdown: tell every client we are going away (their turns are cancelled and stored)."""
-    for ws in set(app[keys.websockets]):
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+    """on_shutdown: cancel the running turns (their answers are stored, their `done` frames queued), then
+    tell every client we are going away."""
+    if keys.sessions in app:
+        await app[keys.sessions].stop_turns()
+    await asyncio.gather(*(conn.shut(WSCloseCode.GOING_AWAY, b"server shutdown") for conn in set(app[keys.websockets])))
 
 
 def setup(app: web.Application) -> None:

@@ -69,3 +69,19 @@ async def test_a_database_that_refuses_raises_storage_unavailable(tmp_path):
     for call in (store.get("s"), store.messages("s"), store.add_message("s", "user", "x"), store.ping()):
         with pytest.raises(StorageUnavailable, match="database is locked"):
             await call
+
+
+async def test_user_messages_left_unanswered_are_answered_once_with_the_given_reason(repo):
+    for sid in ("answered", "unanswered", "empty"):
+        await repo.create(sid, "h" * 64, "m")
+    await repo.add_message("answered", "user", "q")
+    await repo.add_message("answered", "assistant", "a", finish_reason="stop")
+    await repo.add_message("unanswered", "user", "q1")
+    await repo.add_message("unanswered", "assistant", "a1", finish_reason="stop")
+    await repo.add_message("unanswered", "user", "q2")
+    assert await repo.close_unanswered("interrupted") == ["unanswered"]
+    assert [(m.role, m.content, m.finish_reason) for m in await repo.messages("unanswered")] == [
+        ("user", "q1", None), ("assistant", "a1", "stop"), ("user", "q2", None), ("assistant", "", "interrupted")]
+    assert [m.content for m in await repo.messages("answered")] == ["q", "a"]
+    assert await repo.messages("empty") == []
+    assert await repo.close_unanswered("interrupted") == []  # nothing left to answer

@@ -147,12 +147,14 @@ async def test_a_hello_alone_stores_nothing_but_can_be_resumed(client, connect):
     assert await client.app[keys.transcripts].get(session["session_id"]) is not None
 
 
-async def test_resume_while_a_turn_runs_says_busy(connect):
+async def test_resume_while_a_turn_runs_says_busy_and_names_the_turn(connect):
     chat, session = await connect()
     await chat.send(type="user", content="a long answer please", max_tokens=64, temperature=0)
-    assert (await chat.recv())["type"] == "token"
+    first = await chat.recv()
+    assert first["type"] == "token" and first["seq"] == 0
     _, resumed = await connect(session_id=session["session_id"], resume_token=session["resume_token"])
     assert resumed["busy"] is True and resumed["messages"][-1] == {"role": "user", "content": "a long answer please"}
+    assert resumed["turn"] == {"turn_id": first["turn_id"], "running": True}
 
 
 async def test_user_before_hello_is_refused(client):
@@ -177,8 +179,11 @@ async def test_busy_across_two_connections_of_one_session(connect):
     b, _ = await connect(session_id=session["session_id"], resume_token=session["resume_token"])
     await a.send(type="user", content="Write a long poem", max_tokens=64, temperature=0)
     assert (await a.recv())["type"] == "token"
+    assert (await b.recv())["type"] == "turn"  # b follows the turn a started
     await b.send(type="user", content="interrupt")
-    assert (await b.recv())["code"] == "busy"
+    while (frame := await b.recv())["type"] == "token":
+        pass
+    assert frame["code"] == "busy"
 
 
 async def test_system_prompt_after_first_turn_is_refused(connect):
@@ -206,7 +211,9 @@ async def test_cross_origin_websocket_is_refused(client):
     await ok.close()
 
 
-async def test_client_vanishing_mid_turn_stores_the_partial_answer(client, connect):
+async def test_client_vanishing_mid_turn_does_not_stop_the_answer(client, connect):
+    alone, _ = await connect()
+    want, want_done = await alone.turn("Tell me everything", max_tokens=64, temperature=0)
     chat, session = await connect()
     await chat.send(type="user", content="Tell me everything", max_tokens=64, temperature=0)
     assert (await chat.recv())["type"] == "token"
@@ -217,8 +224,8 @@ async def test_client_vanishing_mid_turn_stores_the_partial_answer(client, conne
         stored = await repo.messages(session["session_id"])
         return stored[-1] if stored[-1].role == "assistant" else None
 
-    stored = await wait_until(answer_stored, what="the cancelled answer stored")
-    assert stored.finish_reason == "cancelled"
+    stored = await wait_until(answer_stored, what="the answer stored")
+    assert stored.finish_reason == want_done["finish_reason"] and stored.content == want
     assert client.app[keys.engine].engine.num_admitted == 0
 
 
