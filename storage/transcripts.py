@@ -147,6 +147,13 @@ class TranscriptStore:
         return [session_id for session_id, _ in rows]
 
     @_refusals_typed
+    async def rename(self, session_id: str, title: str) -> bool:
+        """Set the session's title; False if there is no such session."""
+        async with self._sm.begin() as db:
+            result = await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(title=title))
+            return result.rowcount > 0
+
+    @_refusals_typed
     async def delete(self, session_id: str) -> bool:
         async with self._sm.begin() as db:
             result = await db.execute(delete(SessionRow).where(SessionRow.id == session_id))

@@ -166,9 +166,7 @@ async def get_session(request: web.Request) -> web.Response:
 async def delete_session(request: web.Request) -> web.Response:
     _require_admin(request)
     record = await _record_or_404(request)
-    await request.app[keys.sessions].terminate(record.id)  # tells connected clients, waits for their turns
-    await request.app[keys.transcripts].delete(record.id)
-    await request.app[keys.engine].drop(record.id)
+    await request.app[keys.chat].delete(record.id, by="an operator")  # tells clients, cancels their turn first
     return web.Response(status=204)
 
 

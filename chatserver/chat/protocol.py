@@ -16,6 +16,7 @@ from engine import DoneEvent, ErrorEvent, TurnEvent
 
 _ID = Annotated[str, Field(min_length=1, max_length=64)]
 _TOKEN = Annotated[str, Field(min_length=1, max_length=256)]
+TITLE_CHARS = 200  # longest title a rename may set
 
 
 class _Frame(BaseModel):
@@ -60,11 +61,25 @@ class Cancel(_Frame):
     type: Literal["cancel"]
 
 
-ClientFrame = Annotated[Hello | System | User | Cancel, Field(discriminator="type")]
+class Rename(_Frame):
+    type: Literal["rename"]
+    title: Annotated[str, Field(min_length=1, max_length=TITLE_CHARS)]
+
+
+class DeleteSession(_Frame):
+    type: Literal["delete_session"]
+
+
+class Export(_Frame):
+    type: Literal["export"]
+
+
+ClientFrame = Annotated[Hello | System | User | Cancel | Rename | DeleteSession | Export,
+                        Field(discriminator="type")]
 _adapter: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
 
 
-def parse_frame(text: str) -> Hello | System | User | Cancel:
+def parse_frame(text: str) -> Hello | System | User | Cancel | Rename | DeleteSession | Export:
     """Raises BadRequest with a message naming the offending field."""
     data = parse_json(text, "frame")
     if not isinstance(data, dict):
@@ -77,7 +92,8 @@ def parse_frame(text: str) -> Hello | System | User | Cancel:
         if err["type"] == "union_tag_invalid":
             kind = data["type"]  # echoed only as a short string (a deeply nested value has no safe repr)
             shown = repr(kind[:40]) if isinstance(kind, str) else "(not a string)"
-            raise BadRequest(f"unknown frame type {shown}; expected hello, system, user or cancel") from None
+            raise BadRequest(f"unknown frame type {shown}; expected hello, system, user, cancel, rename, "
+                             "delete_session or export") from None
         if err["type"] == "union_tag_not_found":
             raise BadRequest("frame has no 'type' field") from None
         raise BadRequest(f"{where}: {err['msg']}") from None

@@ -146,6 +146,35 @@ class ChatService:
             return False
         return not live.is_deleted
 
+    async def rename(self, live: LiveSession, title: str) -> str:
+        """Set the session's title (stored with the session, which is stored now if it was not); returns the
+        title as stored: stripped, on one line."""
+        title = " ".join(title.split())
+        if not title:
+            raise BadRequest("title: must not be empty", param="title")
+        await self.sessions.store_if_new(live)
+        await self.transcripts.rename(live.id, title)
+        return title
+
+    async def delete(self, session_id: str, by: str) -> None:
+        """Delete a session as a whole: its running turn is cancelled first, then its transcript and its KV
+        in RAM and on disk go, then its connections are told (session_deleted) and closed.
+        by: who deletes it ("its owner", "an operator"), for the connections' message."""
+        live = await self.sessions.stop(session_id)
+        await self.transcripts.delete(session_id)
+        await self.engine.drop(session_id)
+        if live is not None:  # told once everything is gone: a client that reconnects finds nothing
+            await self.sessions.disconnect(live, by)
+
+    async def export(self, live: LiveSession) -> dict:
+        """The conversation as JSON: id, title, model, creation time (ISO 8601, UTC; None until stored) and
+        the messages of the transcript with how each answer ended."""
+        record = await self.transcripts.get(live.id) if live.is_stored else None
+        return {"session_id": live.id, "title": record.title if record else None,
+                "model": record.model if record else None,
+                "created_at": record.created_at.isoformat() if record else None,
+                "messages": await self.transcript(live)}
+
     async def transcript(self, live: LiveSession) -> list[dict]:
         """Messages for a `session` frame; assistant messages carry how they ended."""
         if not live.is_stored:

@@ -51,7 +51,7 @@ class LiveSession:
     created: float = field(default_factory=time.monotonic)
     pending_system: str | None = None  # system prompt sent before the first turn, stored with it
     is_busy: bool = False
-    is_deleted: bool = False  # by an operator: nothing more is stored or accepted
+    is_deleted: bool = False  # by an operator or its owner: nothing more is stored or accepted
     connections: set[SessionListener] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     log: TurnLog | None = None  # the running turn's, else the last finished turn's until the next starts
@@ -197,17 +197,22 @@ class LiveSessions:
             _cancel(live)
         await asyncio.gather(*(asyncio.shield(live.turn_task) for live in running), return_exceptions=True)
 
-    async def terminate(self, session_id: str) -> None:
-        """The session is being deleted: stop its turn, tell and disconnect its clients."""
+    async def stop(self, session_id: str) -> LiveSession | None:
+        """The session is being deleted: nothing more is accepted or stored for it; its running turn is
+        cancelled and has ended on return. Returns the live session (None if it has none)."""
         self._parked.pop(session_id, None)
         live = self._live.get(session_id)
         if live is None:
-            return
+            return None
         live.is_deleted = True
         if live.is_turn_running:
             _cancel(live)
             await asyncio.gather(asyncio.shield(live.turn_task), return_exceptions=True)
-        await asyncio.gather(*(conn.terminate("session_deleted", "this session was deleted by an operator")
+        return live
+
+    async def disconnect(self, live: LiveSession, by: str) -> None:
+        """Tell every connection of a deleted session (by: who deleted it) and close them."""
+        await asyncio.gather(*(conn.terminate("session_deleted", f"this session was deleted by {by}")
                                for conn in list(live.connections)))
 
 

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from chatserver import keys
-from chatserver.chat.protocol import Cancel, Hello, System, User, parse_frame, session_frame, turn_frame
-from chatserver.chat.protocol import turn_started_frame
+from chatserver.chat.protocol import Cancel, DeleteSession, Export, Hello, Rename, System, User, parse_frame
+from chatserver.chat.protocol import session_frame, turn_frame, turn_started_frame
 from chatserver.chat.sessions import LiveSession
 from chatserver.chat.turn_log import TurnLog, replay_start
 from chatserver.errors import BadRequest, SessionNotFound, code_of, error_frame
@@ -84,6 +84,13 @@ class Connection:
                 await self.on_user(frame)
             elif isinstance(frame, Cancel):
                 self.on_cancel()
+            elif isinstance(frame, Rename):
+                title = await self.chat.rename(self._require_session(), frame.title)
+                self.post({"type": "renamed", "title": title})
+            elif isinstance(frame, Export):
+                self.post({"type": "export", "session": await self.chat.export(self._require_session())})
+            elif isinstance(frame, DeleteSession):
+                await self.chat.delete(self._require_session().id, by="its owner")  # closes this connection too
         except Exception as exc:  # noqa: BLE001 - typed errors and bugs alike keep the socket open
             if code_of(exc) == "internal_error":
                 log.exception("unexpected error handling a frame")
