@@ -131,8 +131,9 @@ class Engine:
         return self._on_store(lambda done: self._store.spill(session_id, cause, done))
 
     def drop(self, session_id: str) -> Future[str]:
-        """Forget a session's KV in every tier; the future holds "none" once it is gone."""
-        return self._on_store(lambda done: self._store.drop(session_id, on_done=done))
+        """Forget a session's KV and every branch kept for it, in every tier; the future holds "none" once
+        the session's own is gone."""
+        return self._on_store(lambda done: self._stepper.branches.drop_all(session_id, done))
 
     def calibrate(self) -> None:
         """Before start(): time a few forward passes (decode batches, a prefill) on this machine, so that
