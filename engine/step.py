@@ -108,7 +108,8 @@ class Stepper:
         if reuse and not turn.branch_ready:
             # the session comes back to a kept branch, or leaves the one its KV holds (engine/kv/branches.py)
             req = turn.request
-            ready, turn.kv_branch = self.branches.prepare(turn.session_id, turn.prompt_ids, turn.kv_branch, req.branch)
+            ready, turn.kv_branch = self.branches.prepare(turn.session_id, turn.prompt_ids, turn.kv_branch, req.branch,
+                                                          req.new_branch)
             if not ready:
                 return False
             turn.branch_ready = True

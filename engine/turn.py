@@ -26,9 +26,11 @@ class TurnRequest:
     # idle session whose id starts with this prefix and whose tokens its prompt continues ("" = never)
     adopt_prefix: str = ""
     # branches of a conversation (engine/kv/branches.py), named by the caller ("": none): the branch the
-    # session's KV holds, and the one this prompt starts from; a branch the prompt leaves is kept
+    # session's KV holds, and the one this prompt starts from; new_branch: the prompt leaves that branch
+    # part way (a new answer, an edited question) and what it leaves is kept
     kv_branch: str = ""
     branch: str = ""
+    new_branch: bool = False
 
 
 @dataclass(frozen=True)

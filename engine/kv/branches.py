@@ -31,31 +31,41 @@ class Branches:
     def __init__(self, store: KVStore):
         self.store = store
 
-    def prepare(self, session_id: str, prompt_ids: list[int], holds: str, continues: str) -> tuple[bool, str]:
+    def prepare(self, session_id: str, prompt_ids: list[int], holds: str, continues: str,
+                new_branch: bool) -> tuple[bool, str]:
         """Before a turn of session_id on prompt_ids. holds: the branch the session's KV holds; continues:
         the branch the turn's prompt starts from (names, "" for none: nothing is kept). When they differ,
         the session's KV is kept as `holds` and the KV kept for `continues`, if any, becomes the session's;
-        then, if the prompt leaves the session's KV part way, that KV is kept as `continues` (fork).
+        then, for a new branch, the KV the prompt leaves is kept as `continues` (fork). (A turn that goes on
+        from its branch keeps only the prefix its prompt shares: the rest is the last answer as sampled,
+        which its text may tokenize differently.)
         Returns (ready, the branch the session's KV holds now). Not ready: a KV is being read back from disk
         or written to it; call again, with the branch returned, after the next notify."""
+        ready, holds = self.switch(session_id, holds, continues)
+        if not ready:
+            return False, holds
+        if new_branch and continues and session_id in self.store.entries:
+            self.fork(session_id, prompt_ids, branch_key(session_id, continues))
+        return True, holds
+
+    def switch(self, session_id: str, holds: str, continues: str) -> tuple[bool, str]:
+        """The session's KV, which holds branch `holds`, is kept as that branch, and the KV kept for branch
+        `continues`, if any, becomes the session's (read back from disk if it is there). Returns (done, the
+        branch the session's KV holds now); not done: a KV is being read or written, call again later."""
         store = self.store
         keep_as, take = branch_key(session_id, holds), branch_key(session_id, continues)
-        if not self._settled(session_id):
+        if holds == continues:
+            return self._settled(session_id), holds
+        if not self._settled(session_id) or not self._settled(take):
             return False, holds
-        if holds != continues:
-            if not self._settled(take):
-                return False, holds
-            if store.tier_of(session_id) != "none":
-                self._keep(session_id, keep_as if holds else "")
-            if continues and store.tier_of(take) != "none":
-                store.rename(take, session_id)
-                if session_id not in store.entries:  # on disk: read it back before it may fork
-                    store.restore(session_id)
-                    return False, continues
-            holds = continues
-        if continues and session_id in store.entries:
-            self.fork(session_id, prompt_ids, take)
-        return True, holds
+        if store.tier_of(session_id) != "none":
+            self._keep(session_id, keep_as if holds else "")
+        if continues and store.tier_of(take) != "none":
+            store.rename(take, session_id)
+            if session_id not in store.entries:  # on disk: read it back before it may fork
+                store.restore(session_id)
+                return False, continues
+        return True, continues
 
     def fork(self, session_id: str, prompt_ids: list[int], keep_as: str) -> int:
         """If the session's KV (idle, in RAM) holds tokens prompt_ids does not continue, keep it as branch

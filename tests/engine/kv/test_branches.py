@@ -9,6 +9,7 @@ from engine import DoneEvent, EngineConfig, ModelConfig, SamplingParams, TurnReq
 from engine.kv import branch_key
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
+SEEDED = SamplingParams(max_tokens=12, temperature=1.0, seed=3)
 
 
 class Session:
@@ -19,9 +20,10 @@ class Session:
         self.kv_branch = ""  # the branch the session's KV holds (the chat server tracks it per session)
 
     async def turn(self, prompt: list[int], branch: str, answer_name: str,
-                   sampling: SamplingParams = GREEDY) -> DoneEvent:
+                   sampling: SamplingParams = GREEDY, new_branch: bool = False) -> DoneEvent:
         stream = self.client.admit(prompt, sampling.max_tokens)
-        stream.start(TurnRequest(self.id, prompt, sampling, kv_branch=self.kv_branch, branch=branch))
+        stream.start(TurnRequest(self.id, prompt, sampling, kv_branch=self.kv_branch, branch=branch,
+                                 new_branch=new_branch))
         async for event in stream:
             pass
         assert isinstance(event, DoneEvent), event
@@ -51,7 +53,8 @@ async def test_a_new_answer_to_the_same_prompt_needs_no_prefill_and_keeps_the_ol
     s = Session(client)
     first = await s.turn(PROMPT, "", "a1")
     one_branch = (await _kv(client))["ram"]["bytes"]
-    again = await s.turn(PROMPT, "a1", "a2")  # regenerate: the same prompt, from the branch ending at a1
+    # regenerate: the same prompt, from the branch ending at a1
+    again = await s.turn(PROMPT, "a1", "a2", new_branch=True)
     assert again.usage.cached_tokens == len(PROMPT)  # the whole prompt, and its logits: no forward pass
     assert again.timings.prefill_ms < first.timings.prefill_ms / 4
     assert again.output_ids == first.output_ids  # greedy: the same logits give the same answer
@@ -70,7 +73,7 @@ async def test_an_edit_recomputes_from_where_it_differs_and_answers_as_a_fresh_s
     second_prompt = PROMPT[:300] + first.output_ids + [7, 8, 9, 10]
     await s.turn(second_prompt, "a1", "a2")
     edited = second_prompt[:-4] + [11, 12, 13, 14, 15]  # the second question, edited
-    answer = await s.turn(edited, "a2", "a3")
+    answer = await s.turn(edited, "a2", "a3", new_branch=True)
     assert answer.usage.cached_tokens == len(second_prompt) - 4  # only the edited question is computed
     assert answer.output_ids == await _alone(client, edited, "fresh")
     assert (await _kv(client))["forks"] == 1
@@ -79,7 +82,7 @@ async def test_an_edit_recomputes_from_where_it_differs_and_answers_as_a_fresh_s
 async def test_coming_back_to_a_kept_branch_reuses_all_of_it(client):
     s = Session(client)
     first = await s.turn(PROMPT[:200], "", "a1")
-    other = await s.turn(PROMPT[:200], "a1", "a2", SamplingParams(max_tokens=12, temperature=1.0, seed=3))
+    other = await s.turn(PROMPT[:200], "a1", "a2", SEEDED, new_branch=True)
     assert other.output_ids != first.output_ids  # regenerated differently: a1's branch is kept
     back = PROMPT[:200] + first.output_ids + [5, 6, 7]  # the next question after a1 (switched back)
     answer = await s.turn(back, "a1", "a3")
@@ -93,8 +96,8 @@ async def test_coming_back_to_a_kept_branch_reuses_all_of_it(client):
 async def test_dropping_a_session_drops_every_branch(client):
     s = Session(client)
     await s.turn(PROMPT[:100], "", "a1")
-    await s.turn(PROMPT[:100], "a1", "a2")
-    await s.turn(PROMPT[:100], "a2", "a3")
+    await s.turn(PROMPT[:100], "a1", "a2", new_branch=True)
+    await s.turn(PROMPT[:100], "a2", "a3", new_branch=True)
     keys = ["s", branch_key("s", "a1"), branch_key("s", "a2")]
     assert {tier for tier, _ in (await client.kv_placement(keys)).values()} == {"ram"}
     assert await client.drop("s") == "none"
@@ -107,9 +110,10 @@ async def test_sampled_answers_from_kept_logits_follow_their_seed(client):
     s = Session(client)
     seeded = SamplingParams(max_tokens=12, temperature=1.0, seed=7)
     first = await s.turn(PROMPT[:50], "", "a1", seeded)
-    again = await s.turn(PROMPT[:50], "a1", "a2", seeded)
+    again = await s.turn(PROMPT[:50], "a1", "a2", seeded, new_branch=True)
     assert again.usage.cached_tokens == 50 and again.output_ids == first.output_ids
-    other = await s.turn(PROMPT[:50], "a2", "a3", SamplingParams(max_tokens=12, temperature=1.0, seed=8))
+    other = await s.turn(PROMPT[:50], "a2", "a3", SamplingParams(max_tokens=12, temperature=1.0, seed=8),
+                         new_branch=True)
     assert other.output_ids != first.output_ids
 
 
@@ -125,7 +129,7 @@ async def test_a_branch_spilled_to_disk_comes_back_from_it_after_a_restart(tiny_
     try:
         s = Session(EngineClient(engine))
         first = await s.turn(PROMPT[:200], "", "a1")
-        await s.turn(PROMPT[:200], "a1", "a2", SamplingParams(max_tokens=12, temperature=1.0, seed=3))
+        await s.turn(PROMPT[:200], "a1", "a2", SEEDED, new_branch=True)
         assert await s.client.spill(branch_key("s", "a1")) == "disk"
     finally:
         engine.stop()  # writes the session's own KV too
@@ -141,3 +145,18 @@ async def test_a_branch_spilled_to_disk_comes_back_from_it_after_a_restart(tiny_
         assert placement[branch_key("s", "a2")][0] in ("ram", "disk")  # the branch it left, kept in turn
     finally:
         engine.stop()
+
+
+async def test_switching_branches_between_turns_swaps_which_kv_the_session_holds(client):
+    s = Session(client)
+    first = await s.turn(PROMPT[:200], "", "a1")
+    await s.turn(PROMPT[:200], "a1", "a2", SEEDED, new_branch=True)
+    assert await client.switch_branch("s", "a2", "a1") == "a1"  # the person looks at a1 again
+    placement = await client.kv_placement([branch_key("s", "a1"), branch_key("s", "a2")])
+    assert placement[branch_key("s", "a1")][0] == "none" and placement[branch_key("s", "a2")][0] == "ram"
+    s.kv_branch = "a1"
+    back = PROMPT[:200] + first.output_ids + [5, 6, 7]
+    answer = await s.turn(back, "a1", "a3")
+    assert answer.usage.cached_tokens == len(back) - 4
+    assert await client.switch_branch("s", "a3", "nothing-kept") == "nothing-kept"
+    assert (await client.kv_placement(["s"]))["s"][0] == "none"  # the session holds no KV until its next turn
