@@ -105,6 +105,10 @@ class Stepper:
             prefix = turn.request.adopt_prefix
             if prefix and reuse:
                 self.sharing.adopt(turn.session_id, turn.prompt_ids, lambda session_id: session_id.startswith(prefix))
+        if reuse and turn.request.new_branch and not turn.branch_ready and not turn.output_ids:
+            self._answer_from_kept_logits(turn)
+            if turn not in self.scheduler.waiting:
+                return False  # that one token was the whole answer: the turn has ended
         if reuse and not turn.branch_ready:
             # the session comes back to a kept branch, or leaves the one its KV holds (engine/kv/branches.py)
             req = turn.request
@@ -126,9 +130,12 @@ class Stepper:
         # kept the logits after the whole prompt
         n = len(turn.prompt_ids)
         keep = min(common_prefix_length(kv.token_ids, turn.prompt_ids), n) if reuse else 0
-        if keep == n and kv.logits_after(n) is not None:
+        if turn.output_ids:  # its first token came from the kept logits: the KV holds its whole prompt
+            assert keep == n, "a forked branch lost part of the prompt its first token was sampled after"
+        elif keep == n and kv.logits_after(n) is not None:
             turn.ready_logits = kv.logits_after(n)
-        keep = min(keep, n - 1) if turn.ready_logits is None else keep
+        else:
+            keep = min(keep, n - 1)
         kv.truncate(keep)
         turn.kv, turn.num_cached_tokens = kv, keep
         if turn.ticket is not None:
@@ -136,8 +143,24 @@ class Stepper:
         self.stats.queue_wait_ms.add((time.perf_counter() - turn.t_submit) * 1000)
         turn.cache_source = source if keep else "miss"
         store.stats.tokens_reused += keep
-        turn.generator = turn.request.sampling.new_generator()
+        if turn.generator is None:
+            turn.generator = turn.request.sampling.new_generator()
         return True
+
+    def _answer_from_kept_logits(self, turn: Turn) -> None:
+        """A new branch whose whole prompt the session's KV holds with the logits after it (a new answer to
+        the same question): its first token is sampled and streamed now, before the branch is forked,
+        whose copy of the shared positions (if any) then delays only the second token."""
+        entry = self.store.entries.get(turn.session_id)
+        if turn.kv_branch != turn.request.branch or entry is None or not entry.is_idle:
+            return
+        n = len(turn.prompt_ids)
+        logits = entry.kv.logits_after(n)
+        if logits is None or common_prefix_length(entry.kv.token_ids, turn.prompt_ids) < n:
+            return
+        turn.generator = turn.request.sampling.new_generator()
+        turn.num_cached_tokens = n
+        self._postprocess(turn, sample_rows(logits[None], [turn.request.sampling], [turn.generator])[0])
 
     def _postprocess(self, turn: Turn, token: int) -> None:
         turn.output_ids.append(token)
@@ -152,7 +175,7 @@ class Stepper:
             self.finish(turn, reason="stop")
             return
         turn.emit(TokenEvent(turn.detokenizer.push(token), token))
-        full = turn.kv.length + 1 >= self.max_context
+        full = (turn.kv.length if turn.kv is not None else len(turn.prompt_ids)) + 1 >= self.max_context
         if len(turn.output_ids) >= turn.request.sampling.max_tokens or full:
             self.finish(turn, reason="length")
 

@@ -53,7 +53,7 @@ class RaggedAttention:
             self._rows = (_I64 * b)(*[n for _, _, n in seqs])
             self._offsets = (_I64 * b)(*[first for _, first, _ in seqs])
             self._pbases = (_P * b)(*[kv.prefix.data.data_ptr() if kv.prefix else 0 for kv in kvs])
-            self._pcaps = (_I64 * b)(*[kv.prefix.data.shape[3] if kv.prefix else 0 for kv in kvs])
+            self._pcaps = (_I64 * b)(*[kv.prefix.capacity if kv.prefix else 0 for kv in kvs])
             self._plens = (_I64 * b)(*[kv.prefix_len for kv in kvs])
 
     def kernel_args(self) -> tuple:
@@ -98,7 +98,7 @@ def prefill_attention(kv: SequenceKV, layer: int, start: int, q: torch.Tensor, k
         prefix = kv.prefix.data if kv.prefix is not None else None
         status = kernel(q.shape[1], k.shape[1], q.shape[2], layer, scale, window, q.data_ptr(), out.data_ptr(), n,
                         start - kv.prefix_len, int(kv.dtype == torch.float16), kv.data.data_ptr(), kv.data.shape[3],
-                        prefix.data_ptr() if prefix is not None else 0, prefix.shape[3] if prefix is not None else 0,
+                        prefix.data_ptr() if prefix is not None else 0, kv.prefix.capacity if prefix is not None else 0,
                         kv.prefix_len)
         if status == 0:
             return out

@@ -61,10 +61,17 @@ async def test_a_new_answer_to_the_same_prompt_needs_no_prefill_and_keeps_the_ol
     kv = await _kv(client)
     assert kv["forks"] == 1 and kv["fork_tokens"] == len(PROMPT)
     assert (await client.kv_placement([branch_key("s", "a1")]))[branch_key("s", "a1")][0] == "ram"
-    # two branches hold the prompt once, and each its own tail (capacity is counted in steps of 256 tokens)
-    token_bytes = kv["ram"]["shared_bytes"] // len(PROMPT)
-    assert kv["ram"]["shared_bytes"] == token_bytes * len(PROMPT)
+    # two branches hold the prompt once, and each its own tail (capacity is counted in steps of 256 tokens):
+    # the shared prompt is the first branch's buffer as it was (no copy)
+    token_bytes = await client.query(lambda engine: engine.runner.new_kv().token_bytes)
+    assert len(PROMPT) * token_bytes <= kv["ram"]["shared_bytes"] <= one_branch
     assert kv["ram"]["bytes"] <= one_branch + 2 * 256 * token_bytes < 2 * one_branch
+    # the new branch goes on, reading the shared prompt in place (short and long prefill chunks)
+    for first_id, n, name in ((5, 3, "a3"), (300, 200, "a4")):
+        follow = PROMPT + again.output_ids + list(range(first_id, first_id + n))
+        answer = await s.turn(follow, s.kv_branch, name)
+        assert answer.usage.cached_tokens >= len(follow) - n - 1
+        assert answer.output_ids == await _alone(client, follow, f"fresh-{n}")
 
 
 async def test_an_edit_recomputes_from_where_it_differs_and_answers_as_a_fresh_session_would(client):
@@ -160,3 +167,15 @@ async def test_switching_branches_between_turns_swaps_which_kv_the_session_holds
     assert answer.usage.cached_tokens == len(back) - 4
     assert await client.switch_branch("s", "a3", "nothing-kept") == "nothing-kept"
     assert (await client.kv_placement(["s"]))["s"][0] == "none"  # the session holds no KV until its next turn
+
+
+async def test_a_one_token_new_answer_ends_before_any_fork_and_leaves_the_kv_as_it_was(client):
+    s = Session(client)
+    first = await s.turn(PROMPT[:100], "", "a1")
+    one = await s.turn(PROMPT[:100], "a1", "a2", SamplingParams(max_tokens=1, temperature=0.0), new_branch=True)
+    assert one.output_ids == first.output_ids[:1] and one.usage.cached_tokens == 100
+    assert one.finish_reason == "length" and (await _kv(client))["forks"] == 0
+    s.kv_branch = "a1"  # the KV still holds a1's branch: going on from it reuses all of it
+    back = PROMPT[:100] + first.output_ids + [5, 6, 7]
+    answer = await s.turn(back, "a1", "a3")
+    assert answer.usage.cached_tokens == len(back) - 4

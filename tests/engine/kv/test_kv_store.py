@@ -259,8 +259,9 @@ def test_a_common_prefix_is_held_once_and_freed_with_its_last_reader(tmp_path):
     assert source == "ram" and b_kv.prefix is a_kv.prefix and store.budget.num_shared == 1
     _run(b_kv, system + [7, 8])
     store.release("b")
-    # the 300 shared tokens are held and counted once (two private copies would be 2 x before)
-    assert store.budget.shared_bytes == 300 * b_kv.token_bytes
+    # the 300 shared tokens are held and counted once (two private copies would be 2 x before): the
+    # shared prefix is a's buffer as it was (nothing copied), a reads it and keeps only its tail
+    assert 300 * b_kv.token_bytes <= store.budget.shared_bytes <= before
     assert store.ram_bytes == store.budget.shared_bytes + a_kv.nbytes + b_kv.nbytes < 2 * before
     assert torch.equal(b_kv.view(1, 302)[0], a_kv.view(1, 300)[0].new_tensor(
         [[float(t)] * 4 for t in system + [7, 8]])[None])
