@@ -76,16 +76,19 @@ export async function copyText(text) {
       return true;
     }
   } catch { /* denied: try the old way */ }
+  const previous = document.activeElement;
   const area = el("textarea");
   area.value = text;
   area.setAttribute("readonly", "");
   area.style.position = "fixed";
   area.style.opacity = "0";
   document.body.appendChild(area);
+  area.focus();
   area.select();
   let ok = false;
   try { ok = document.execCommand("copy"); } catch { ok = false; }
   area.remove();
+  if (previous instanceof HTMLElement) previous.focus();
   return ok;
 }
 
