@@ -48,7 +48,7 @@ document.addEventListener("keydown", (e) => {
     else if (state.turn) { e.preventDefault(); cancelTurn(); }
   } else if (e.altKey && !e.ctrlKey && !e.metaKey && e.code === "KeyR") {
     e.preventDefault();
-    if (!anyDialogOpen()) regenerate();
+    if (!anyDialogOpen() && !isEditing()) regenerate();
   } else if (mod && !e.altKey && (e.key === "/" || e.code === "Slash")) {
     e.preventDefault();
     openHelp();
