@@ -52,6 +52,7 @@ export function onSessionDeleted() {
   const id = state.attachedId;
   if (!id) return;
   state.gone = true;
+  if (state.ws) state.ws.close();  // the server closes it too; its close starts the new chat (connection.js)
   if (state.wanted && state.wanted.session_id === id) state.wanted = null;
   const wasShown = shown() === id;
   removeSession(id);

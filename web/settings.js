@@ -83,7 +83,7 @@ form.addEventListener("input", (e) => {
   } else if (field in FIELDS) {
     const text = e.target.value;
     const v = parse(field, text);
-    const bad = text.trim() !== "" && (v === null || e.target.validity.badInput);
+    const bad = e.target.validity.badInput || (text.trim() !== "" && v === null);
     if (bad) { e.target.setAttribute("aria-invalid", "true"); return; }  // keep the last valid value
     e.target.removeAttribute("aria-invalid");
     if (v === null) delete s[field]; else s[field] = v;
