@@ -21,6 +21,12 @@ def run_migrations_offline() -> None:
 
 
 def do_run_migrations(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        # batch migrations rebuild a table by copy, drop and rename; with foreign keys on, dropping the old
+        # `sessions` table would cascade to every message (the pragma is a no-op inside a transaction, so
+        # it comes first)
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.commit()  # end the transaction the statement began, so that alembic's commits
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()

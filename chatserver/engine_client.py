@@ -96,6 +96,10 @@ class EngineClient:
         """Forget the session's KV in every tier; returns once it is gone."""
         return await asyncio.wrap_future(self.engine.drop(session_id))
 
+    async def switch_branch(self, session_id: str, holds: str, continues: str) -> str:
+        """Engine.switch_branch: returns the branch the session's KV holds then."""
+        return await asyncio.wrap_future(self.engine.switch_branch(session_id, holds, continues))
+
     def spill_soon(self, session_id: str, cause: str) -> None:
         """spill() without waiting (a client left)."""
         self.engine.spill(session_id, cause)

@@ -45,6 +45,10 @@ class SessionNotFound(NotFound):
     code = "session_not_found"
 
 
+class MessageNotFound(NotFound):
+    code = "message_not_found"  # no such message in this session (also when it is another session's)
+
+
 class MethodNotAllowed(ChatError):
     code, status = "method_not_allowed", 405
 

@@ -131,8 +131,16 @@ class Engine:
         return self._on_store(lambda done: self._store.spill(session_id, cause, done))
 
     def drop(self, session_id: str) -> Future[str]:
-        """Forget a session's KV in every tier; the future holds "none" once it is gone."""
-        return self._on_store(lambda done: self._store.drop(session_id, on_done=done))
+        """Forget a session's KV and every branch kept for it, in every tier; the future holds "none" once
+        the session's own is gone."""
+        return self._on_store(lambda done: self._stepper.branches.drop_all(session_id, done))
+
+    def switch_branch(self, session_id: str, holds: str, continues: str) -> Future[str]:
+        """The session goes from branch `holds` (the one its KV holds) to branch `continues`: its KV is kept
+        as `holds` and the one kept for `continues` becomes the session's (engine/kv/branches.py). The
+        future holds the branch the session's KV holds then: `continues`, or `holds` when a KV was being
+        read or written (the next turn of the session finishes the switch)."""
+        return self.query(lambda engine: engine._stepper.branches.switch(session_id, holds, continues)[1])
 
     def calibrate(self) -> None:
         """Before start(): time a few forward passes (decode batches, a prefill) on this machine, so that

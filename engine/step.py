@@ -1,8 +1,10 @@
 """One step of the engine: schedule -> run -> postprocess. Engine thread only.
 
 schedule: the scheduler picks the turns and tokens of this forward pass, attaching each starting turn
-to its session's KV (keeping the longest prefix it already holds); run: one packed forward pass;
-postprocess: sample each turn's next token, stream it, end turns that stop. A failing forward pass
+to its session's KV (keeping the longest prefix it already holds, and the branch the prompt leaves);
+run: one packed forward pass; postprocess: sample each turn's next token, stream it, end turns that
+stop. A turn whose whole prompt is cached with the logits after it (a new answer to the same question)
+samples its first token from those logits, without a forward pass. A failing forward pass
 fails the turns it carried, never the engine.
 """
 
@@ -11,10 +13,12 @@ from __future__ import annotations
 import logging
 import time
 
+import torch
+
 from engine.admission import Admission
 from engine.config import EngineConfig
 from engine.errors import EngineStopped
-from engine.kv import KVStore, PrefixSharing, common_prefix_length
+from engine.kv import Branches, KVStore, PrefixSharing, common_prefix_length
 from engine.model import ChatFormat, ForwardItem, ModelRunner
 from engine.sampling import sample_rows
 from engine.scheduler import Scheduler
@@ -30,6 +34,7 @@ class Stepper:
         self.runner, self.chat_format, self.config = runner, chat_format, config
         self.store, self.scheduler, self.admission, self.stats = store, scheduler, admission, stats
         self.sharing = PrefixSharing(store)
+        self.branches = Branches(store)
         self.max_context = max_context
         self.finished_since_schedule = False  # a finished turn may have unblocked a waiting one
 
@@ -38,21 +43,30 @@ class Stepper:
             self.finish(turn, reason="cancelled")
         plan = self.scheduler.schedule(self._start)
         self.finished_since_schedule = False
-        if not plan:
+        ready = [turn for turn, tokens in plan if not tokens]  # first token from logits kept with the KV
+        plan = [(turn, tokens) for turn, tokens in plan if tokens]
+        sampled, rows = list(ready), [turn.ready_logits for turn in ready]
+        if plan:
+            items = [ForwardItem(t.kv, tokens, needs_logits=not t.num_prompt_remaining or len(tokens) == t.num_prompt_remaining)
+                     for t, tokens in plan]
+            started = time.perf_counter()
+            try:
+                logits = self.runner.forward(items)
+            except Exception as exc:  # noqa: BLE001 - one bad step must not kill the server
+                log.exception("forward pass failed")
+                for turn, _ in plan:
+                    self.finish(turn, error=exc)
+                return
+            self._count_step(plan, started)
+            computed = [turn for (turn, _), item in zip(plan, items) if item.needs_logits]
+            for turn, row in zip(computed, logits):
+                if not turn.output_ids:  # the prompt's last position: kept with the KV for a new answer
+                    turn.kv.last_logits = (len(turn.prompt_ids), row.clone())
+            sampled += computed
+            rows += list(logits)
+        if not sampled:
             return
-        items = [ForwardItem(t.kv, tokens, needs_logits=not t.num_prompt_remaining or len(tokens) == t.num_prompt_remaining)
-                 for t, tokens in plan]
-        started = time.perf_counter()
-        try:
-            logits = self.runner.forward(items)
-        except Exception as exc:  # noqa: BLE001 - one bad step must not kill the server
-            log.exception("forward pass failed")
-            for turn, _ in plan:
-                self.finish(turn, error=exc)
-            return
-        self._count_step(plan, started)
-        sampled = [turn for (turn, _), item in zip(plan, items) if item.needs_logits]
-        tokens = sample_rows(logits, [t.request.sampling for t in sampled], [t.generator for t in sampled])
+        tokens = sample_rows(torch.stack(rows), [t.request.sampling for t in sampled], [t.generator for t in sampled])
         for turn, token in zip(sampled, tokens):
             self._postprocess(turn, token)
 
@@ -91,6 +105,14 @@ class Stepper:
             prefix = turn.request.adopt_prefix
             if prefix and reuse:
                 self.sharing.adopt(turn.session_id, turn.prompt_ids, lambda session_id: session_id.startswith(prefix))
+        if reuse and not turn.branch_ready:
+            # the session comes back to a kept branch, or leaves the one its KV holds (engine/kv/branches.py)
+            req = turn.request
+            ready, turn.kv_branch = self.branches.prepare(turn.session_id, turn.prompt_ids, turn.kv_branch, req.branch,
+                                                          req.new_branch)
+            if not ready:
+                return False
+            turn.branch_ready = True
         if reuse and not turn.prefix_checked:
             # another session may hold this prompt's beginning (a system prompt), maybe on disk
             if self.sharing.share_prefix(turn.session_id, turn.prompt_ids) is None:
@@ -100,8 +122,13 @@ class Stepper:
         if acquired is None:
             return False
         kv, source = acquired
-        # at least one prompt token must be fed to get logits for the first answer token
-        keep = min(common_prefix_length(kv.token_ids, turn.prompt_ids), len(turn.prompt_ids) - 1) if reuse else 0
+        # at least one prompt token must be fed to get logits for the first answer token, unless the KV
+        # kept the logits after the whole prompt
+        n = len(turn.prompt_ids)
+        keep = min(common_prefix_length(kv.token_ids, turn.prompt_ids), n) if reuse else 0
+        if keep == n and kv.logits_after(n) is not None:
+            turn.ready_logits = kv.logits_after(n)
+        keep = min(keep, n - 1) if turn.ready_logits is None else keep
         kv.truncate(keep)
         turn.kv, turn.num_cached_tokens = kv, keep
         if turn.ticket is not None:

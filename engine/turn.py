@@ -25,6 +25,12 @@ class TurnRequest:
     # stateless clients (OpenAI API): when session_id has no KV, the turn may take over the KV of an
     # idle session whose id starts with this prefix and whose tokens its prompt continues ("" = never)
     adopt_prefix: str = ""
+    # branches of a conversation (engine/kv/branches.py), named by the caller ("": none): the branch the
+    # session's KV holds, and the one this prompt starts from; new_branch: the prompt leaves that branch
+    # part way (a new answer, an edited question) and what it leaves is kept
+    kv_branch: str = ""
+    branch: str = ""
+    new_branch: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,10 +86,16 @@ class Turn:
     output_ids: list[int] = field(default_factory=list)
     is_cancelled: bool = False
     prefix_checked: bool = False  # the KV store was asked for a shared prefix (engine/step.py _start)
+    branch_ready: bool = False  # the session's KV holds the branch the prompt starts from (engine/step.py)
+    kv_branch: str = ""  # the branch the session's KV holds, as the turn's start moves it
+    ready_logits: torch.Tensor | None = None  # [vocab]: the whole prompt was cached with its logits
     t_submit: float = field(default_factory=time.perf_counter)
     t_start: float = 0.0
     t_first_token: float = 0.0
     t_last_token: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.kv_branch = self.request.kv_branch
 
     @property
     def session_id(self) -> str:
@@ -105,8 +117,11 @@ class Turn:
         return max(0, len(self.prompt_ids) - self.kv.length)
 
     def next_input(self, budget: int) -> list[int]:
-        """Tokens to feed this step: a prefill chunk of at most `budget`, or the last sampled token."""
+        """Tokens to feed this step: a prefill chunk of at most `budget`, or the last sampled token; none
+        when the first token is sampled from logits kept with the KV (no forward pass)."""
         assert self.kv is not None
+        if self.ready_logits is not None and not self.output_ids:
+            return []
         if self.num_prompt_remaining:
             start = self.kv.length
             return self.prompt_ids[start : start + min(budget, self.num_prompt_remaining)]

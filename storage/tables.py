@@ -1,4 +1,4 @@
-"""SQL schema: chat sessions and their messages. Changes go through an alembic migration."""
+"""SQL schema: chat sessions and their messages, which form a tree (each message names its parent). Changes go through an alembic migration."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ class SessionRow(Base):
     num_tokens: Mapped[int] = mapped_column(Integer, default=0)  # conversation length after the last turn
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    # the last message of the active path (messages form a tree: regenerated answers and edited questions
+    # are siblings); None before the first message. No foreign key: a message row already names its session.
+    active_leaf_id: Mapped[int | None] = mapped_column(Integer)
 
     messages: Mapped[list[MessageRow]] = relationship(
         back_populates="session", order_by="MessageRow.seq", cascade="all, delete-orphan", passive_deletes=True
@@ -38,7 +41,9 @@ class MessageRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
-    seq: Mapped[int] = mapped_column(Integer)  # 0, 1, 2... within the session
+    seq: Mapped[int] = mapped_column(Integer)  # 0, 1, 2... within the session, in the order stored
+    # the message this one follows (None: the conversation's first); a parent always has a lower seq
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
     role: Mapped[str] = mapped_column(String(16))  # system | user | assistant
     content: Mapped[str] = mapped_column(Text)
     num_tokens: Mapped[int | None] = mapped_column(Integer)  # tokens of `content` alone

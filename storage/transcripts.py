@@ -1,4 +1,5 @@
-"""Chat sessions and their transcripts in SQL. Each method is one short transaction; a database that
+"""Chat sessions and their transcripts (trees of messages, storage/conversation.py) in SQL. Each method is
+one short transaction; a database that
 refuses (locked, disk full, unreachable) raises StorageUnavailable, and nothing of that call is kept."""
 
 from __future__ import annotations
@@ -12,17 +13,11 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from storage.conversation import Conversation, StoredMessage
 from storage.errors import StorageUnavailable
 from storage.tables import MessageRow, SessionRow, utcnow
 
-
-@dataclass(frozen=True)
-class StoredMessage:
-    seq: int
-    role: str
-    content: str
-    finish_reason: str | None
-    created_at: datetime
+_ACTIVE_LEAF = object()  # add_message's default parent: the session's active leaf
 
 
 @dataclass(frozen=True)
@@ -93,10 +88,16 @@ class TranscriptStore:
             await db.execute(select(1))
 
     @_refusals_typed
-    async def messages(self, session_id: str) -> list[StoredMessage]:
+    async def conversation(self, session_id: str) -> Conversation:
+        """Every message of the session (all branches, oldest first) and its active leaf."""
         async with self._sm() as db:
+            leaf = await db.scalar(select(SessionRow.active_leaf_id).where(SessionRow.id == session_id))
             rows = await db.scalars(select(MessageRow).where(MessageRow.session_id == session_id).order_by(MessageRow.seq))
-            return [StoredMessage(m.seq, m.role, m.content, m.finish_reason, m.created_at) for m in rows]
+            return Conversation([_message(m) for m in rows], leaf)
+
+    async def messages(self, session_id: str) -> list[StoredMessage]:
+        """The active path, oldest first."""
+        return (await self.conversation(session_id)).path()
 
     @_refusals_typed
     async def add_message(
@@ -111,16 +112,23 @@ class TranscriptStore:
         finish_reason: str | None = None,
         session_tokens: int | None = None,
         title: str | None = None,
-    ) -> None:
-        """Append a message and touch the session; `title` is set only if the session has none."""
+        parent_id=_ACTIVE_LEAF,
+    ) -> StoredMessage:
+        """Add a message after parent_id (default: the active leaf; None: as the first message), make it the
+        active leaf and touch the session; `title` is set only if the session has none. The parent must be
+        a message of this session (the caller checks)."""
         now = utcnow()
         async with self._sm.begin() as db:
+            if parent_id is _ACTIVE_LEAF:
+                parent_id = await db.scalar(select(SessionRow.active_leaf_id).where(SessionRow.id == session_id))
             seq = await db.scalar(select(func.coalesce(func.max(MessageRow.seq) + 1, 0)).where(MessageRow.session_id == session_id))
-            db.add(MessageRow(
-                session_id=session_id, seq=seq, role=role, content=content, num_tokens=num_tokens,
+            row = MessageRow(
+                session_id=session_id, seq=seq, parent_id=parent_id, role=role, content=content, num_tokens=num_tokens,
                 prompt_tokens=prompt_tokens, cached_tokens=cached_tokens, finish_reason=finish_reason, created_at=now,
-            ))
-            values: dict = {"updated_at": now}
+            )
+            db.add(row)
+            await db.flush()  # assigns row.id
+            values: dict = {"updated_at": now, "active_leaf_id": row.id}
             if session_tokens is not None:
                 values["num_tokens"] = session_tokens
             await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(**values))
@@ -128,22 +136,34 @@ class TranscriptStore:
                 await db.execute(
                     update(SessionRow).where(SessionRow.id == session_id, SessionRow.title.is_(None)).values(title=title)
                 )
+            return _message(row)
+
+    @_refusals_typed
+    async def set_active_leaf(self, session_id: str, leaf_id: int) -> bool:
+        """Make the path to leaf_id (a message of this session) the active one; False if there is no such
+        session."""
+        async with self._sm.begin() as db:
+            result = await db.execute(update(SessionRow).where(SessionRow.id == session_id)
+                                      .values(active_leaf_id=leaf_id))
+            return result.rowcount > 0
 
     @_refusals_typed
     async def close_unanswered(self, finish_reason: str) -> list[str]:
-        """Answer every session whose last message is a user's (its turn was never stored: the process
+        """Answer every session whose active leaf is a user message (its turn was never stored: the process
         died) with an empty assistant message ending with `finish_reason`; returns those sessions' ids."""
-        last = (select(MessageRow.session_id, func.max(MessageRow.seq).label("seq"))
-                .group_by(MessageRow.session_id).subquery())
-        query = (select(MessageRow.session_id, MessageRow.seq)
-                 .join(last, (MessageRow.session_id == last.c.session_id) & (MessageRow.seq == last.c.seq))
+        query = (select(MessageRow.session_id, MessageRow.id)
+                 .join(SessionRow, SessionRow.active_leaf_id == MessageRow.id)
                  .where(MessageRow.role == "user"))
         now = utcnow()
         async with self._sm.begin() as db:
             rows = (await db.execute(query)).all()
-            for session_id, seq in rows:
-                db.add(MessageRow(session_id=session_id, seq=seq + 1, role="assistant", content="",
-                                  finish_reason=finish_reason, created_at=now))
+            for session_id, leaf_id in rows:
+                seq = await db.scalar(select(func.max(MessageRow.seq) + 1).where(MessageRow.session_id == session_id))
+                row = MessageRow(session_id=session_id, seq=seq, parent_id=leaf_id, role="assistant", content="",
+                                 finish_reason=finish_reason, created_at=now)
+                db.add(row)
+                await db.flush()
+                await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(active_leaf_id=row.id))
         return [session_id for session_id, _ in rows]
 
     @_refusals_typed
@@ -158,6 +178,10 @@ class TranscriptStore:
         async with self._sm.begin() as db:
             result = await db.execute(delete(SessionRow).where(SessionRow.id == session_id))
             return result.rowcount > 0
+
+
+def _message(m: MessageRow) -> StoredMessage:
+    return StoredMessage(m.id, m.parent_id, m.seq, m.role, m.content, m.finish_reason, _utc(m.created_at))
 
 
 def _record(row: SessionRow, num_messages: int = 0) -> SessionRecord:

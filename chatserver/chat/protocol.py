@@ -13,9 +13,11 @@ from chatserver.errors import BadRequest
 from chatserver.jsonbody import parse_json
 from chatserver.chat.turn_log import TurnLog
 from engine import DoneEvent, ErrorEvent, TurnEvent
+from storage import Conversation, StoredMessage
 
 _ID = Annotated[str, Field(min_length=1, max_length=64)]
 _TOKEN = Annotated[str, Field(min_length=1, max_length=256)]
+_MESSAGE_ID = Annotated[int, Field(ge=1, lt=2**63)]
 TITLE_CHARS = 200  # longest title a rename may set
 
 
@@ -42,9 +44,9 @@ class System(_Frame):
     content: str
 
 
-class User(_Frame):
-    type: Literal["user"]
-    content: str
+class _Sampled(_Frame):
+    """A frame that starts a turn, with the turn's own sampling parameters (None: the server's defaults)."""
+
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=5.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
@@ -55,6 +57,27 @@ class User(_Frame):
         """The sampling fields this turn sets (None: the server's default)."""
         return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "seed": self.seed,
                 "max_tokens": self.max_tokens}
+
+
+class User(_Sampled):
+    type: Literal["user"]
+    content: str
+
+
+class Regenerate(_Sampled):
+    type: Literal["regenerate"]
+    message_id: _MESSAGE_ID | None = None  # an answer; None: the last one on the active path
+
+
+class Edit(_Sampled):
+    type: Literal["edit"]
+    message_id: _MESSAGE_ID  # a user message
+    content: str
+
+
+class Switch(_Frame):
+    type: Literal["switch"]
+    message_id: _MESSAGE_ID
 
 
 class Cancel(_Frame):
@@ -72,14 +95,15 @@ class DeleteSession(_Frame):
 
 class Export(_Frame):
     type: Literal["export"]
+    tree: bool = False  # every branch, not only the active path
 
 
-ClientFrame = Annotated[Hello | System | User | Cancel | Rename | DeleteSession | Export,
-                        Field(discriminator="type")]
+AnyFrame = Hello | System | User | Regenerate | Edit | Switch | Cancel | Rename | DeleteSession | Export
+ClientFrame = Annotated[AnyFrame, Field(discriminator="type")]
 _adapter: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
 
 
-def parse_frame(text: str) -> Hello | System | User | Cancel | Rename | DeleteSession | Export:
+def parse_frame(text: str) -> AnyFrame:
     """Raises BadRequest with a message naming the offending field."""
     data = parse_json(text, "frame")
     if not isinstance(data, dict):
@@ -92,8 +116,8 @@ def parse_frame(text: str) -> Hello | System | User | Cancel | Rename | DeleteSe
         if err["type"] == "union_tag_invalid":
             kind = data["type"]  # echoed only as a short string (a deeply nested value has no safe repr)
             shown = repr(kind[:40]) if isinstance(kind, str) else "(not a string)"
-            raise BadRequest(f"unknown frame type {shown}; expected hello, system, user, cancel, rename, "
-                             "delete_session or export") from None
+            raise BadRequest(f"unknown frame type {shown}; expected hello, system, user, regenerate, edit, "
+                             "switch, cancel, rename, delete_session or export") from None
         if err["type"] == "union_tag_not_found":
             raise BadRequest("frame has no 'type' field") from None
         raise BadRequest(f"{where}: {err['msg']}") from None
@@ -107,19 +131,41 @@ def session_frame(session_id: str, resume_token: str, resumed: bool, messages: l
             "messages": messages, "busy": busy, "turn": shown}
 
 
+def message_items(conversation: Conversation, path: list[StoredMessage] | None = None) -> list[dict]:
+    """The messages of `path` (default: the active path) as sent to clients: id, parent_id, role, content,
+    finish_reason (answers) and siblings (ids of the parent's children, this one included, oldest first)."""
+    out = []
+    for m in conversation.path() if path is None else path:
+        item = {"id": m.id, "parent_id": m.parent_id, "role": m.role, "content": m.content}
+        if m.role == "assistant":
+            item["finish_reason"] = m.finish_reason
+        item["siblings"] = conversation.siblings(m.id)
+        out.append(item)
+    return out
+
+
+def path_frame(conversation: Conversation, turn: TurnLog | None) -> dict:
+    """The active path changed: after regenerate or edit it ends with the question being answered, and the
+    frames of `turn` follow; after switch, turn is None."""
+    return {"type": "path", "messages": message_items(conversation), "turn_id": turn.turn_id if turn else None}
+
+
 def turn_started_frame(turn: TurnLog) -> dict:
-    return {"type": "turn", "turn_id": turn.turn_id, "content": turn.content}
+    return {"type": "turn", "turn_id": turn.turn_id, "content": turn.content, "user_message_id": turn.user_message_id}
 
 
-def turn_frame(turn_id: str, seq: int, event: TurnEvent) -> dict:
-    """The frame of a turn's event number `seq`: token, done, or error."""
-    if isinstance(event, DoneEvent):
-        frame = done_frame(event)
-    elif isinstance(event, ErrorEvent):
-        frame = {"type": "error", "code": event.code, "message": event.message}
+def turn_frame(turn: TurnLog, seq: int, event: TurnEvent) -> dict:
+    """The frame of a turn's event number `seq`: token, done, or error. done and error name where the
+    answer was stored: message_id (None if it could not be), the question it answers, and its siblings."""
+    if isinstance(event, (DoneEvent, ErrorEvent)):
+        if isinstance(event, DoneEvent):
+            frame = done_frame(event)
+        else:
+            frame = {"type": "error", "code": event.code, "message": event.message}
+        frame.update(message_id=turn.answer_id, user_message_id=turn.user_message_id, siblings=turn.answer_siblings)
     else:
         frame = {"type": "token", "text": event.text}
-    return {**frame, "turn_id": turn_id, "seq": seq}
+    return {**frame, "turn_id": turn.turn_id, "seq": seq}
 
 
 def done_frame(event: DoneEvent) -> dict:

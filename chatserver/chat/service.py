@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import replace
 
+from chatserver.chat import branching
 from chatserver.chat.sessions import LiveSession, LiveSessions, SessionListener
 from chatserver.chat.turn_log import TurnLog, new_turn_id
 from chatserver.config import ChatConfig
@@ -26,7 +28,7 @@ from chatserver.engine_client import EngineClient, TurnStream
 from chatserver.errors import BadRequest, Busy
 from chatserver.ops import TurnRate
 from engine import ChatFormat, ChatMessage, ContextTooLong, DoneEvent, ErrorEvent, SamplingParams, TurnEvent, TurnRequest
-from storage import StorageUnavailable, TranscriptStore
+from storage import Conversation, StorageUnavailable, TranscriptStore
 
 log = logging.getLogger(__name__)
 
@@ -50,32 +52,68 @@ class ChatService:
     # ---- stored sessions ----
 
     def set_system(self, live: LiveSession, content: str) -> None:
-        if live.has_turns or any(m.role == "system" for m in live.messages):
+        if live.has_turns or any(m.role == "system" for m in live.conversation.messages):
             raise BadRequest("the system prompt can only be set before the first turn")
         self._check_content(content)
         live.pending_system = content
 
-    async def start_turn(self, live: LiveSession, content: str, sampling: dict,
+    async def ask(self, live: LiveSession, content: str, sampling: dict,
+                  origin: SessionListener | None = None) -> TurnLog:
+        """A question after the active path's last message, and its answer."""
+        return await self._start_turn(live, lambda c: branching.ask(c, content), sampling, origin)
+
+    async def regenerate(self, live: LiveSession, message_id: int | None, sampling: dict,
                          origin: SessionListener | None = None) -> TurnLog:
-        """Start a turn of a stored session and return its log. The turn then belongs to the session, not
-        to the connection that asked: each event is logged and handed to every connection of the session
-        as it comes (SessionListener), the answer is stored when it ends (also cancelled or failed), and it
-        runs to its end whoever is connected (LiveSessions cancels it after a while with nobody).
-        sampling: the turn's own temperature, top_p, top_k, seed, max_tokens (None: the defaults).
-        origin: the connection that asked; the others are told the turn started.
+        """A new answer beside answer `message_id` (None: the active path's last answer)."""
+        return await self._start_turn(live, lambda c: branching.regenerate(c, message_id), sampling, origin)
+
+    async def edit(self, live: LiveSession, message_id: int, content: str, sampling: dict,
+                   origin: SessionListener | None = None) -> TurnLog:
+        """A new version of user message `message_id` beside it, and its answer."""
+        return await self._start_turn(live, lambda c: branching.edit(c, message_id, content), sampling, origin)
+
+    async def switch(self, live: LiveSession, message_id: int) -> None:
+        """Show the path through `message_id` (down to its newest leaf), to every connection of the session."""
+        if live.is_busy:
+            raise Busy("a turn is running in this session; switch when it has ended (or cancel it)")
+        leaf = branching.switch(live.conversation, message_id)  # raises MessageNotFound: nothing changed
+        async with live.lock:  # a turn starting meanwhile reads kv_branch after the engine has switched
+            if leaf != live.conversation.active_leaf_id:
+                await self.transcripts.set_active_leaf(live.id, leaf)
+                live.conversation.active_leaf_id = leaf
+            for conn in list(live.connections):
+                conn.on_path_changed(live.conversation, None)
+            live.kv_branch = await self.engine.switch_branch(live.id, live.kv_branch, str(leaf))
+
+    async def _start_turn(self, live: LiveSession, place_of: Callable[[Conversation], branching.TurnPlace],
+                          sampling: dict, origin: SessionListener | None) -> TurnLog:
+        """Start a turn of a stored session where place_of(its conversation) puts it (chat/branching.py);
+        return its log. The turn then belongs to the session, not to the connection that asked: each event is logged and handed to
+        every connection of the session as it comes (SessionListener), the answer is stored when it ends
+        (also cancelled or failed), and it runs to its end whoever is connected (LiveSessions cancels it
+        after a while with nobody). sampling: the turn's own temperature, top_p, top_k, seed, max_tokens
+        (None: the defaults). origin: the connection that asked; the others are told the turn started (a
+        question after the active path) or shown the new path (regenerate, edit: to the origin too).
         On any error nothing is stored, the transcript is unchanged and the session is not busy."""
         if live.is_busy:
             raise Busy("a turn is already running in this session; send cancel or wait for done")
+        place = place_of(live.conversation)  # raises MessageNotFound / BadRequest: nothing changed
         self.turn_rate.check(live.id)  # raises RateLimited: nothing stored
         live.is_busy = True  # before any await: a second turn from any connection is refused
         try:
             async with live.lock:
-                stream = await self._start_stored(live, content, sampling)
-                turn_log = live.log = TurnLog(new_turn_id(), content)
-                live.stream = stream
-                live.turn_task = asyncio.create_task(self._run(live, stream, turn_log))
+                previous_leaf = live.conversation.active_leaf_id
+                asked = place.content if not place.is_new_answer else live.conversation.get(place.parent_id).content
+                turn_log = TurnLog(new_turn_id(), asked)
+                stream = await self._start_stored(live, place, sampling, turn_log)
+                live.log, live.stream = turn_log, stream
+                restore_leaf = previous_leaf if place.is_new_answer else None
+                live.turn_task = asyncio.create_task(self._run(live, stream, turn_log, restore_leaf))
+                on_path = place.is_new_answer or place.parent_id != previous_leaf
                 for conn in list(live.connections):
-                    if conn is not origin:
+                    if on_path:
+                        conn.on_path_changed(live.conversation, turn_log)
+                    elif conn is not origin:
                         conn.on_turn_started(turn_log)
         except BaseException:
             live.is_busy = False
@@ -83,26 +121,36 @@ class ChatService:
         self.sessions.turn_started(live)
         return turn_log
 
-    async def _start_stored(self, live: LiveSession, content: str, sampling: dict) -> TurnStream:
-        self._check_content(content)
-        system = [ChatMessage("system", live.pending_system)] if live.pending_system is not None else []
-        new = system + [ChatMessage("user", content)]
-        conversation = self._with_system_prompt(live.messages + new)
-        if len(conversation) > len(live.messages) + len(new):
-            new = [conversation[0]] + new  # the default system prompt was inserted: it is stored too
-        prompt_ids, params = await self._prepare(conversation, sampling)
+    async def _start_stored(self, live: LiveSession, place: branching.TurnPlace, sampling: dict,
+                            turn_log: TurnLog) -> TurnStream:
+        conversation = live.conversation
+        path = conversation.path(place.parent_id) if place.parent_id is not None else []
+        new: list[ChatMessage] = []
+        if not place.is_new_answer:
+            self._check_content(place.content)
+            system = live.pending_system if live.pending_system is not None else self.config.system_prompt
+            if not path and system:  # a conversation starts (also an edit of its first question)
+                new.append(ChatMessage("system", system))
+            new.append(ChatMessage("user", place.content))
+        history = [ChatMessage(m.role, m.content) for m in path]
+        prompt_ids, params = await self._prepare(history + new, sampling)
         stream = self._admit(prompt_ids, params)
         # The prefill starts now and overlaps the database write; the caller reads the stream (and the
         # client sees tokens) only after the message is stored. If storing fails the turn is cancelled:
         # its KV then holds a prompt the transcript lacks, and the next turn keeps only the common prefix.
-        stream.start(TurnRequest(live.id, prompt_ids, params))
+        stream.start(TurnRequest(live.id, prompt_ids, params, kv_branch=live.kv_branch,
+                                 branch=str(place.continues or ""), new_branch=place.parent_id != place.continues))
+        stored = []
         try:
             await self.sessions.store_if_new(live)
-            title = content.strip().splitlines()[0][:_TITLE_CHARS] if not live.has_turns else None
+            parent = place.parent_id
             for m in new:
                 num_tokens = await asyncio.to_thread(self.chat_format.count_tokens, m.content)
-                await self.transcripts.add_message(live.id, m.role, m.content, num_tokens=num_tokens,
-                                                   title=title if m.role == "user" else None)
+                first = m.role == "user" and not live.has_turns
+                title = m.content.strip().splitlines()[0][:_TITLE_CHARS] if first else None
+                stored.append(await self.transcripts.add_message(
+                    live.id, m.role, m.content, num_tokens=num_tokens, title=title, parent_id=parent))
+                parent = stored[-1].id
         except StorageUnavailable as exc:
             stream.cancel()
             log.warning("could not store the user message of session %s: %s", live.id, exc)
@@ -110,19 +158,28 @@ class ChatService:
         except BaseException:
             stream.cancel()
             raise
-        live.messages.extend(new)
+        for m in stored:
+            conversation.add(m)
+        if place.is_new_answer:  # shown until its answer is stored (which makes it active in the database)
+            conversation.active_leaf_id = place.parent_id
+        turn_log.user_message_id = conversation.active_leaf_id
         live.pending_system = None
         return stream
 
-    async def _run(self, live: LiveSession, stream: TurnStream, turn_log: TurnLog) -> None:
+    async def _run(self, live: LiveSession, stream: TurnStream, turn_log: TurnLog, restore_leaf: int | None) -> None:
         """The turn's events into its log and out to the session's connections. The answer is stored before
-        the last event is published, under live.lock; then the session is free for its next turn."""
+        the last event is published, under live.lock; then the session is free for its next turn.
+        restore_leaf: the active leaf to show again if a new answer (regenerate) cannot be stored."""
         pieces: list[str] = []
         try:
             async for event in stream:
                 if isinstance(event, (DoneEvent, ErrorEvent)):
                     async with live.lock:
-                        turn_log.is_answer_stored = await self._store_final(live, event, "".join(pieces))
+                        turn_log.is_answer_stored = await self._store_final(live, event, "".join(pieces), turn_log)
+                        if not turn_log.is_answer_stored:
+                            live.kv_branch = ""  # its KV holds an answer that has no name: it is not kept
+                            if restore_leaf is not None:  # a new answer that was not stored: as before it
+                                live.conversation.active_leaf_id = restore_leaf
                         _publish(live, turn_log, event)
                 elif event.text:
                     pieces.append(event.text)
@@ -134,13 +191,14 @@ class ChatService:
             live.is_busy = False
             self.sessions.turn_ended(live)
 
-    async def _store_final(self, live: LiveSession, event: DoneEvent | ErrorEvent, partial: str) -> bool:
+    async def _store_final(self, live: LiveSession, event: DoneEvent | ErrorEvent, partial: str,
+                           turn_log: TurnLog) -> bool:
         """Store the answer of a turn that ended with `event`; False if it could not be (or need not be)."""
         try:
             if isinstance(event, DoneEvent):
-                await self._store_answer(live, event.text, event.finish_reason, event)
+                await self._store_answer(live, turn_log, event.text, event.finish_reason, event)
             else:
-                await self._store_answer(live, partial, "error", None)
+                await self._store_answer(live, turn_log, partial, "error", None)
         except StorageUnavailable as exc:
             log.warning("could not store the answer of session %s: %s", live.id, exc)
             return False
@@ -166,38 +224,20 @@ class ChatService:
         if live is not None:  # told once everything is gone: a client that reconnects finds nothing
             await self.sessions.disconnect(live, by)
 
-    async def export(self, live: LiveSession) -> dict:
-        """The conversation as JSON: id, title, model, creation time (ISO 8601, UTC; None until stored) and
-        the messages of the transcript with how each answer ended."""
-        record = await self.transcripts.get(live.id) if live.is_stored else None
-        return {"session_id": live.id, "title": record.title if record else None,
-                "model": record.model if record else None,
-                "created_at": record.created_at.isoformat() if record else None,
-                "messages": await self.transcript(live)}
-
-    async def transcript(self, live: LiveSession) -> list[dict]:
-        """Messages for a `session` frame; assistant messages carry how they ended."""
-        if not live.is_stored:
-            return []
-        out = []
-        for m in await self.transcripts.messages(live.id):
-            item = {"role": m.role, "content": m.content}
-            if m.role == "assistant":
-                item["finish_reason"] = m.finish_reason
-            out.append(item)
-        return out
-
-    async def _store_answer(self, live: LiveSession, text: str, finish_reason: str, done: DoneEvent | None) -> None:
-        live.messages.append(ChatMessage("assistant", text))
+    async def _store_answer(self, live: LiveSession, turn_log: TurnLog, text: str, finish_reason: str,
+                            done: DoneEvent | None) -> None:
         if live.is_deleted:
             return
         u = done.usage if done else None
-        await self.transcripts.add_message(
-            live.id, "assistant", text, finish_reason=finish_reason,
+        answer = await self.transcripts.add_message(
+            live.id, "assistant", text, finish_reason=finish_reason, parent_id=turn_log.user_message_id,
             num_tokens=u.completion_tokens if u else None, prompt_tokens=u.prompt_tokens if u else None,
             cached_tokens=u.cached_tokens if u else None,
             session_tokens=u.prompt_tokens + u.completion_tokens if u else None,
         )
+        live.conversation.add(answer)
+        live.kv_branch = str(answer.id)  # the session's KV holds this path now
+        turn_log.answer_id, turn_log.answer_siblings = answer.id, live.conversation.siblings(answer.id)
 
     # ---- stateless requests ----
 

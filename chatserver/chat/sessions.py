@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Protocol
 from chatserver.chat.credentials import hash_token, new_resume_token, new_session_id, token_matches
 from chatserver.chat.turn_log import TurnLog
 from chatserver.errors import SessionNotFound, Unauthorized
-from engine import ChatMessage, TurnEvent
-from storage import TranscriptStore
+from engine import TurnEvent
+from storage import Conversation, TranscriptStore
 
 if TYPE_CHECKING:
     from chatserver.engine_client import TurnStream
@@ -31,6 +31,9 @@ class SessionListener(Protocol):
     def on_turn_event(self, turn: TurnLog, seq: int, event: TurnEvent) -> None:
         """The turn streamed event number `seq` (seq 0, 1, 2... with no gap per listener and turn)."""
 
+    def on_path_changed(self, conversation: Conversation, turn: TurnLog | None) -> None:
+        """The active path changed (regenerate or edit: `turn` answers its last message; switch: None)."""
+
     async def terminate(self, code: str, message: str) -> None:
         """The session is gone: say why and close."""
 
@@ -46,7 +49,7 @@ class LiveSession:
 
     id: str
     token_hash: str
-    messages: list[ChatMessage]  # transcript as stored, in order
+    conversation: Conversation  # the transcript as stored: every branch, and the active path
     is_stored: bool = True  # False until its first turn: a hello alone writes nothing to the database
     created: float = field(default_factory=time.monotonic)
     pending_system: str | None = None  # system prompt sent before the first turn, stored with it
@@ -58,10 +61,17 @@ class LiveSession:
     stream: TurnStream | None = None  # the running turn's engine stream
     turn_task: asyncio.Task | None = None  # streams `stream` into `log` (chat/service.py)
     detach_timer: asyncio.TimerHandle | None = None  # cancels the running turn: nobody is connected
+    # the branch (named by its leaf message id) the session's KV holds; a turn that starts elsewhere tells
+    # the engine, which keeps that KV as a branch of its own (engine/kv/branches.py)
+    kv_branch: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.kv_branch and self.conversation.active_leaf_id is not None:
+            self.kv_branch = str(self.conversation.active_leaf_id)
 
     @property
     def has_turns(self) -> bool:
-        return any(m.role == "user" for m in self.messages)
+        return self.conversation.has_user_message
 
     @property
     def is_turn_running(self) -> bool:
@@ -90,7 +100,7 @@ class LiveSessions:
         """A new session, kept in memory until its first turn stores it (see store_if_new)."""
         self._purge_unstored()
         session_id, token = new_session_id(), new_resume_token()
-        live = self._live[session_id] = LiveSession(session_id, hash_token(token), [], is_stored=False)
+        live = self._live[session_id] = LiveSession(session_id, hash_token(token), Conversation(), is_stored=False)
         return live, token
 
     async def store_if_new(self, live: LiveSession) -> None:
@@ -112,11 +122,10 @@ class LiveSessions:
         if token is None or not token_matches(token, token_hash):
             raise Unauthorized("wrong or missing resume_token for this session")
         if live is None:
-            stored = await self._repo.messages(session_id)
+            conversation = await self._repo.conversation(session_id)
             live = self._live.get(session_id)  # another connection may have loaded it while we awaited
             if live is None:
-                messages = [ChatMessage(m.role, m.content) for m in stored]
-                live = self._live[session_id] = LiveSession(session_id, token_hash, messages,
+                live = self._live[session_id] = LiveSession(session_id, token_hash, conversation,
                                                             log=self._unpark(session_id))
         return live
 

@@ -22,8 +22,11 @@ class TurnLog:
 
     turn_id: str
     content: str  # the user message the turn answers
+    user_message_id: int | None = None  # its id in the conversation tree
     events: list[TurnEvent] = field(default_factory=list)
     is_answer_stored: bool = False  # the answer is in the stored transcript (set when the log finishes)
+    answer_id: int | None = None  # the stored answer's id (set with is_answer_stored)
+    answer_siblings: list[int] = field(default_factory=list)  # every answer to the question, oldest first
 
     @property
     def last_seq(self) -> int:

@@ -12,12 +12,15 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from chatserver import keys
-from chatserver.chat.protocol import Cancel, DeleteSession, Export, Hello, Rename, System, User, parse_frame
-from chatserver.chat.protocol import session_frame, turn_frame, turn_started_frame
+from chatserver.chat.export import export
+from chatserver.chat.protocol import (Cancel, DeleteSession, Edit, Export, Hello, Regenerate, Rename, Switch, System,
+                                      User, message_items, parse_frame, path_frame, session_frame, turn_frame,
+                                      turn_started_frame)
 from chatserver.chat.sessions import LiveSession
 from chatserver.chat.turn_log import TurnLog, replay_start
 from chatserver.errors import BadRequest, SessionNotFound, code_of, error_frame
 from engine import TurnEvent
+from storage import Conversation
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ class Connection:
         self.sessions = app[keys.sessions]
         self.chat = app[keys.chat]
         self.engine = app[keys.engine]
+        self.transcripts = app[keys.transcripts]
         self.live: LiveSession | None = None
         self._outbox: asyncio.Queue[dict | None] = asyncio.Queue()  # None: stop sending
         self._sender = asyncio.create_task(self._send_all())
@@ -63,7 +67,10 @@ class Connection:
         self.post(turn_started_frame(turn))
 
     def on_turn_event(self, turn: TurnLog, seq: int, event: TurnEvent) -> None:
-        self.post(turn_frame(turn.turn_id, seq, event))
+        self.post(turn_frame(turn, seq, event))
+
+    def on_path_changed(self, conversation: Conversation, turn: TurnLog | None) -> None:
+        self.post(path_frame(conversation, turn))
 
     async def terminate(self, code: str, message: str) -> None:
         """Server-side end of this connection (its session was deleted): say why, close."""
@@ -81,14 +88,22 @@ class Connection:
             elif isinstance(frame, System):
                 self.on_system(frame)
             elif isinstance(frame, User):
-                await self.on_user(frame)
+                await self.chat.ask(self._require_session(), frame.content, frame.sampling(), origin=self)
+            elif isinstance(frame, Regenerate):
+                await self.chat.regenerate(self._require_session(), frame.message_id, frame.sampling(), origin=self)
+            elif isinstance(frame, Edit):
+                await self.chat.edit(self._require_session(), frame.message_id, frame.content, frame.sampling(),
+                                     origin=self)
+            elif isinstance(frame, Switch):
+                await self.chat.switch(self._require_session(), frame.message_id)
             elif isinstance(frame, Cancel):
                 self.on_cancel()
             elif isinstance(frame, Rename):
                 title = await self.chat.rename(self._require_session(), frame.title)
                 self.post({"type": "renamed", "title": title})
             elif isinstance(frame, Export):
-                self.post({"type": "export", "session": await self.chat.export(self._require_session())})
+                self.post({"type": "export", "session": await export(self.transcripts, self._require_session(),
+                                                                      frame.tree)})
             elif isinstance(frame, DeleteSession):
                 await self.chat.delete(self._require_session().id, by="its owner")  # closes this connection too
         except Exception as exc:  # noqa: BLE001 - typed errors and bugs alike keep the socket open
@@ -108,7 +123,7 @@ class Connection:
         self.engine.prefetch(live.id)  # KV back from disk while the person types
         last_turn_id, last_seq = (frame.last_seq.turn_id, frame.last_seq.seq) if frame.last_seq else (None, None)
         async with live.lock:  # the transcript read and the log followed agree (LiveSession.lock)
-            messages = await self.chat.transcript(live)
+            messages = message_items(live.conversation)
             turn = live.log
             start = replay_start(turn, last_turn_id, last_seq)  # raises BadRequest: nothing changed
             if live.is_deleted:
@@ -137,9 +152,6 @@ class Connection:
 
     def on_system(self, frame: System) -> None:
         self.chat.set_system(self._require_session(), frame.content)
-
-    async def on_user(self, frame: User) -> None:
-        await self.chat.start_turn(self._require_session(), frame.content, frame.sampling(), origin=self)
 
     def on_cancel(self) -> None:
         live = self._require_session()

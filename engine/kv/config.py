@@ -54,6 +54,8 @@ class KVStoreStats:
     tokens_reused: int = 0
     shared_hits: int = 0  # turns started on another session's prefix
     shared_tokens: int = 0  # prompt tokens those turns did not compute
+    forks: int = 0  # a conversation's branch kept beside the new one (engine/kv/branches.py)
+    fork_tokens: int = 0  # positions the new branches read from the kept ones instead of computing
     spill_seconds: float = 0.0
     restore_seconds: float = 0.0
     restore_failures: dict[str, int] = field(default_factory=dict)  # by reason

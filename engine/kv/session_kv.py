@@ -46,6 +46,10 @@ class SessionKV:
         self.prefix: SharedPrefix | None = None
         self.prefix_len = 0  # positions read from prefix (<= its length)
         self.data = self.alloc(capacity)  # own positions prefix_len.. at index position - prefix_len
+        # (n, logits [vocab] float32): the model's output after the first n positions, kept from the last
+        # prompt a turn prefilled, so that a new answer to that prompt (regenerate) needs no forward pass.
+        # Valid while token_ids[:n] stay; ~4 bytes x vocab (0.2-1 MB), not counted in nbytes.
+        self.last_logits: tuple[int, torch.Tensor] | None = None
 
     @property
     def length(self) -> int:
@@ -100,6 +104,14 @@ class SessionKV:
             self.detach()
             self.data = own
         del self.token_ids[num_tokens:]
+        if self.last_logits is not None and self.last_logits[0] > num_tokens:
+            self.last_logits = None
+
+    def logits_after(self, num_tokens: int) -> torch.Tensor | None:
+        """The kept logits after exactly the first num_tokens positions, if these are the ones kept."""
+        if self.last_logits is not None and self.last_logits[0] == num_tokens <= self.length:
+            return self.last_logits[1]
+        return None
 
     def attach(self, prefix: SharedPrefix, num_tokens: int, capacity: int) -> None:
         """Start this (empty, unshared) KV with the first num_tokens of prefix, room for capacity."""

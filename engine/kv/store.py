@@ -185,13 +185,16 @@ class KVStore:
         self._forget(session_id, waiters)
 
     def rename(self, session_id: str, new_id: str) -> bool:
-        """The idle KV of session_id (in RAM or on disk) now belongs to new_id, which has none."""
+        """The idle KV of session_id (in RAM, on disk, or both) now belongs to new_id, which has none."""
         entry = self.entries.pop(session_id, None)
         if entry is not None:
             self.entries[new_id] = entry
-        elif not self.disk.rename(session_id, new_id):
+            if self.on_disk(session_id) and not self.disk.rename(session_id, new_id):
+                entry.is_dirty = True  # written again under new_id when it leaves RAM
+        elif not self.on_disk(session_id) or not self.disk.rename(session_id, new_id):
             return False
-        self.index.set(new_id, self.index.tokens(session_id))
+        if entry is not None or session_id in self.index:
+            self.index.set(new_id, entry.kv.token_ids if entry is not None else self.index.tokens(session_id))
         self.index.remove(session_id)
         return True
 

@@ -32,3 +32,8 @@ class Chat:
                 text += frame["text"]
             else:
                 return text, frame
+
+
+def bare(message: dict) -> dict:
+    """A message of a session frame without its place in the tree (id, parent_id, siblings)."""
+    return {k: v for k, v in message.items() if k in ("role", "content", "finish_reason")}

@@ -15,7 +15,7 @@ from chatserver import keys
 from chatserver.app import create_app
 from chatserver.config import ServerConfig
 from engine import EngineConfig
-from tests.helpers.chat import Chat
+from tests.helpers.chat import Chat, bare
 from tests.helpers.polling import wait_until
 from tests.helpers.turn_frames import assert_one_turn_in_order, read_turn, text_of
 
@@ -85,7 +85,7 @@ async def test_a_dropped_socket_resumed_with_last_seq_reads_the_whole_answer_onc
 
     again, resumed = await connect(**_resume(session, held))
     assert resumed["busy"] is True and resumed["turn"] == {"turn_id": held[0]["turn_id"], "running": True}
-    assert resumed["messages"][-1] == {"role": "user", "content": QUESTION}
+    assert bare(resumed["messages"][-1]) == {"role": "user", "content": QUESTION}
     hold.release()
     frames = held + await read_turn(again.recv)
     assert_one_turn_in_order(frames)
@@ -117,7 +117,8 @@ async def test_a_second_connection_sees_the_same_stream(connect):
     await a.send(type="user", content=QUESTION, max_tokens=MAX, temperature=0)
     started = await b.recv()
     a_frames, b_frames = await asyncio.gather(read_turn(a.recv), read_turn(b.recv))
-    assert started == {"type": "turn", "turn_id": a_frames[0]["turn_id"], "content": QUESTION}
+    assert started == {"type": "turn", "turn_id": a_frames[0]["turn_id"], "content": QUESTION,
+                       "user_message_id": a_frames[-1]["user_message_id"]}
     assert_one_turn_in_order(a_frames)
     assert b_frames == a_frames and text_of(a_frames) == want
     await _nothing_queued(a)
@@ -200,7 +201,8 @@ async def test_a_turn_that_ended_while_away_is_replayed_once_then_read_from_the_
     for hello in (_resume(session, frames), _resume(session)):
         other, resumed = await connect(**hello)
         assert resumed["turn"] is None
-        assert resumed["messages"][-1] == {"role": "assistant", "content": want, "finish_reason": stored.finish_reason}
+        assert bare(resumed["messages"][-1]) == {"role": "assistant", "content": want,
+                                                 "finish_reason": stored.finish_reason}
         await _nothing_queued(other)
 
 
@@ -289,7 +291,7 @@ async def test_a_user_message_left_unanswered_by_a_dead_server_reads_as_interrup
     second = await aiohttp_client(create_app(config, model=tiny_model))
     chat = Chat(await second.ws_connect("/ws"))
     resumed = await chat.hello(**_resume(session))
-    assert resumed["messages"] == [
+    assert [bare(m) for m in resumed["messages"]] == [
         {"role": "user", "content": "hello"},
         {"role": "assistant", "content": text, "finish_reason": done["finish_reason"]},
         {"role": "user", "content": "the question in flight"},
