@@ -46,3 +46,25 @@ def test_export_downloads_the_chat_as_markdown_and_json(page: Page, server):
     assert [messages[0]["content"], messages[2]["content"]] == ["Name a colour.", "And a fruit?"]
     assert session["session_id"] == page.evaluate("localStorage.getItem('chatserver.current')")
     assert session["model"]
+    assert session["active_leaf_id"] == messages[-1]["id"]
+    assert [m["parent_id"] for m in messages[1:]] == [m["id"] for m in messages[:-1]]
+
+
+def test_markdown_has_the_version_shown_and_json_every_version(page: Page, server):
+    open_chat(page, server, max_tokens=4)
+    send(page, "Name a planet.")
+    wait_done(page)
+    page.evaluate("localStorage.setItem('chatserver.settings', JSON.stringify({max_tokens: 9}))")
+    open_chat(page, server)  # the same chat, max_tokens from the settings now
+    page.locator(".msg.assistant .regenerate").click()
+    expect(page.locator(".msg.assistant .nav .count")).to_have_text("2 / 2", timeout=30_000)
+    wait_done(page)
+    shown = " ".join(answer(page).locator(".body").inner_text().split())
+
+    _, text = export(page, "Markdown")
+    assert text.count("## Assistant") == 1 and shown[:30] in " ".join(text.split())
+    _, text = export(page, "JSON")
+    session = json.loads(text)
+    answers = [m for m in session["messages"] if m["role"] == "assistant"]
+    assert len(answers) == 2 and answers[0]["parent_id"] == answers[1]["parent_id"]
+    assert session["active_leaf_id"] == answers[1]["id"]
