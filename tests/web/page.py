@@ -43,3 +43,28 @@ def wait_text(page: Page, n: int = -1, longer_than: int = 0) -> None:
     page.wait_for_function(
         "([n, len]) => { const a = [...document.querySelectorAll('.msg.assistant')].at(n); "
         "return a && a.querySelector('.body').textContent.length > len; }", arg=[n, longer_than], timeout=SLOW)
+
+
+def stored_chats(page: Page) -> list[dict]:
+    """This browser's chat list (localStorage), as the page keeps it."""
+    return page.evaluate("JSON.parse(localStorage.getItem('chatserver.chat.sessions') || '[]')")
+
+
+def ask_server(server, chat: dict, frame: dict | None = None, reply: str = "") -> dict:
+    """Resume `chat` ({session_id, resume_token}) over a socket of the test's own and return the answer to
+    hello (the session frame or an error); with `frame`, send it and return the first frame of type
+    `reply` (or an error)."""
+    import json
+
+    from websockets.sync.client import connect
+
+    with connect(server.url.replace("http://", "ws://") + "/ws") as ws:
+        ws.send(json.dumps({"type": "hello", "session_id": chat["session_id"], "resume_token": chat["resume_token"]}))
+        while (f := json.loads(ws.recv(timeout=30)))["type"] not in ("session", "error"):
+            pass
+        if frame is None or f["type"] == "error":
+            return f
+        ws.send(json.dumps(frame))
+        while (f := json.loads(ws.recv(timeout=30)))["type"] not in (reply, "error") or f.get("turn_id"):
+            pass
+        return f

@@ -233,35 +233,3 @@ def test_a_message_sent_before_the_session_is_ready_is_sent_when_it_is(page: Pag
     expect(page.locator(".msg.user")).to_have_text(["Say hi."])
     wait_done(page)
     assert answer(page).locator(".body").inner_text().strip()
-
-
-def test_chats_in_the_sidebar_new_open_delete_and_a_forgotten_one(page: Page, server):
-    page.add_init_script("""try {
-        localStorage.setItem('chatserver.chat.sessions', JSON.stringify([
-            {session_id: 'gone', resume_token: 'x', title: 'Forgotten chat', updated: Date.now(), notes: {}}]));
-        localStorage.setItem('chatserver.current', 'gone');
-    } catch (e) {}""")  # a chat this browser remembers but the server does not know
-    open_chat(page, server, max_tokens=6)
-    expect(page.locator(".msg.notice")).to_contain_text("no longer available")
-    expect(page.locator(".session")).to_have_count(0)
-    expect(page.locator("#chat-title")).to_have_text("New chat")
-
-    send(page, "Hi there")
-    wait_done(page)
-    page.locator("#new-chat").click()
-    expect(page.locator(".msg")).to_have_count(0)
-    expect(page.locator("#empty")).to_be_visible()
-    send(page, "Hello again")
-    wait_done(page)
-    expect(page.locator(".session .title")).to_have_text(["Hello again", "Hi there"])
-
-    page.locator(".session .open", has_text="Hi there").click()
-    expect(page.locator(".msg.user")).to_have_text(["Hi there"])
-    expect(page.locator("#chat-title")).to_have_text("Hi there")
-
-    delete = page.locator(".session", has_text="Hi there").locator(".delete")
-    delete.click()
-    delete.click()  # the first click asks, the second deletes
-    expect(page.locator(".session .title")).to_have_text(["Hello again"])
-    expect(page.locator("#chat-title")).to_have_text("New chat")
-    expect(page.locator(".msg")).to_have_count(0)
