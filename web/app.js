@@ -7,7 +7,7 @@ import { closeNav, onResumeRefused, onSessionDeleted, openChat } from "./chats.j
 import "./dialogs.js";
 import { setEditorBusy } from "./editor.js";
 import { updateExport } from "./export.js";
-import { openSettings } from "./settings.js";
+import { openSettings, setModelName } from "./settings.js";
 import "./shortcuts.js";
 import { markActive, renderSidebar, showTitle } from "./sidebar.js";
 import { state } from "./state.js";
@@ -17,7 +17,7 @@ import { autosize, onComposerChange, onDone, onSession, onToken, onTurnError, on
   showError, suspendTurn, updateComposer, cancelTurn } from "./turns.js";
 
 function onFrame(f) {
-  if (f.type === "session") onSession(f);
+  if (f.type === "session") { setModelName(f.model); onSession(f); }
   else if (f.type === "turn") onTurnStarted(f);
   else if (f.type === "token") onToken(f);
   else if (f.type === "done") onDone(f);

@@ -107,7 +107,8 @@ export function openSettings() {
   ui.settings.showModal();
 }
 
-// ---- the model's name (GET /v1/models; refused when the server requires an API key)
+// ---- the model's name: from every `session` frame, and from GET /v1/models before the first (which a
+// server that requires an API key refuses)
 let modelName = null;
 export function setModelName(name) {
   if (typeof name !== "string" || !name) return;

@@ -124,11 +124,12 @@ def parse_frame(text: str) -> AnyFrame:
 
 
 def session_frame(session_id: str, resume_token: str, resumed: bool, messages: list[dict], busy: bool,
-                  turn: TurnLog | None = None) -> dict:
-    """turn: the turn whose frames follow this one (running, or finished and partly missed), or None."""
+                  model: str, turn: TurnLog | None = None) -> dict:
+    """turn: the turn whose frames follow this one (running, or finished and partly missed), or None.
+    model: the served model's name."""
     shown = None if turn is None else {"turn_id": turn.turn_id, "running": not turn.is_finished}
     return {"type": "session", "session_id": session_id, "resume_token": resume_token, "resumed": resumed,
-            "messages": messages, "busy": busy, "turn": shown}
+            "messages": messages, "busy": busy, "turn": shown, "model": model}
 
 
 def message_items(conversation: Conversation, path: list[StoredMessage] | None = None) -> list[dict]:

@@ -191,6 +191,11 @@ class LiveSessions:
             if not live.is_stored and not live.connections and live.created < cutoff:
                 del self._live[session_id]
 
+    @property
+    def model_name(self) -> str:
+        """The served model's name, as stored with each session."""
+        return self._model_name
+
     def get_live(self, session_id: str) -> LiveSession | None:
         return self._live.get(session_id)
 

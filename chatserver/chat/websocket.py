@@ -117,7 +117,7 @@ class Connection:
                 raise BadRequest("last_seq: only with the session_id of a session to resume", param="last_seq")
             live, token = self.sessions.create()
             self._attach(live)
-            self.post(session_frame(live.id, token, False, [], False))
+            self.post(session_frame(live.id, token, False, [], False, self.sessions.model_name))
             return
         live = await self.sessions.resume(frame.session_id, frame.resume_token)
         self.engine.prefetch(live.id)  # KV back from disk while the person types
@@ -137,7 +137,8 @@ class Connection:
                 messages = messages[:-1]  # its answer follows as frames instead
             # no await from here: every later event of the turn reaches this connection once, after these
             self._attach(live)
-            self.post(session_frame(live.id, frame.resume_token, True, messages, live.is_busy, turn))
+            self.post(session_frame(live.id, frame.resume_token, True, messages, live.is_busy,
+                                    self.sessions.model_name, turn))
             if turn is not None:
                 for seq, event in turn.after(start - 1):
                     self.on_turn_event(turn, seq, event)

@@ -11,9 +11,11 @@ from tests.helpers.chat import Chat, bare
 from tests.helpers.polling import wait_until
 
 
-async def test_new_session_streams_tokens_and_reports_usage(connect):
+async def test_new_session_streams_tokens_and_reports_usage(client, connect):
     chat, session = await connect()
     assert session["type"] == "session" and session["resumed"] is False and session["messages"] == []
+    models = await (await client.get("/v1/models")).json()
+    assert session["model"] == models["data"][0]["id"]  # also where /v1/models asks for an API key
     assert len(session["resume_token"]) >= 22  # >= 128 bits, urlsafe base64
     text, done = await chat.turn("Hello there", max_tokens=12, temperature=0)
     assert done["type"] == "done"
