@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +38,8 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import MODELS_DIR, ROOT, add_model_cache_argument, cpu_summary  # noqa: E402
-from bench.peer_serve import cpu_tag, find_or_build_llama_cpp, free_port, long_text, resolve  # noqa: E402
+from bench.peer_serve import (cpu_tag, find_or_build_llama_cpp, free_port, long_text, resolve,  # noqa: E402
+                              start_llama_server, stream)
 from tests.helpers.real_server import RealServer  # noqa: E402
 
 ADMIN = "branches-bench"
@@ -111,19 +110,10 @@ async def ours_round(url: str, seed: int, max_tokens: int) -> dict:
 
 
 async def _stream(client: openai.AsyncOpenAI, messages: list[dict], max_tokens: int) -> dict:
-    sent, first, last, text, usage = time.perf_counter(), None, None, [], None
-    async for chunk in await client.chat.completions.create(
-            model="peer", messages=messages, temperature=0, max_tokens=max_tokens, stream=True,
-            stream_options={"include_usage": True}):
-        if chunk.choices and chunk.choices[0].delta.content:
-            last = time.perf_counter()
-            first = first or last
-            text.append(chunk.choices[0].delta.content)
-        if chunk.usage is not None:
-            usage = chunk.usage
-    details = getattr(usage, "prompt_tokens_details", None)
-    return {"ttft_s": first - sent, "per_token_s": (last - first) / max(1, usage.completion_tokens - 1),
-            "prompt": usage.prompt_tokens, "cached": getattr(details, "cached_tokens", None), "text": "".join(text)}
+    """llama-server's answer as the conversation goes on: it stops where the model stops, as ours does."""
+    answer = await stream((client, "peer"), messages, max_tokens, ignore_eos=False)
+    per_token = (answer["last"] - answer["first"]) / max(1, answer["tokens"] - 1)
+    return {**answer, "ttft_s": answer["ttft"], "per_token_s": per_token}
 
 
 async def peer_round(url: str, seed: int, max_tokens: int) -> dict:
@@ -139,24 +129,6 @@ async def peer_round(url: str, seed: int, max_tokens: int) -> dict:
                                             {"role": "user", "content": Q3}], max_tokens)
     await client.close()
     return {"ask": asked, "regenerate": regenerated, "edit": edited, "back": back}
-
-
-def start_peer(command: list[str], port: int, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}  # its own OpenMP defaults
-    with open(log, "w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama-server exited with {proc.returncode}; its log:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    return proc
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError("llama-server not ready within 300 s") from None
-            time.sleep(0.5)
 
 
 def median(rounds: list[dict], step: str, key: str) -> float:
@@ -189,7 +161,7 @@ def main() -> None:
     peer_cmd = [str(llama_server), "-m", str(gguf), "-t", "2", "-np", "1", "-c", "4096", "--host", "127.0.0.1",
                 "--port", str(port), *([] if repack else ["--no-repack"])]
     args.llama_cache.mkdir(parents=True, exist_ok=True)
-    proc = start_peer(peer_cmd, port, args.llama_cache / "llama-server-branches.log")
+    proc = start_llama_server(peer_cmd, port, args.llama_cache / "llama-server-branches.log")
     try:
         url = f"http://127.0.0.1:{port}"
         asyncio.run(peer_round(url, 999, args.max_tokens))

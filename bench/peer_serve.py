@@ -126,14 +126,16 @@ def long_text(seed: int, sentences: int = 86) -> str:
     return f"Notes, volume {seed}. " + " ".join(rng.choice(FILLER) for _ in range(sentences))
 
 
-async def stream(api: tuple[openai.AsyncOpenAI, str], messages: list[dict], max_tokens: int = MAX_TOKENS) -> dict:
+async def stream(api: tuple[openai.AsyncOpenAI, str], messages: list[dict], max_tokens: int = MAX_TOKENS,
+                 ignore_eos: bool = True) -> dict:
     """One streamed completion (api: client, served model id): ttft (s), first/last content delta times,
-    tokens (usage), prompt and cached tokens (usage), text."""
+    tokens (usage), prompt and cached tokens (usage), text. ignore_eos: ask llama-server to write
+    max_tokens whatever the model says (ours ignores the field)."""
     client, model = api
     sent, first, last, text, usage = time.perf_counter(), None, None, [], None
     async for chunk in await client.chat.completions.create(
             model=model, messages=messages, temperature=0, max_tokens=max_tokens, stream=True,
-            stream_options={"include_usage": True}, extra_body={"ignore_eos": True}):
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": ignore_eos}):
         if chunk.choices and chunk.choices[0].delta.content:
             last = time.perf_counter()
             first = first or last
@@ -201,25 +203,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_llama_server(command: list[str], port: int, repeats: int, log: Path) -> dict:
+def start_llama_server(command: list[str], port: int, log: Path) -> subprocess.Popen:
+    """llama-server started with `command` (listening on `port`, its output in `log`), once it is healthy."""
     # its own default OpenMP environment: PASSIVE (ours) makes ggml's workers sleep between small regions
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     with open(log, "w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama-server exited with {proc.returncode} (-4: SIGILL, a build for another "
+                               f"CPU or repacking on AMX); its log:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return proc
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise TimeoutError("llama-server not ready within 300 s") from None
+            time.sleep(0.5)
+
+
+def run_llama_server(command: list[str], port: int, repeats: int, log: Path) -> dict:
+    proc = start_llama_server(command, port, log)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited with {proc.returncode} (-4: SIGILL, a build for another "
-                                   f"CPU or repacking on AMX); its log:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("llama-server not ready within 300 s") from None
-                time.sleep(0.5)
         return measure(proc, f"http://127.0.0.1:{port}", repeats)
     except Exception:
         print(f"llama-server failed (exit status {proc.poll()}); its log: {log}", file=sys.stderr)
