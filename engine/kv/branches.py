@@ -30,6 +30,7 @@ def branch_key(session_id: str, name: str) -> str:
 class Branches:
     def __init__(self, store: KVStore):
         self.store = store
+        self._discarded = 0  # names of forgotten KV, unique in this process
 
     def prepare(self, session_id: str, prompt_ids: list[int], holds: str, continues: str,
                 new_branch: bool) -> tuple[bool, str]:
@@ -111,12 +112,16 @@ class Branches:
 
     def _keep(self, session_id: str, keep_as: str) -> None:
         """The session's settled KV is kept as keep_as, or forgotten when there is no such name or that
-        branch is kept already."""
+        branch is kept already. Forgotten under a name of its own: the deletion of its file runs later
+        on the I/O thread, and must not take the file of a branch renamed to the session's name meanwhile."""
         store = self.store
         if keep_as and store.tier_of(keep_as) == "none":
             store.rename(session_id, keep_as)
-        else:
-            store.drop(session_id, cause="replaced")
+            return
+        self._discarded += 1
+        trash = branch_key(session_id, f"~discarded-{self._discarded}")
+        if store.rename(session_id, trash):
+            store.drop(trash, cause="replaced")
 
     def _settled(self, key: str) -> bool:
         """key's KV is idle in RAM, only on disk, or nowhere; else (being written or read) False, after

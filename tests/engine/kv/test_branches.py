@@ -179,3 +179,27 @@ async def test_a_one_token_new_answer_ends_before_any_fork_and_leaves_the_kv_as_
     back = PROMPT[:100] + first.output_ids + [5, 6, 7]
     answer = await s.turn(back, "a1", "a3")
     assert answer.usage.cached_tokens == len(back) - 4
+
+
+async def test_a_branch_taken_back_from_disk_survives_the_session_kv_it_replaces(tiny_model, tmp_path):
+    """The session's KV has no branch name to be kept under: it is discarded, and the file of the branch
+    taken back in its place must not go with it (a deletion queued for the session's name)."""
+    from storage import KVFileStore, KVLayout
+
+    def disk_for(spec):
+        return KVFileStore(tmp_path, KVLayout(spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.dtype,
+                                              spec.fingerprint), max_bytes=1 << 30)
+
+    engine, _ = start_engine(EngineConfig(model=ModelConfig(activations="float32")), tiny_model, disk_for=disk_for)
+    try:
+        s = Session(EngineClient(engine))
+        first = await s.turn(PROMPT[:200], "", "a1")
+        await s.turn(PROMPT[:200], "a1", "a2", SEEDED, new_branch=True)
+        assert await s.client.spill(branch_key("s", "a1")) == "disk"
+        assert await s.client.switch_branch("s", "", "a1") == "a1"  # nothing names what the session held
+        s.kv_branch = "a1"
+        back = PROMPT[:200] + first.output_ids + [5, 6, 7]
+        answer = await s.turn(back, "a1", "a3")
+        assert answer.usage.cached_tokens == len(back) - 4 and answer.cache == "disk"
+    finally:
+        engine.stop()
