@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
 from chatserver import keys
 from tests.helpers.chat import Chat, bare
 from tests.helpers.turn_frames import read_turn, text_of
