@@ -151,13 +151,16 @@ async def _scan(app: web.Application, page_size: int, after: tuple[datetime, str
 async def get_session(request: web.Request) -> web.Response:
     _require_admin(request)
     record = await _record_or_404(request)
-    messages = await request.app[keys.transcripts].messages(record.id)
+    conversation = await request.app[keys.transcripts].conversation(record.id)
+    tree = _flag(request, "tree")
+    messages = conversation.messages if tree else conversation.path()
     live = request.app[keys.sessions].get_live(record.id)
     kv = (await _placements(request.app, [record.id]))[record.id]
     detail = SessionDetail(
         **_summary(record, kv).model_dump(),
-        messages=[AdminMessage(role=m.role, content=m.content, finish_reason=m.finish_reason, created_at=m.created_at)
-                  for m in messages],
+        messages=[AdminMessage(id=m.id, parent_id=m.parent_id, role=m.role, content=m.content,
+                               finish_reason=m.finish_reason, created_at=m.created_at) for m in messages],
+        active_leaf_id=conversation.active_leaf_id,
         connections=len(live.connections) if live else 0,
     )
     return _json(detail)
@@ -170,14 +173,19 @@ async def delete_session(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    """A query flag: true/1 or false/0 (absent: false); anything else is bad_request naming it."""
+    value = request.query.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise BadRequest(f"{name}: must be true or false", param=name)
+    return value in ("true", "1")
+
+
 async def evict_session(request: web.Request) -> web.Response:
     _require_admin(request)
     record = await _record_or_404(request)
-    drop = request.query.get("drop", "false").lower()
-    if drop not in ("true", "false", "1", "0"):
-        raise BadRequest("drop: must be true or false")
     engine = request.app[keys.engine]
-    if drop in ("true", "1"):
+    if _flag(request, "drop"):
         await engine.drop(record.id)
         action = "dropped"
     else:

@@ -25,6 +25,8 @@ class SessionSummary(BaseModel):
 
 
 class AdminMessage(BaseModel):
+    id: int
+    parent_id: int | None = Field(description="the message this one follows; null for the first")
     role: Literal["system", "user", "assistant"]
     content: str
     finish_reason: str | None = None
@@ -32,7 +34,9 @@ class AdminMessage(BaseModel):
 
 
 class SessionDetail(SessionSummary):
-    messages: list[AdminMessage]
+    messages: list[AdminMessage] = Field(description="the active path, oldest first; with ?tree=true every "
+                                                     "message of every branch, oldest first")
+    active_leaf_id: int | None = Field(description="the last message of the active path")
     connections: int = Field(ge=0, description="WebSocket connections open on this session")
 
 

@@ -73,6 +73,23 @@ async def test_session_detail_has_the_transcript(admin):
     assert (await admin.get("/api/sessions/nope", headers=AUTH)).status == 404
 
 
+async def test_session_detail_shows_the_active_path_or_every_branch(admin):
+    chat, session, first = await _session(admin, "what is up")
+    await chat.send(type="regenerate", max_tokens=6, temperature=1.0, seed=3)
+    while (frame := await chat.recv())["type"] != "done":
+        pass
+    url = f"/api/sessions/{session['session_id']}"
+    active = await (await admin.get(url, headers=AUTH)).json()
+    assert [m["id"] for m in active["messages"]] == [first["user_message_id"], frame["message_id"]]
+    assert active["active_leaf_id"] == frame["message_id"]
+    tree = await (await admin.get(url, params={"tree": "true"}, headers=AUTH)).json()
+    assert [(m["id"], m["parent_id"]) for m in tree["messages"]] == [
+        (first["user_message_id"], None), (first["message_id"], first["user_message_id"]),
+        (frame["message_id"], first["user_message_id"])]
+    bad = await admin.get(url, params={"tree": "maybe"}, headers=AUTH)
+    assert bad.status == 400 and (await bad.json())["error"]["code"] == "bad_request"
+
+
 async def test_evict_then_resume_reports_disk_and_drop_then_resume_recomputes_its_own_part(admin):
     chat, session, first = await _session(admin, "same opening")
     twin, twin_session, _ = await _session(admin, "same opening")
