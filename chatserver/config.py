@@ -58,6 +58,10 @@ class ChatConfig:
         "help": "a turn goes on this long while no connection of its session is open (a client that comes back "
                 "reads it, docs/PROTOCOL.md), then it is cancelled and stored as it stands; a finished turn's "
                 "frames are kept as long after its session's last connection left"})
+    draft_seconds: float = field(default=1.0, metadata={
+        "unit": "s",
+        "help": "while an answer streams, the text so far is written to the database this often (0: never); a "
+                "server killed mid-answer (kill -9, power loss) keeps it as the answer, marked interrupted"})
     sampling: SamplingParams = field(default_factory=SamplingParams, metadata={
         "internal": True, "help": "defaults for the sampling fields a turn omits"})
 

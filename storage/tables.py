@@ -1,4 +1,5 @@
-"""SQL schema: chat sessions and their messages, which form a tree (each message names its parent). Changes go through an alembic migration."""
+"""SQL schema: chat sessions, their messages, which form a tree (each message names its parent), and the
+draft of each running turn's answer. Changes go through an alembic migration."""
 
 from __future__ import annotations
 
@@ -53,3 +54,16 @@ class MessageRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     session: Mapped[SessionRow] = relationship(back_populates="messages")
+
+
+class TurnDraftRow(Base):
+    """The answer of a session's running turn as streamed so far, checkpointed while it streams: what a
+    process killed mid-turn leaves of the answer (storage/transcripts.py, close_unanswered). At most one
+    per session; gone once the turn's answer is stored."""
+
+    __tablename__ = "turn_drafts"
+
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    parent_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))  # the user message answered
+    content: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

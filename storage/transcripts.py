@@ -1,5 +1,5 @@
-"""Chat sessions and their transcripts (trees of messages, storage/conversation.py) in SQL. Each method is
-one short transaction; a database that
+"""Chat sessions and their transcripts (trees of messages, storage/conversation.py) in SQL, with the draft of
+each running turn's answer. Each method is one short transaction; a database that
 refuses (locked, disk full, unreachable) raises StorageUnavailable, and nothing of that call is kept."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from storage.conversation import Conversation, StoredMessage
 from storage.errors import StorageUnavailable
-from storage.tables import MessageRow, SessionRow, utcnow
+from storage.tables import MessageRow, SessionRow, TurnDraftRow, utcnow
 
 _ACTIVE_LEAF = object()  # add_message's default parent: the session's active leaf
 
@@ -116,7 +116,8 @@ class TranscriptStore:
     ) -> StoredMessage:
         """Add a message after parent_id (default: the active leaf; None: as the first message), make it the
         active leaf and touch the session; `title` is set only if the session has none. The parent must be
-        a message of this session (the caller checks)."""
+        a message of this session (the caller checks). An assistant message is the answer of the session's
+        turn: the turn's draft (save_draft) goes in the same transaction."""
         now = utcnow()
         async with self._sm.begin() as db:
             if parent_id is _ACTIVE_LEAF:
@@ -136,7 +137,27 @@ class TranscriptStore:
                 await db.execute(
                     update(SessionRow).where(SessionRow.id == session_id, SessionRow.title.is_(None)).values(title=title)
                 )
+            if role == "assistant":
+                await db.execute(delete(TurnDraftRow).where(TurnDraftRow.session_id == session_id))
             return _message(row)
+
+    @_refusals_typed
+    async def save_draft(self, session_id: str, parent_id: int, content: str) -> None:
+        """Checkpoint the answer of the session's running turn: `content` is the whole answer so far, to user
+        message `parent_id` of this stored session; it replaces the session's earlier draft. What a process
+        killed mid-turn leaves of the answer (close_unanswered). The draft goes with the answer stored
+        (add_message), the session, or the next start; a turn that ends without storing its answer leaves
+        it to be replaced by the next turn's."""
+        async with self._sm.begin() as db:
+            await db.merge(TurnDraftRow(session_id=session_id, parent_id=parent_id, content=content,
+                                        updated_at=utcnow()))
+
+    @_refusals_typed
+    async def draft(self, session_id: str) -> tuple[int, str] | None:
+        """(parent_id, content) of the session's draft, or None."""
+        async with self._sm() as db:
+            row = await db.get(TurnDraftRow, session_id)
+            return None if row is None else (row.parent_id, row.content)
 
     @_refusals_typed
     async def set_active_leaf(self, session_id: str, leaf_id: int) -> bool:
@@ -150,21 +171,26 @@ class TranscriptStore:
     @_refusals_typed
     async def close_unanswered(self, finish_reason: str) -> list[str]:
         """Answer every session whose active leaf is a user message (its turn was never stored: the process
-        died) with an empty assistant message ending with `finish_reason`; returns those sessions' ids."""
-        query = (select(MessageRow.session_id, MessageRow.id)
+        died) with an assistant message ending with `finish_reason`: the draft of that turn's answer
+        (save_draft), or empty without one. Then every draft goes. Call only while no turn runs (at
+        start-up). Returns the answered sessions' ids."""
+        query = (select(MessageRow.session_id, MessageRow.id, TurnDraftRow.content)
                  .join(SessionRow, SessionRow.active_leaf_id == MessageRow.id)
+                 .outerjoin(TurnDraftRow, (TurnDraftRow.session_id == MessageRow.session_id)
+                            & (TurnDraftRow.parent_id == MessageRow.id))
                  .where(MessageRow.role == "user"))
         now = utcnow()
         async with self._sm.begin() as db:
             rows = (await db.execute(query)).all()
-            for session_id, leaf_id in rows:
+            for session_id, leaf_id, draft in rows:
                 seq = await db.scalar(select(func.max(MessageRow.seq) + 1).where(MessageRow.session_id == session_id))
-                row = MessageRow(session_id=session_id, seq=seq, parent_id=leaf_id, role="assistant", content="",
-                                 finish_reason=finish_reason, created_at=now)
+                row = MessageRow(session_id=session_id, seq=seq, parent_id=leaf_id, role="assistant",
+                                 content=draft or "", finish_reason=finish_reason, created_at=now)
                 db.add(row)
                 await db.flush()
                 await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(active_leaf_id=row.id))
-        return [session_id for session_id, _ in rows]
+            await db.execute(delete(TurnDraftRow))
+        return [session_id for session_id, _, _ in rows]
 
     @_refusals_typed
     async def rename(self, session_id: str, title: str) -> bool:

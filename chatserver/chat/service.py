@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from chatserver.chat import branching
+from chatserver.chat.drafts import DraftCheckpoints
 from chatserver.chat.sessions import LiveSession, LiveSessions, SessionListener
 from chatserver.chat.turn_log import TurnLog, new_turn_id
 from chatserver.config import ChatConfig
@@ -169,11 +170,16 @@ class ChatService:
     async def _run(self, live: LiveSession, stream: TurnStream, turn_log: TurnLog, restore_leaf: int | None) -> None:
         """The turn's events into its log and out to the session's connections. The answer is stored before
         the last event is published, under live.lock; then the session is free for its next turn.
-        restore_leaf: the active leaf to show again if a new answer (regenerate) cannot be stored."""
+        restore_leaf: the active leaf to show again if a new answer (regenerate) cannot be stored. While it
+        streams, the answer so far is checkpointed every config.draft_seconds (chat/drafts.py); not that of
+        a new answer, which a killed process loses (the earlier answer stays the stored active leaf)."""
         pieces: list[str] = []
+        drafted = turn_log.user_message_id if restore_leaf is None else None
+        drafts = DraftCheckpoints(self.transcripts, live.id, drafted, self.config.draft_seconds)
         try:
             async for event in stream:
                 if isinstance(event, (DoneEvent, ErrorEvent)):
+                    await drafts.close()  # no draft write lands after the answer that removes the draft
                     async with live.lock:
                         turn_log.is_answer_stored = await self._store_final(live, event, "".join(pieces), turn_log)
                         if not turn_log.is_answer_stored:
@@ -184,6 +190,7 @@ class ChatService:
                 elif event.text:
                     pieces.append(event.text)
                     _publish(live, turn_log, event)
+                    drafts.offer(pieces)
         finally:
             if not stream.is_finished:  # this task was cancelled: stop the engine's work too
                 stream.cancel()

@@ -75,7 +75,7 @@ def test_db_upgrade_creates_the_schema(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert run.returncode == 0, run.stderr
     db = sqlite3.connect(tmp_path / "chat.db")
-    assert db.execute("select version_num from alembic_version").fetchone() == ("0002",)
+    assert db.execute("select version_num from alembic_version").fetchone() == ("0003",)
 
 
 def test_the_terminal_client_accepts_a_resume_token_that_begins_with_a_dash():

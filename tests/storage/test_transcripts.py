@@ -23,8 +23,8 @@ def test_migration_creates_the_schema_and_is_idempotent(tmp_path):
     upgrade(url)  # already at head: nothing to do
     db = sqlite3.connect(tmp_path / "chat.db")
     tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
-    assert {"sessions", "messages", "alembic_version"} <= tables
-    assert db.execute("select version_num from alembic_version").fetchone() == ("0002",)
+    assert {"sessions", "messages", "turn_drafts", "alembic_version"} <= tables
+    assert db.execute("select version_num from alembic_version").fetchone() == ("0003",)
     assert db.execute("pragma journal_mode").fetchone() == ("wal",)
 
 

@@ -1,13 +1,16 @@
 """An answer outlives its socket, with the real model through `python -m chatserver serve`: a client that
 drops mid-answer and resumes with last_seq reads exactly the greedy answer it would have read without the
-drop; a server killed mid-answer tells the resuming client the turn was interrupted."""
+drop; a server killed mid-answer tells the resuming client the turn was interrupted, and keeps the
+answer streamed up to its last checkpoint."""
 
 from __future__ import annotations
 
 import json
 import signal
+import time
 
 import pytest
+import websockets
 
 from tests.helpers.chat import bare
 from tests.helpers.paths import MODEL_CACHE
@@ -63,22 +66,35 @@ async def test_a_resumed_answer_equals_the_uninterrupted_greedy_answer(server, d
     await later.close()
 
 
-async def test_a_turn_killed_with_the_server_reads_as_interrupted(tmp_path):
+async def test_a_turn_killed_with_the_server_keeps_its_checkpointed_text_as_the_interrupted_answer(tmp_path):
+    """kill -9 mid-answer: after the restart the answer holds the text streamed up to its last checkpoint
+    (--draft-seconds, default 1 s), marked interrupted, and the conversation goes on."""
+    question = "Write a long story about a lighthouse keeper."
     srv = RealServer(tmp_path, MODEL_CACHE).start()
     chat, session = await WsChat.open(srv.ws_url)
-    await _ask(chat, "Write a long story about a lighthouse keeper.", max_tokens=400)
-    for _ in range(5):
-        assert json.loads(await chat.ws.recv())["type"] == "token"
+    await _ask(chat, question, max_tokens=400)
+    received, first_token_at = "", None
+    while first_token_at is None or time.monotonic() - first_token_at < 1.5:  # a checkpoint is due after 1 s
+        frame = json.loads(await chat.ws.recv())
+        assert frame["type"] == "token", frame  # 400 tokens take longer than this
+        received += frame["text"]
+        first_token_at = first_token_at or time.monotonic()
     srv.stop(signal.SIGKILL)
     srv.proc.stdout.close()
+    try:  # the frames the server sent before it died
+        while True:
+            received += json.loads(await chat.ws.recv())["text"]
+    except websockets.ConnectionClosed:
+        pass
 
     srv = RealServer(tmp_path, MODEL_CACHE).start()
     try:
         chat, resumed = await WsChat.open(srv.ws_url, session_id=session["session_id"],
                                           resume_token=session["resume_token"])
-        assert [bare(m) for m in resumed["messages"]] == [
-            {"role": "user", "content": "Write a long story about a lighthouse keeper."},
-            {"role": "assistant", "content": "", "finish_reason": "interrupted"}]
+        asked, answer = [bare(m) for m in resumed["messages"]]
+        assert asked == {"role": "user", "content": question}
+        assert answer["finish_reason"] == "interrupted"
+        assert answer["content"] and received.startswith(answer["content"]), (answer, received)
         assert resumed["busy"] is False and resumed["turn"] is None
         text, done = await chat.turn("Then just give it a title.", max_tokens=16, temperature=0)
         assert done["type"] == "done" and text
