@@ -124,7 +124,7 @@ def check(data: Path, sessions: dict, url: str, model) -> list[str]:
     for sid, s in sessions.items():
         lost = [m for m in s["acked"] if m not in stored.get(sid, set())]
         problems += [f"{sid}: acknowledged message lost: {m[-40:]!r}" for m in lost]
-    strays = [p.name for p in (data / "kv").glob("*") if not p.name.endswith(".safetensors")]
+    strays = [p.name for p in (data / "kv").rglob("*") if p.is_file() and p.suffix not in (".safetensors", ".json")]
     problems += [f"stray file {name}" for name in strays]
     if sessions:  # one resumed session must answer as transformers does on its transcript
         s = max(sessions.values(), key=lambda x: len(x["acked"]))

@@ -5,7 +5,7 @@ each (one long pasted first message, max_tokens 16, temperature 0) on a fresh se
 one short follow-up turn (max_tokens 8) per session in each case, each time on a new connection:
 resume hello, wait --think seconds (a person typing; the prefetch runs meanwhile), send the turn.
   turn 2  KV in RAM                   same server
-  turn 3  KV read back from disk      after SIGTERM (the shutdown writes data/kv/*.safetensors) and a
+  turn 3  KV read back from disk      after SIGTERM (the shutdown writes data/kv/) and a
                                       new start on the same data dir
   turn 4  same, immediate send        another restart; the user frame goes out as soon as the session
                                       frame arrives, without think time: the worst case for the prefetch
@@ -51,6 +51,7 @@ from tokenizers import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import add_model_cache_argument, cpu_summary, prepared_tokenizer  # noqa: E402
+from storage import chunk_names  # noqa: E402
 from tests.helpers.real_server import RealServer  # noqa: E402
 
 OVERHEAD = 120  # prompt tokens of turn 3 besides the pasted text: template and system prompt, turns 1-2, turn 3
@@ -129,11 +130,20 @@ class Chat:
 
 
 def kv_file(data_dir: Path, session_id: str) -> Path:
-    return data_dir / "kv" / (hashlib.sha256(session_id.encode()).hexdigest()[:40] + ".safetensors")
+    """The session's manifest: replaced (a new inode) when a spill of the session is complete."""
+    return data_dir / "kv" / "sessions" / (hashlib.sha256(session_id.encode()).hexdigest()[:40] + ".json")
+
+
+def kv_bytes_of(data_dir: Path, session_id: str) -> int:
+    """Bytes of the session's manifest and of every chunk it names (docs/KV_FORMAT.md)."""
+    manifest = kv_file(data_dir, session_id)
+    m = json.loads(manifest.read_bytes())
+    names = chunk_names(m["model_fingerprint"], m["dtype"], m["token_ids"], m["chunk_tokens"])
+    return manifest.stat().st_size + sum((data_dir / "kv" / "chunks" / f"{n}.safetensors").stat().st_size for n in names)
 
 
 def drop_page_cache(data_dir: Path) -> None:
-    for path in (data_dir / "kv").glob("*.safetensors"):
+    for path in (data_dir / "kv").rglob("*.safetensors"):
         fd = os.open(path, os.O_RDONLY)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(fd)
@@ -149,7 +159,7 @@ async def restore_part(args: argparse.Namespace, tokenizer: Tokenizer) -> None:
         for n, (case, flags, think, expected) in enumerate(cases):
             if n == 1:  # what the first restart reads back
                 for size, s in sessions:
-                    kv_bytes[size] = kv_bytes.get(size, 0) + kv_file(data, s["session_id"]).stat().st_size
+                    kv_bytes[size] = kv_bytes.get(size, 0) + kv_bytes_of(data, s["session_id"])
             if n and not args.warm_cache:
                 drop_page_cache(data)
             print(f"case {case} ...", file=sys.stderr, flush=True)

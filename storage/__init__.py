@@ -1,16 +1,16 @@
 """Storage: chat sessions and transcripts (conversation trees) in SQL (SQLAlchemy async, SQLite by default, alembic
-migrations) and the disk tier of session KV (one verified file per session). Imports neither the
-engine nor the server."""
+migrations) and the disk tier of session KV (verified chunks named by their content, shared by the sessions
+that hold them). Imports neither the engine nor the server."""
 
 from storage.config import StorageConfig, sqlite_url
 from storage.conversation import Conversation, StoredMessage
 from storage.db import create_db_engine, db_sessionmaker
 from storage.errors import KVFileInvalid, StorageError, StorageUnavailable
 from storage.kv_files import KVFileStats, KVFileStore
-from storage.kv_format import KVLayout
+from storage.kv_format import KVLayout, chunk_names
 from storage.migrations import upgrade
 from storage.transcripts import SessionRecord, TranscriptStore
 
 __all__ = ["Conversation", "KVFileInvalid", "KVFileStats", "KVFileStore", "KVLayout", "SessionRecord", "StorageConfig", "StorageError",
            "StorageUnavailable", "StoredMessage", "TranscriptStore", "create_db_engine", "db_sessionmaker",
-           "sqlite_url", "upgrade"]
+           "chunk_names", "sqlite_url", "upgrade"]

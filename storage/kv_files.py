@@ -1,8 +1,12 @@
-"""The disk tier of session KV: one file per session (storage/kv_format.py) in one directory, bounded in
-bytes (least recently used files go first), listed at start-up without reading any KV.
+"""The disk tier of session KV (docs/KV_FORMAT.md): content-named chunk files shared by every session whose
+KV holds them (the branches of a conversation, conversations that begin alike), and one small manifest
+per session naming its tokens (where each file is: storage/kv_index.py). Bounded in bytes: least recently
+used sessions go first, and a chunk goes with the last session that holds it. A session spilled again
+writes only the chunks it did not have.
 
-Thread-safety: every method may be called from any thread; the index is guarded by a lock.
-Disk I/O happens in write() and read_into(); callers keep them off the event loop and the model thread.
+Thread-safety: every method may be called from any thread; the index is guarded by a lock, and a chunk
+file is deleted only under it, once no session and no write in progress holds it. Disk I/O happens in
+write(), read_into() and rename(); callers keep them off the event loop and the model thread.
 """
 
 from __future__ import annotations
@@ -10,100 +14,106 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from storage.errors import KVFileInvalid
-from storage.kv_format import SUFFIX, TMP_SUFFIX, KVLayout, read_kv, read_metadata, write_kv
+from storage.kv_format import (LEGACY_VERSION, TMP_SUFFIX, KVLayout, chunk_names, manifest_bytes, read_chunk,
+                               read_manifest, read_metadata, write_chunk)
+from storage.kv_index import KVIndex, StoredSession
+
+DEFAULT_CHUNK_TOKENS = 256
 
 
 @dataclass
 class KVFileStats:
-    num_written: int = 0
+    num_written: int = 0  # sessions written
     num_read: int = 0
     bytes_written: int = 0
     bytes_read: int = 0
     write_seconds: float = 0.0
     read_seconds: float = 0.0
-    num_evicted: int = 0  # deleted to stay under max_bytes
-    num_expired: int = 0  # deleted by TTL
+    chunks_written: int = 0
+    chunks_reused: int = 0  # chunks a write found on disk already (its session's, a branch's, another session's)
+    bytes_reused: int = 0  # their bytes: not written again, not stored twice
+    num_evicted: int = 0  # sessions deleted to stay under max_bytes
+    num_expired: int = 0  # sessions deleted by TTL
     num_invalid: int = 0  # rejected on read, by reason in `invalid`
     invalid: dict[str, int] = field(default_factory=dict)
-    num_stray_removed: int = 0  # temporary files of interrupted writes, removed at start-up
+    num_stray_removed: int = 0  # at start-up: temporaries of interrupted writes, chunks no session holds, bad manifests
     num_write_failures: int = 0  # writes that raised (disk full, unwritable directory...)
 
 
 class KVFileStore:
-    def __init__(self, directory: Path, layout: KVLayout, max_bytes: int):
+    def __init__(self, directory: Path, layout: KVLayout, max_bytes: int, chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
         self.directory = directory
         self.layout = layout
         self.max_bytes = max_bytes
+        self.chunk_tokens = chunk_tokens
         self.stats = KVFileStats()
         self.write_error: str | None = None  # why the last write failed; None once one succeeds again
         self._lock = threading.Lock()
-        self._index: OrderedDict[str, tuple[int, float]] = OrderedDict()  # file name -> (bytes, last used); LRU first
-        directory.mkdir(parents=True, exist_ok=True)
-        self._reindex()
+        self._index = KVIndex(directory)
+        self.sessions_dir, self.chunks_dir = self._index.sessions_dir, self._index.chunks_dir
+        with self._lock:
+            self.stats.num_stray_removed += self._index.load(layout.token_bytes(), self.file_name)
+            self._enforce_limit()
 
     # ---- index ----
 
     def file_name(self, session_id: str) -> str:
-        """Never derived from client text directly: a hash of the session id."""
-        return hashlib.sha256(session_id.encode()).hexdigest()[:40] + SUFFIX
+        """The stem of the session's files; never derived from client text directly."""
+        return hashlib.sha256(session_id.encode()).hexdigest()[:40]
 
     def contains(self, session_id: str) -> bool:
         with self._lock:
-            return self.file_name(session_id) in self._index
+            return self.file_name(session_id) in self._index.sessions
 
     def nbytes(self, session_id: str) -> int:
+        """Bytes of the session's KV in RAM terms (its tokens x bytes per token); 0 if absent."""
         with self._lock:
-            entry = self._index.get(self.file_name(session_id))
-            return entry[0] if entry else 0
+            s = self._index.sessions.get(self.file_name(session_id))
+            return s.tokens * self.layout.token_bytes() if s else 0
 
     @property
-    def num_files(self) -> int:
+    def num_sessions(self) -> int:
         with self._lock:
-            return len(self._index)
+            return len(self._index.sessions)
+
+    @property
+    def num_chunks(self) -> int:
+        with self._lock:
+            return self._index.num_complete()
 
     @property
     def total_bytes(self) -> int:
+        """Bytes on disk: every chunk once, however many sessions hold it, plus manifests."""
         with self._lock:
-            return sum(size for size, _ in self._index.values())
-
-    def _reindex(self) -> None:
-        """At start-up: list files (no KV is read) and remove temporaries left by a crash."""
-        entries = []
-        for path in self.directory.iterdir():
-            if path.name.endswith(TMP_SUFFIX):
-                path.unlink(missing_ok=True)
-                self.stats.num_stray_removed += 1
-            elif path.name.endswith(SUFFIX):
-                st = path.stat()
-                entries.append((st.st_mtime, path.name, st.st_size))
-        for mtime, name, size in sorted(entries):
-            self._index[name] = (size, mtime)
-        self._enforce_limit()
+            return self._index.nbytes
 
     def scan_prefixes(self) -> list[tuple[str, list[int]]]:
-        """(session id, token ids) of every file written for this model (headers only; at start-up,
-        so the engine's prefix index covers the disk tier too). Unreadable headers are skipped here
-        and rejected when read."""
+        """(session id, token ids) of every session on disk for this model (manifests and legacy headers;
+        at start-up, so the engine's prefix index covers the disk tier too). Unreadable ones are skipped
+        here and rejected when read."""
         found = []
         with self._lock:
-            names = list(self._index)
-        for name in names:
+            stems = [(stem, s.legacy) for stem, s in self._index.sessions.items()]
+        for stem, legacy in stems:
             try:
-                meta = read_metadata(self.directory / name)
-                session_id = meta["session_key"]
-                if meta.get("model_fingerprint") == self.layout.fingerprint and self.file_name(session_id) == name:
-                    found.append((session_id, json.loads(meta["token_ids"])))
-            except (OSError, ValueError, KeyError, TypeError, struct.error):
+                if legacy:
+                    meta = read_metadata(self._index.legacy(stem))
+                    key, fingerprint, token_ids = meta["session_key"], meta["model_fingerprint"], meta["token_ids"]
+                    token_ids = json.loads(token_ids)
+                else:
+                    m = read_manifest(self._index.manifest(stem))
+                    key, fingerprint, token_ids = m["session_key"], m["model_fingerprint"], m["token_ids"]
+                if fingerprint == self.layout.fingerprint and self.file_name(key) == stem:
+                    found.append((key, token_ids))
+            except (OSError, ValueError, KeyError, TypeError):
                 continue
         return found
 
@@ -114,35 +124,63 @@ class KVFileStore:
         (positions < len(token_ids) are written), or consecutive pieces [layers, 2, kv_heads, n_i, head_dim]
         with sum(n_i) == len(token_ids) (a shared prefix and a session's own part).
 
-        `data` must not change during the call. Returns bytes written. Deletes least recently used
-        files if the tier is over max_bytes.
+        `data` must not change during the call. Only the chunks not on disk yet are written. Returns bytes
+        written. Deletes least recently used sessions if the tier is over max_bytes.
         """
         start = time.perf_counter()
         pieces = [data[:, :, :, :len(token_ids)]] if isinstance(data, torch.Tensor) else data
-        name = self.file_name(session_id)
-        final = self.directory / name
-        tmp = self.directory / f"{name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}"
+        stem, C = self.file_name(session_id), self.chunk_tokens
+        names = chunk_names(self.layout.fingerprint, self.layout.dtype_name, token_ids, C)
+        with self._lock:  # hold every chunk, so that no other thread deletes it meanwhile
+            found = self._index.claim(names)
+        written: list[tuple[str, int]] = []
         try:
-            with open(tmp, "wb") as f:
-                size = write_kv(f, self.layout, session_id, pieces, token_ids)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-            _fsync_dir(self.directory)
+            for i, name in enumerate(names):
+                if name not in found:
+                    part = token_ids[i * C:(i + 1) * C]
+                    size = self._atomic(self._index.chunk(name), lambda f: write_chunk(
+                        f, self.layout, _slice(pieces, i * C, len(part)), part, names[i - 1] if i else ""))
+                    written.append((name, size))
+            manifest = manifest_bytes(self.layout, session_id, token_ids, C)
+            self._atomic(self._index.manifest(stem), lambda f: f.write(manifest))
+            _fsync_dir(self.chunks_dir)
+            _fsync_dir(self.sessions_dir)
         except BaseException as exc:
-            tmp.unlink(missing_ok=True)
             with self._lock:
+                for name in names:
+                    self._index.release(name)  # a chunk this write alone held goes
                 self.stats.num_write_failures += 1
                 self.write_error = f"{type(exc).__name__}: {exc}"
             raise
         self.write_error = None
+        new_bytes = sum(size for _, size in written) + len(manifest)
         with self._lock:
-            self._index[name] = (size, time.time())
-            self._index.move_to_end(name)
+            for name, size in written:
+                self._index.complete(name, size)
+            self._index.add(stem, StoredSession(len(token_ids), names, len(manifest), time.time()))
             self.stats.num_written += 1
-            self.stats.bytes_written += size
+            self.stats.chunks_written += len(written)
+            self.stats.chunks_reused += len(found)
+            self.stats.bytes_reused += sum(self._index.chunks[name][0] for name in found)
+            self.stats.bytes_written += new_bytes
             self.stats.write_seconds += time.perf_counter() - start
             self._enforce_limit()
+        return new_bytes
+
+    def _atomic(self, path: Path, write, sync: bool = True) -> int:
+        """Write a file by write(f) into a temporary beside it, fsync (if sync), rename over path. Returns
+        its size."""
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}")
+        try:
+            with open(tmp, "wb") as f:
+                size = write(f)
+                f.flush()
+                if sync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return size
 
     def check_writable(self) -> bool:
@@ -150,7 +188,7 @@ class KVFileStore:
         so that recovery (space freed, permissions fixed) shows without waiting for the next spill."""
         if self.write_error is None:
             return True
-        probe = self.directory / f"probe.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}"
+        probe = self.chunks_dir / f"probe.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}"
         try:
             with open(probe, "wb") as f:
                 f.write(b"\0" * 4096)
@@ -166,77 +204,138 @@ class KVFileStore:
     # ---- read ----
 
     def read_into(self, session_id: str, allocate) -> tuple[torch.Tensor, list[int]]:
-        """Load and verify the file of `session_id`. `allocate(num_tokens)` returns the destination tensor
+        """Load and verify the KV of `session_id`. `allocate(num_tokens)` returns the destination tensor
         [layers, 2, kv_heads, capacity >= num_tokens, head_dim]; the payload is read straight into it.
 
-        Raises KVFileInvalid (the file is then deleted) when the file must not be used.
+        Raises KVFileInvalid (the session's files are then deleted: its manifest, and a chunk found bad)
+        when the KV must not be used.
         """
         start = time.perf_counter()
-        name = self.file_name(session_id)
-        path = self.directory / name
+        stem = self.file_name(session_id)
+        with self._lock:
+            session = self._index.sessions.get(stem)
         try:
-            data, token_ids, size = read_kv(path, self.layout, allocate)
+            if session is None:
+                raise KVFileInvalid("missing")
+            if session.legacy:
+                path = self._index.legacy(stem)
+                data, token_ids, _, size = read_chunk(path, self.layout, allocate, LEGACY_VERSION)
+            else:
+                data, token_ids, size = self._read_chunks(self._index.manifest(stem), session, allocate)
         except KVFileInvalid as exc:
-            path.unlink(missing_ok=True)
             with self._lock:
-                self._index.pop(name, None)
+                self._index.drop(stem)
                 self.stats.num_invalid += 1
                 self.stats.invalid[exc.reason] = self.stats.invalid.get(exc.reason, 0) + 1
             raise
         now = time.time()
-        os.utime(path, (now, now))  # the file's mtime is its LRU position after a restart
         with self._lock:
-            if name in self._index:
-                self._index[name] = (size, now)
-                self._index.move_to_end(name)
+            self._index.touch(stem, session, now)
             self.stats.num_read += 1
             self.stats.bytes_read += size
             self.stats.read_seconds += time.perf_counter() - start
+        try:  # the manifest's mtime is the session's LRU position after a restart
+            os.utime(self._index.file_of(stem, session), (now, now))
+        except OSError:
+            pass
         return data, token_ids
+
+    def _read_chunks(self, path: Path, session: StoredSession, allocate) -> tuple[torch.Tensor, list[int], int]:
+        try:
+            m = read_manifest(path)
+        except FileNotFoundError:
+            raise KVFileInvalid("missing") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise KVFileInvalid("corrupt", f"manifest: {exc}") from None
+        if m["model_fingerprint"] != self.layout.fingerprint:
+            raise KVFileInvalid("model_mismatch")
+        if m["dtype"] != self.layout.dtype_name:
+            raise KVFileInvalid("layout_mismatch", m["dtype"])
+        token_ids, C = m["token_ids"], m["chunk_tokens"]
+        names = chunk_names(self.layout.fingerprint, self.layout.dtype_name, token_ids, C)
+        if names != session.chunks:
+            raise KVFileInvalid("corrupt", "manifest changed")
+        data = allocate(len(token_ids))
+        size = 0
+        for i, name in enumerate(names):
+            expected = token_ids[i * C:(i + 1) * C]
+
+            def into(n: int, start: int = i * C, want: int = len(expected)) -> torch.Tensor:
+                if n != want:
+                    raise KVFileInvalid("corrupt", "chunk length")
+                return data[:, :, :, start:start + n]
+
+            try:
+                _, ids, meta, chunk_size = read_chunk(self._index.chunk(name), self.layout, into)
+            except KVFileInvalid:
+                with self._lock:
+                    self._index.drop_chunk(name)
+                raise
+            if ids != expected or meta.get("prev_chunk") != (names[i - 1] if i else ""):
+                with self._lock:
+                    self._index.drop_chunk(name)
+                raise KVFileInvalid("corrupt", "chunk of other tokens")
+            size += chunk_size
+        return data, token_ids, size
 
     # ---- delete ----
 
     def delete(self, session_id: str) -> bool:
-        name = self.file_name(session_id)
         with self._lock:
-            existed = self._index.pop(name, None) is not None
-        (self.directory / name).unlink(missing_ok=True)
-        return existed
+            return self._index.drop(self.file_name(session_id))
 
     def rename(self, session_id: str, new_id: str) -> bool:
-        """The file of `session_id` now belongs to `new_id` (its contents name no session_id). False if absent."""
-        name, new_name = self.file_name(session_id), self.file_name(new_id)
+        """The KV of `session_id` now belongs to `new_id` (whose KV, if any, goes). False if absent."""
+        stem, new_stem = self.file_name(session_id), self.file_name(new_id)
         with self._lock:
-            entry = self._index.pop(name, None)
-            if entry is None:
+            session = self._index.sessions.get(stem)
+            if session is None or stem == new_stem:
+                return session is not None
+            try:  # new_id's KV, if any, goes first: this one's files take its names
+                if session.legacy:
+                    self._index.drop(new_stem)
+                    os.replace(self._index.legacy(stem), self._index.legacy(new_stem))
+                else:  # the manifest names its session: written again under the new name
+                    m = read_manifest(self._index.manifest(stem))
+                    data = manifest_bytes(self.layout, new_id, m["token_ids"], m["chunk_tokens"])
+                    self._index.drop(new_stem)
+                    self._atomic(self._index.manifest(new_stem), lambda f: f.write(data), sync=False)  # engine thread
+                    self._index.manifest(stem).unlink(missing_ok=True)
+            except (OSError, ValueError, KeyError, TypeError):
                 return False
-            try:
-                os.replace(self.directory / name, self.directory / new_name)
-            except OSError:
-                return False
-            self._index[new_name] = entry
+            del self._index.sessions[stem]
+            self._index.nbytes -= session.nbytes
+            if not session.legacy:
+                session.nbytes = len(data)
+            self._index.add(new_stem, session)
             return True
 
     def expire(self, max_age_seconds: float) -> int:
-        """Delete files not used for max_age_seconds. Returns how many."""
+        """Delete sessions not used for max_age_seconds. Returns how many."""
         cutoff = time.time() - max_age_seconds
         with self._lock:
-            old = [name for name, (_, used) in self._index.items() if used < cutoff]
-            for name in old:
-                del self._index[name]
+            old = [stem for stem, s in self._index.sessions.items() if s.used < cutoff]
+            for stem in old:
+                self._index.drop(stem)
             self.stats.num_expired += len(old)
-        for name in old:
-            (self.directory / name).unlink(missing_ok=True)
         return len(old)
 
     def _enforce_limit(self) -> None:
-        """Lock held. Least recently used files go first."""
-        total = sum(size for size, _ in self._index.values())
-        while total > self.max_bytes and self._index:
-            name, (size, _) = self._index.popitem(last=False)
-            (self.directory / name).unlink(missing_ok=True)
-            total -= size
+        """Lock held. Least recently used sessions go first."""
+        while self._index.nbytes > self.max_bytes and self._index.sessions:
+            self._index.drop(next(iter(self._index.sessions)))
             self.stats.num_evicted += 1
+
+
+def _slice(pieces: list[torch.Tensor], start: int, n: int) -> list[torch.Tensor]:
+    """Views of positions [start, start + n) of consecutive pieces [layers, 2, kv_heads, n_i, head_dim]."""
+    out, offset = [], 0
+    for p in pieces:
+        a, b = max(start, offset), min(start + n, offset + p.shape[3])
+        if a < b:
+            out.append(p[:, :, :, a - offset:b - offset])
+        offset += p.shape[3]
+    return out
 
 
 def _fsync_dir(directory: Path) -> None:

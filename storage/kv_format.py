@@ -1,17 +1,27 @@
-"""The KV spill file format (docs/KV_FORMAT.md): a standard safetensors file holding one tensor "kv",
-shape [layers, 2, kv_heads, tokens, head_dim], whose metadata names the format version, the model
-fingerprint, the token ids the KV covers, the session and an xxh3-128 checksum of the payload.
+"""The KV spill formats (docs/KV_FORMAT.md).
 
-Files are written and read by streaming each [tokens, head_dim] slab straight between the session's
-RAM tensor and the file, so a spill or restore never holds a second copy of the KV and releases the
-GIL for the I/O. Reading verifies everything before the KV is used: KVFileInvalid otherwise.
+A chunk file is a standard safetensors file holding one tensor "kv", shape [layers, 2, kv_heads, tokens,
+head_dim], the KV of `tokens` consecutive positions (at most the store's chunk size), whose metadata names
+the format version, the model fingerprint, the chunk's token ids, the name of the chunk before it and an
+xxh3-128 checksum of the payload. A chunk's name is a hash chained over the model and every token up to
+its end (chunk_names), so equal names mean equal KV: branches of a conversation, and conversations that
+begin alike, share their chunk files. A session's manifest (a small JSON file) names its token ids; its
+chunks follow from them.
+
+Files of format "1" (one whole file per session, written by earlier versions) are still read.
+
+Chunk files are written and read by streaming each [tokens, head_dim] slab straight between the session's
+RAM tensor and the file, so a spill or restore never holds a second copy of the KV and releases the GIL
+for the I/O. Reading verifies everything before the KV is used: KVFileInvalid otherwise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -21,11 +31,15 @@ import xxhash
 
 from storage.errors import KVFileInvalid
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+LEGACY_VERSION = "1"  # one file per session, its metadata naming the session
 SUFFIX = ".safetensors"
+MANIFEST_SUFFIX = ".json"
 TMP_SUFFIX = ".tmp"
-_MAX_HEADER = 16 << 20  # bytes; token ids of a 100k-token session fit easily
+_MAX_HEADER = 16 << 20  # bytes; token ids of a 100k-token legacy file fit easily
 _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+Destination = Callable[[int], torch.Tensor]  # n -> [layers, 2, kv_heads, >= n, head_dim] to read n tokens into
 
 
 @dataclass(frozen=True)
@@ -38,13 +52,34 @@ class KVLayout:
     dtype: torch.dtype
     fingerprint: str  # the model's (weights, config, tokenizer, chat template)
 
+    @property
+    def dtype_name(self) -> str:
+        return _DTYPES[self.dtype]
+
     def token_bytes(self) -> int:
         return self.num_layers * 2 * self.num_kv_heads * self.head_dim * torch.tensor([], dtype=self.dtype).element_size()
 
 
-def write_kv(f: BinaryIO, layout: KVLayout, session_id: str, pieces: list[torch.Tensor], token_ids: list[int]) -> int:
-    """Write one file to f: pieces are consecutive [layers, 2, kv_heads, n_i, head_dim] views with
-    sum(n_i) == len(token_ids), unchanged during the call. Returns the file's size in bytes."""
+def chunk_names(fingerprint: str, dtype: str, token_ids: list[int], chunk_tokens: int) -> list[str]:
+    """The names of the chunks covering token_ids: chunk i holds positions [i*chunk_tokens, (i+1)*chunk_tokens),
+    the last one possibly fewer. Name i = sha256(name i-1, chunk i's token ids), 40 hex digits, starting
+    from a root naming the model, the KV dtype and the chunk size: KV at a position depends on every token
+    before it."""
+    root = f"{fingerprint}/{dtype}/{chunk_tokens}"
+    names, prev = [], hashlib.sha256(root.encode()).hexdigest()[:40]
+    for start in range(0, len(token_ids), chunk_tokens):
+        part = token_ids[start:start + chunk_tokens]
+        prev = hashlib.sha256(prev.encode() + struct.pack(f"<{len(part)}q", *part)).hexdigest()[:40]
+        names.append(prev)
+    return names
+
+
+# ---- chunk files ----
+
+def write_chunk(f: BinaryIO, layout: KVLayout, pieces: list[torch.Tensor], token_ids: list[int], prev: str) -> int:
+    """Write one chunk file to f: pieces are consecutive [layers, 2, kv_heads, n_i, head_dim] views with
+    sum(n_i) == len(token_ids), unchanged during the call; prev is the name of the chunk before ("" for
+    the first). Returns the file's size in bytes."""
     n, L = len(token_ids), layout
     assert sum(p.shape[3] for p in pieces) == n
     for p in pieces:
@@ -62,7 +97,7 @@ def write_kv(f: BinaryIO, layout: KVLayout, session_id: str, pieces: list[torch.
         "dtype": _DTYPES[L.dtype],
         "shape": json.dumps(shape),
         "token_ids": json.dumps(token_ids),
-        "session_key": session_id,  # the format's name for the session id
+        "prev_chunk": prev,
         "checksum": "xxh3_128:" + checksum.hexdigest(),
     }
     header = {"__metadata__": metadata, "kv": {"dtype": _DTYPES[L.dtype], "shape": shape, "data_offsets": [0, payload]}}
@@ -84,9 +119,10 @@ def read_metadata(path: Path) -> dict[str, str]:
         return json.loads(f.read(header_len))["__metadata__"]
 
 
-def read_kv(path: Path, layout: KVLayout, allocate) -> tuple[torch.Tensor, list[int], int]:
-    """Read and verify a file: allocate(num_tokens) returns the destination [layers, 2, kv_heads,
-    capacity >= num_tokens, head_dim], which the payload is read straight into. Returns (data, token ids,
+def read_chunk(path: Path, layout: KVLayout, into: Destination, version: str = FORMAT_VERSION
+               ) -> tuple[torch.Tensor, list[int], dict[str, str], int]:
+    """Read and verify a file of `version` (a chunk, or a whole legacy file): into(num_tokens) returns the
+    destination, which the payload is read straight into. Returns (that destination, token ids, metadata,
     file size); raises KVFileInvalid when the file must not be used."""
     L = layout
     try:
@@ -104,7 +140,7 @@ def read_kv(path: Path, layout: KVLayout, allocate) -> tuple[torch.Tensor, list[
         try:
             header = json.loads(f.read(header_len))
             meta = header["__metadata__"]
-            version = meta["format_version"]
+            found_version = meta["format_version"]
             fingerprint = meta["model_fingerprint"]
             token_ids = json.loads(meta["token_ids"])
             shape = json.loads(meta["shape"])
@@ -112,8 +148,8 @@ def read_kv(path: Path, layout: KVLayout, allocate) -> tuple[torch.Tensor, list[
             tensor = header["kv"]
         except (ValueError, KeyError, TypeError) as exc:
             raise KVFileInvalid("corrupt", f"header: {exc}") from None
-        if version != FORMAT_VERSION:
-            raise KVFileInvalid("format_version", str(version))
+        if found_version != version:
+            raise KVFileInvalid("format_version", str(found_version))
         if fingerprint != L.fingerprint:
             raise KVFileInvalid("model_mismatch")
         n = len(token_ids)
@@ -125,7 +161,7 @@ def read_kv(path: Path, layout: KVLayout, allocate) -> tuple[torch.Tensor, list[
             raise KVFileInvalid("corrupt", "offsets")
         if size != 8 + header_len + payload:
             raise KVFileInvalid("truncated", f"{size} bytes, expected {8 + header_len + payload}")
-        data = allocate(n)
+        data = into(n)
         digest = xxhash.xxh3_128()
         for layer in range(L.num_layers):
             for kv in range(2):
@@ -136,7 +172,31 @@ def read_kv(path: Path, layout: KVLayout, allocate) -> tuple[torch.Tensor, list[
                     digest.update(slab)
         if "xxh3_128:" + digest.hexdigest() != checksum:
             raise KVFileInvalid("corrupt", "checksum")
-    return data, token_ids, size
+    return data, token_ids, meta, size
+
+
+# ---- session manifests ----
+
+def manifest_bytes(layout: KVLayout, session_key: str, token_ids: list[int], chunk_tokens: int) -> bytes:
+    """A session's manifest: the exact token ids its KV covers; its chunks are chunk_names() of them
+    (with the manifest's model fingerprint, dtype and chunk size)."""
+    return json.dumps({"format_version": FORMAT_VERSION, "model_fingerprint": layout.fingerprint,
+                       "dtype": layout.dtype_name, "session_key": session_key, "chunk_tokens": chunk_tokens,
+                       "token_ids": token_ids}, separators=(",", ":")).encode()
+
+
+def read_manifest(path: Path) -> dict:
+    """The manifest's fields; raises OSError/ValueError/KeyError/TypeError for a file that is not one."""
+    manifest = json.loads(path.read_bytes())
+    if not isinstance(manifest, dict) or manifest["format_version"] != FORMAT_VERSION:
+        raise ValueError("not a manifest of this format")
+    if not isinstance(manifest["dtype"], str) or not isinstance(manifest["model_fingerprint"], str):
+        raise TypeError("dtype or model_fingerprint")
+    if not isinstance(manifest["chunk_tokens"], int) or manifest["chunk_tokens"] < 1:
+        raise ValueError("chunk_tokens")
+    if not all(isinstance(t, int) for t in manifest["token_ids"]) or not isinstance(manifest["session_key"], str):
+        raise TypeError("token_ids or session_key")
+    return manifest
 
 
 def _raw(slab: torch.Tensor):

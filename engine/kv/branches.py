@@ -8,7 +8,8 @@ The session's own KV (key: the session id) holds the branch its turns run on. Be
   edited question): that KV is kept as branch `keep_as`, and the session's KV starts on the prefix both
   share, a SharedPrefix read by both (held once in RAM and counted once; engine/kv/session_kv.py).
 A kept branch is an ordinary entry of the store: least recently used first out, spilled to disk and read
-back like any session's (on disk each branch is a whole file), dropped with its session (drop_all).
+back like any session's (on disk, branches hold their common chunks once: storage/kv_files.py), dropped
+with its session (drop_all).
 
 The chat server names branches (`keep_as`, `take`) with branch_key(). Every KV still covers exactly its
 token_ids, and a turn keeps only the prefix its prompt shares with them: a branch named wrongly costs

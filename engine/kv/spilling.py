@@ -38,7 +38,7 @@ class Spilling:
         if session_id in self.entries or not self.on_disk(session_id):
             return
         kv = self.new_kv(0)
-        need = kv.bytes_for(self.disk.nbytes(session_id) // kv.token_bytes)  # the file size bounds its tokens
+        need = kv.bytes_for(self.disk.nbytes(session_id) // kv.token_bytes)  # a bound of its tokens
         if not self.budget.make_room(need, new_session=True):
             return
         entry = self.entries[session_id] = Entry(kv, state="restoring", is_dirty=False, reserved=need)

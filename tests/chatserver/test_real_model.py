@@ -130,7 +130,7 @@ async def test_greedy_parity_after_a_restart_from_disk(tmp_path, real_model):
     first, _ = await chat.turn(CONVERSATIONS[0][0], max_tokens=MAX_TOKENS, temperature=0)
     await chat.close()
     assert srv.stop() == 0  # graceful: the session's KV is written to disk
-    assert list((tmp_path / "kv").glob("*.safetensors"))
+    assert list((tmp_path / "kv").rglob("*.safetensors"))
 
     srv = RealServer(tmp_path, MODEL_CACHE).start()
     try:

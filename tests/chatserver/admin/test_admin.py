@@ -117,14 +117,14 @@ async def test_delete_removes_transcript_and_kv_and_disconnects_the_client(admin
     chat, session, _ = await _session(admin)
     sid = session["session_id"]
     await admin.post(f"/api/sessions/{sid}/evict", headers=AUTH)
-    assert list((tmp_path / "kv").glob("*.safetensors"))
+    assert list((tmp_path / "kv").rglob("*.safetensors"))
     resp = await admin.delete(f"/api/sessions/{sid}", headers=AUTH)
     assert resp.status == 204
     frame = await chat.recv()
     assert frame["type"] == "error" and frame["code"] == "session_deleted"
     closing = await chat.ws.receive(timeout=5)
     assert closing.type.name == "CLOSE" and closing.data == 4004
-    await wait_until(lambda: not list((tmp_path / "kv").glob("*.safetensors")), what="the KV file deleted")
+    await wait_until(lambda: not [p for p in (tmp_path / "kv").rglob("*") if p.is_file()], what="the KV files deleted")
     assert (await admin.get(f"/api/sessions/{sid}", headers=AUTH)).status == 404
     other = Chat(await admin.ws_connect("/ws"))
     assert (await other.hello(session_id=sid, resume_token=session["resume_token"]))["code"] == "session_not_found"

@@ -3,7 +3,6 @@ recomputing, the temporary file is removed, /readyz says degraded, and all recov
 The full disk is simulated by making the file store's fsync fail with ENOSPC (tiny model, real app)."""
 
 import errno
-import os
 
 from storage import kv_files
 from tests.helpers.admin import ADMIN_AUTH
@@ -26,7 +25,7 @@ async def test_a_full_disk_while_spilling_degrades_then_recovers(admin, tmp_path
     monkeypatch.setattr(kv_files.os, "fsync", no_space)
     evicted = await (await admin.post(f"/api/sessions/{sid}/evict", headers=AUTH)).json()
     assert evicted["kv"]["tier"] == "none"  # not on disk, not in RAM: the next turn recomputes
-    assert [p for p in os.listdir(tmp_path / "kv") if not p.endswith(kv_files.SUFFIX)] == []  # no stray temp file
+    assert [p for p in (tmp_path / "kv").rglob("*") if p.is_file()] == []  # no stray temporary file
     ready = await admin.get("/readyz")
     body = await ready.json()
     assert ready.status == 200 and body["status"] == "degraded" and body["checks"]["kv_disk"] is False

@@ -35,14 +35,14 @@ async def test_restart_resumes_warm_from_disk_and_a_corrupt_file_recomputes(aioh
         sessions.append((session, done))
         await chat.ws.close()
     await client.close()  # graceful shutdown spills both sessions
-    files = sorted((tmp_path / "kv").glob("*.safetensors"))
-    assert len(files) == 2
+    # one manifest per session; the KV of their identical conversations is stored once
+    assert len(list((tmp_path / "kv" / "sessions").iterdir())) == 2
+    assert len(list((tmp_path / "kv" / "chunks").iterdir())) == 1
 
-    # damage the second session's file
-    store_dir = tmp_path / "kv"
+    # damage the second session's manifest
     client = await aiohttp_client(create_app(_config(tmp_path), model=tiny_model))
     disk = client.app[keys.kv_files]
-    damaged = store_dir / disk.file_name(sessions[1][0]["session_id"])
+    damaged = disk.sessions_dir / (disk.file_name(sessions[1][0]["session_id"]) + ".json")
     damaged.write_bytes(damaged.read_bytes()[:-64])
 
     answers = []
@@ -58,7 +58,7 @@ async def test_restart_resumes_warm_from_disk_and_a_corrupt_file_recomputes(aioh
         answers.append(text)
     assert answers[0] == answers[1]  # same conversation: restored and shared KV answer alike
     stats = await _kv_stats(client)
-    assert stats["recomputes"] == 1 and stats["restore_failures"] == {"truncated": 1}
+    assert stats["recomputes"] == 1 and stats["restore_failures"] == {"corrupt": 1}
 
 
 async def test_spill_on_disconnect_and_prefetch_on_resume(aiohttp_client, tiny_model, tmp_path):

@@ -154,6 +154,36 @@ async def test_a_branch_spilled_to_disk_comes_back_from_it_after_a_restart(tiny_
         engine.stop()
 
 
+async def test_two_branches_on_disk_hold_their_common_beginning_once(tiny_model, tmp_path):
+    from storage import KVFileStore, KVLayout
+    disks = []
+
+    def disk_for(spec):
+        disks.append(KVFileStore(tmp_path, KVLayout(spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.dtype,
+                                                    spec.fingerprint), max_bytes=1 << 30, chunk_tokens=256))
+        return disks[-1]
+
+    engine, _ = start_engine(EngineConfig(model=ModelConfig(activations="float32")), tiny_model, disk_for=disk_for)
+    try:
+        s = Session(EngineClient(engine))
+        first = await s.turn(PROMPT, "", "a1")
+        second = await s.turn(PROMPT, "a1", "a2", SEEDED, new_branch=True)
+        assert await s.client.spill(branch_key("s", "a1")) == "disk"
+        assert await s.client.spill("s") == "disk"
+        [disk] = disks
+        tails = len(first.output_ids) + len(second.output_ids)
+        files = (await _kv(s.client))["files"]
+        assert files["chunks_reused"] == 2  # positions 0-511: whole chunks of the 700-token prompt both share
+        payload = (2 * len(PROMPT) - 512 + tails) * disk.layout.token_bytes()
+        assert payload <= disk.total_bytes < payload + 64 * 1024  # chunk headers and manifests
+        back = PROMPT + second.output_ids + [5, 6, 7]
+        answer = await s.turn(back, "a2", "a3")  # read back from disk, shared chunks included
+        assert answer.cache == "disk" and answer.usage.cached_tokens == len(back) - 4
+        assert answer.output_ids == await _alone(s.client, back, "fresh")
+    finally:
+        engine.stop()
+
+
 async def test_switching_branches_between_turns_swaps_which_kv_the_session_holds(client):
     s = Session(client)
     first = await s.turn(PROMPT[:200], "", "a1")

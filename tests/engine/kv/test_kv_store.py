@@ -98,7 +98,7 @@ def test_a_corrupt_file_means_recompute_not_an_error(tmp_path):
     h.turn("s", [1, 2, 3])
     h.store.spill("s")
     h.settle()
-    path = h.disk.directory / h.disk.file_name("s")
+    [path] = h.disk.chunks_dir.iterdir()
     path.write_bytes(path.read_bytes()[:-10])
     assert h.turn("s", [1, 2, 3, 4]) == "miss"
     assert h.store.stats.recomputes == 1 and h.store.stats.restore_failures == {"truncated": 1}
@@ -125,7 +125,7 @@ def test_drop_removes_every_tier(tmp_path):
     h.store.drop("t")
     h.settle()
     assert h.store.tier_of("s") == "none" and h.store.tier_of("t") == "none"
-    assert not list(tmp_path.glob("*.safetensors"))
+    assert not list(tmp_path.rglob("*.safetensors")) and not list(tmp_path.rglob("*.json"))
 
 
 def test_ttl_drops_idle_sessions_from_both_tiers(tmp_path):
