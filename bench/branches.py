@@ -11,10 +11,13 @@ Each round (a different long text, so no round reuses another's KV) on each serv
 Measured by the client: time to first token (from sending the request to the first token) and the time
 per token of the answers; ours also reports its own ttft_ms and decode time per token (done frame),
 the prompt and cached tokens of each turn, and its KV RAM (kv.ram.bytes of /api/stats) with one branch
-and with two. Greedy, --max-tokens per answer; medians over --rounds.
+and with two. After the rounds our server stops gracefully, writing every session and kept branch to
+disk; the bench then reads the KV folder: the bytes stored (each chunk once) against the bytes the same
+KV would take with every branch in a file of its own. Greedy, --max-tokens per answer; medians over --rounds.
 
 Targets (issue 19): a regenerated answer's first token within one decode step of the same session; an edit
-computes only the edited question; two branches take RAM of about one conversation plus their tails.
+computes only the edited question; two branches take RAM of about one conversation plus their tails, and
+on disk too.
 
 Run from the repository root (about 5 minutes on 2 cores, plus building llama.cpp once if absent):
 
@@ -40,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import MODELS_DIR, ROOT, add_model_cache_argument, cpu_summary  # noqa: E402
 from bench.peer_serve import (cpu_tag, find_or_build_llama_cpp, free_port, long_text, resolve,  # noqa: E402
                               start_llama_server, stream)
+from storage import chunk_names  # noqa: E402
 from tests.helpers.real_server import RealServer  # noqa: E402
 
 ADMIN = "branches-bench"
@@ -131,6 +135,19 @@ async def peer_round(url: str, seed: int, max_tokens: int) -> dict:
     return {"ask": asked, "regenerate": regenerated, "edit": edited, "back": back}
 
 
+def disk_use(kv_dir: Path) -> dict:
+    """The KV folder of a stopped server (docs/KV_FORMAT.md): each KV's (session or kept branch) bytes,
+    and the bytes stored, every chunk once."""
+    chunk_bytes = {p.stem: p.stat().st_size for p in (kv_dir / "chunks").glob("*.safetensors")}
+    each = []
+    for manifest in (kv_dir / "sessions").glob("*.json"):
+        m = json.loads(manifest.read_bytes())
+        names = chunk_names(m["model_fingerprint"], m["dtype"], m["token_ids"], m["chunk_tokens"])
+        each.append(manifest.stat().st_size + sum(chunk_bytes[n] for n in names))
+    stored = sum(chunk_bytes.values()) + sum(p.stat().st_size for p in (kv_dir / "sessions").glob("*.json"))
+    return {"kvs": len(each), "each_bytes": sorted(each), "stored_bytes": stored}
+
+
 def median(rounds: list[dict], step: str, key: str) -> float:
     return statistics.median(r[step][key] for r in rounds)
 
@@ -156,7 +173,8 @@ def main() -> None:
             asyncio.run(ours_round(server.url, 999, args.max_tokens))  # warm-up
             ours = [asyncio.run(ours_round(server.url, seed, args.max_tokens)) for seed in range(args.rounds)]
         finally:
-            server.stop()
+            server.stop()  # graceful: every session and kept branch is written to disk
+        disk = disk_use(Path(data) / "kv")
     port = free_port()
     peer_cmd = [str(llama_server), "-m", str(gguf), "-t", "2", "-np", "1", "-c", "4096", "--host", "127.0.0.1",
                 "--port", str(port), *([] if repack else ["--no-repack"])]
@@ -193,10 +211,17 @@ def main() -> None:
     print(f"ours KV RAM of the conversation: {one / 1e6:.1f} MB with one branch, {two / 1e6:.1f} MB with two "
           f"(+{(two - one) / 1e6:.1f} MB: the new answer's tail, counted by 256-token capacity steps)")
 
+    conversations = args.rounds + 1  # and the warm-up
+    print(f"ours KV on disk after a graceful stop: {disk['kvs']} KVs (sessions and kept branches) of "
+          f"{conversations} conversations: {sum(disk['each_bytes']) / 1e6:.1f} MB as whole files, "
+          f"{disk['stored_bytes'] / 1e6:.1f} MB stored ({disk['stored_bytes'] / sum(disk['each_bytes']):.2f}); "
+          f"largest KV {disk['each_bytes'][-1] / 1e6:.1f} MB, so {disk['stored_bytes'] / conversations / 1e6:.1f} MB "
+          f"per conversation of {disk['kvs'] / conversations:.0f} branches")
+
     result = {"model": name, "gguf": str(gguf), "cpu": cpu_summary(), "cpu_tag": cpu_tag(),
               "rounds": args.rounds, "max_tokens": args.max_tokens,
               "commands": {"ours": " ".join(server.command()), "llama_cpp": " ".join(peer_cmd)},
-              "ours": ours, "llama_cpp": [{k: {kk: vv for kk, vv in v.items() if kk != "text"}
+              "ours": ours, "ours_disk": disk, "llama_cpp": [{k: {kk: vv for kk, vv in v.items() if kk != "text"}
                                            for k, v in r.items()} for r in peer]}
     out = args.out or ROOT / "bench" / "results" / f"branches-{name}-{cpu_tag()}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
