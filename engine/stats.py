@@ -113,5 +113,6 @@ def engine_snapshot(stats: EngineStats, scheduler: Scheduler, admission: Admissi
                      "max_bytes": disk.max_bytes if disk else 0},
             **asdict(store.stats),
             "files": asdict(disk.stats) if disk else {},
+            "shared_tier": asdict(disk.shared_stats) if disk and disk.shared_stats is not None else None,
         },
     }

@@ -22,3 +22,4 @@ class KVFileInvalid(StorageError):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.chunk: str | None = None  # the chunk at fault, if one is (storage/kv_format.py)

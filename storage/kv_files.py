@@ -18,12 +18,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
 from storage.errors import KVFileInvalid
 from storage.kv_format import (LEGACY_VERSION, TMP_SUFFIX, KVLayout, chunk_names, manifest_bytes, read_chunk,
-                               read_manifest, read_metadata, write_chunk)
+                               read_manifest, read_metadata, read_session, slice_pieces, write_chunk)
 from storage.kv_index import KVIndex, StoredSession
 
 DEFAULT_CHUNK_TOKENS = 256
@@ -55,6 +56,7 @@ class KVFileStore:
         self.max_bytes = max_bytes
         self.chunk_tokens = chunk_tokens
         self.stats = KVFileStats()
+        self.shared_stats = None  # a local tier alone: no shared one (storage/kv_tiers.py)
         self.write_error: str | None = None  # why the last write failed; None once one succeeds again
         self._lock = threading.Lock()
         self._index = KVIndex(directory)
@@ -139,7 +141,7 @@ class KVFileStore:
                 if name not in found:
                     part = token_ids[i * C:(i + 1) * C]
                     size = self._atomic(self._index.chunk(name), lambda f: write_chunk(
-                        f, self.layout, _slice(pieces, i * C, len(part)), part, names[i - 1] if i else ""))
+                        f, self.layout, slice_pieces(pieces, i * C, len(part)), part, names[i - 1] if i else ""))
                     written.append((name, size))
             manifest = manifest_bytes(self.layout, session_id, token_ids, C)
             self._atomic(self._index.manifest(stem), lambda f: f.write(manifest))
@@ -247,36 +249,27 @@ class KVFileStore:
             raise KVFileInvalid("missing") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise KVFileInvalid("corrupt", f"manifest: {exc}") from None
-        if m["model_fingerprint"] != self.layout.fingerprint:
-            raise KVFileInvalid("model_mismatch")
-        if m["dtype"] != self.layout.dtype_name:
-            raise KVFileInvalid("layout_mismatch", m["dtype"])
-        token_ids, C = m["token_ids"], m["chunk_tokens"]
-        names = chunk_names(self.layout.fingerprint, self.layout.dtype_name, token_ids, C)
-        if names != session.chunks:
+        if chunk_names(m["model_fingerprint"], m["dtype"], m["token_ids"], m["chunk_tokens"]) != session.chunks:
             raise KVFileInvalid("corrupt", "manifest changed")
-        data = allocate(len(token_ids))
-        size = 0
-        for i, name in enumerate(names):
-            expected = token_ids[i * C:(i + 1) * C]
 
-            def into(n: int, start: int = i * C, want: int = len(expected)) -> torch.Tensor:
-                if n != want:
-                    raise KVFileInvalid("corrupt", "chunk length")
-                return data[:, :, :, start:start + n]
-
+        def fetch(name: str) -> tuple[BinaryIO, int]:
             try:
-                _, ids, meta, chunk_size = read_chunk(self._index.chunk(name), self.layout, into)
-            except KVFileInvalid:
+                f = open(self._index.chunk(name), "rb")
+            except FileNotFoundError:
+                raise KVFileInvalid("missing") from None
+            return f, os.fstat(f.fileno()).st_size
+
+        try:
+            return read_session(self.layout, m, allocate, fetch)
+        except KVFileInvalid as exc:
+            if exc.chunk is not None:
                 with self._lock:
-                    self._index.drop_chunk(name)
-                raise
-            if ids != expected or meta.get("prev_chunk") != (names[i - 1] if i else ""):
-                with self._lock:
-                    self._index.drop_chunk(name)
-                raise KVFileInvalid("corrupt", "chunk of other tokens")
-            size += chunk_size
-        return data, token_ids, size
+                    self._index.drop_chunk(exc.chunk)
+            raise
+
+    def restore_into(self, session_id: str, allocate) -> tuple[torch.Tensor, list[int], str]:
+        """read_into, and the tier it read: "disk" (the engine's DiskTier interface)."""
+        return (*self.read_into(session_id, allocate), "disk")
 
     # ---- delete ----
 
@@ -325,17 +318,6 @@ class KVFileStore:
         while self._index.nbytes > self.max_bytes and self._index.sessions:
             self._index.drop(next(iter(self._index.sessions)))
             self.stats.num_evicted += 1
-
-
-def _slice(pieces: list[torch.Tensor], start: int, n: int) -> list[torch.Tensor]:
-    """Views of positions [start, start + n) of consecutive pieces [layers, 2, kv_heads, n_i, head_dim]."""
-    out, offset = [], 0
-    for p in pieces:
-        a, b = max(start, offset), min(start + n, offset + p.shape[3])
-        if a < b:
-            out.append(p[:, :, :, a - offset:b - offset])
-        offset += p.shape[3]
-    return out
 
 
 def _fsync_dir(directory: Path) -> None:

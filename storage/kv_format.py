@@ -124,54 +124,59 @@ def read_chunk(path: Path, layout: KVLayout, into: Destination, version: str = F
     """Read and verify a file of `version` (a chunk, or a whole legacy file): into(num_tokens) returns the
     destination, which the payload is read straight into. Returns (that destination, token ids, metadata,
     file size); raises KVFileInvalid when the file must not be used."""
-    L = layout
     try:
         f = open(path, "rb")
     except FileNotFoundError:
         raise KVFileInvalid("missing") from None
     with f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(8)
-        if len(head) < 8:
-            raise KVFileInvalid("truncated", "no header")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > _MAX_HEADER or 8 + header_len > size:
-            raise KVFileInvalid("truncated", "header")
-        try:
-            header = json.loads(f.read(header_len))
-            meta = header["__metadata__"]
-            found_version = meta["format_version"]
-            fingerprint = meta["model_fingerprint"]
-            token_ids = json.loads(meta["token_ids"])
-            shape = json.loads(meta["shape"])
-            checksum = meta["checksum"]
-            tensor = header["kv"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise KVFileInvalid("corrupt", f"header: {exc}") from None
-        if found_version != version:
-            raise KVFileInvalid("format_version", str(found_version))
-        if fingerprint != L.fingerprint:
-            raise KVFileInvalid("model_mismatch")
-        n = len(token_ids)
-        expected = [L.num_layers, 2, L.num_kv_heads, n, L.head_dim]
-        if shape != expected or tensor.get("shape") != expected or tensor.get("dtype") != _DTYPES[L.dtype]:
-            raise KVFileInvalid("layout_mismatch", f"{tensor.get('dtype')} {tensor.get('shape')}")
-        payload = n * L.token_bytes()
-        if tensor.get("data_offsets") != [0, payload] or not all(isinstance(t, int) for t in token_ids):
-            raise KVFileInvalid("corrupt", "offsets")
-        if size != 8 + header_len + payload:
-            raise KVFileInvalid("truncated", f"{size} bytes, expected {8 + header_len + payload}")
-        data = into(n)
-        digest = xxhash.xxh3_128()
-        for layer in range(L.num_layers):
-            for kv in range(2):
-                for head in range(L.num_kv_heads):
-                    slab = _raw(data[layer, kv, head, :n])
-                    if f.readinto(slab) != slab.nbytes:
-                        raise KVFileInvalid("truncated", "payload")
-                    digest.update(slab)
-        if "xxh3_128:" + digest.hexdigest() != checksum:
-            raise KVFileInvalid("corrupt", "checksum")
+        return read_chunk_from(f, os.fstat(f.fileno()).st_size, layout, into, version)
+
+
+def read_chunk_from(f: BinaryIO, size: int, layout: KVLayout, into: Destination, version: str = FORMAT_VERSION
+                    ) -> tuple[torch.Tensor, list[int], dict[str, str], int]:
+    """read_chunk of the `size` bytes f holds (a file, or the bytes of a shared tier's value)."""
+    L = layout
+    head = f.read(8)
+    if len(head) < 8:
+        raise KVFileInvalid("truncated", "no header")
+    (header_len,) = struct.unpack("<Q", head)
+    if header_len > _MAX_HEADER or 8 + header_len > size:
+        raise KVFileInvalid("truncated", "header")
+    try:
+        header = json.loads(f.read(header_len))
+        meta = header["__metadata__"]
+        found_version = meta["format_version"]
+        fingerprint = meta["model_fingerprint"]
+        token_ids = json.loads(meta["token_ids"])
+        shape = json.loads(meta["shape"])
+        checksum = meta["checksum"]
+        tensor = header["kv"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise KVFileInvalid("corrupt", f"header: {exc}") from None
+    if found_version != version:
+        raise KVFileInvalid("format_version", str(found_version))
+    if fingerprint != L.fingerprint:
+        raise KVFileInvalid("model_mismatch")
+    n = len(token_ids)
+    expected = [L.num_layers, 2, L.num_kv_heads, n, L.head_dim]
+    if shape != expected or tensor.get("shape") != expected or tensor.get("dtype") != _DTYPES[L.dtype]:
+        raise KVFileInvalid("layout_mismatch", f"{tensor.get('dtype')} {tensor.get('shape')}")
+    payload = n * L.token_bytes()
+    if tensor.get("data_offsets") != [0, payload] or not all(isinstance(t, int) for t in token_ids):
+        raise KVFileInvalid("corrupt", "offsets")
+    if size != 8 + header_len + payload:
+        raise KVFileInvalid("truncated", f"{size} bytes, expected {8 + header_len + payload}")
+    data = into(n)
+    digest = xxhash.xxh3_128()
+    for layer in range(L.num_layers):
+        for kv in range(2):
+            for head_index in range(L.num_kv_heads):
+                slab = _raw(data[layer, kv, head_index, :n])
+                if f.readinto(slab) != slab.nbytes:
+                    raise KVFileInvalid("truncated", "payload")
+                digest.update(slab)
+    if "xxh3_128:" + digest.hexdigest() != checksum:
+        raise KVFileInvalid("corrupt", "checksum")
     return data, token_ids, meta, size
 
 
@@ -187,7 +192,12 @@ def manifest_bytes(layout: KVLayout, session_key: str, token_ids: list[int], chu
 
 def read_manifest(path: Path) -> dict:
     """The manifest's fields; raises OSError/ValueError/KeyError/TypeError for a file that is not one."""
-    manifest = json.loads(path.read_bytes())
+    return parse_manifest(path.read_bytes())
+
+
+def parse_manifest(raw: bytes) -> dict:
+    """read_manifest of a manifest's bytes; raises ValueError/KeyError/TypeError."""
+    manifest = json.loads(raw)
     if not isinstance(manifest, dict) or manifest["format_version"] != FORMAT_VERSION:
         raise ValueError("not a manifest of this format")
     if not isinstance(manifest["dtype"], str) or not isinstance(manifest["model_fingerprint"], str):
@@ -197,6 +207,53 @@ def read_manifest(path: Path) -> dict:
     if not all(isinstance(t, int) for t in manifest["token_ids"]) or not isinstance(manifest["session_key"], str):
         raise TypeError("token_ids or session_key")
     return manifest
+
+
+def read_session(layout: KVLayout, manifest: dict, allocate: Destination,
+                 fetch: Callable[[str], tuple[BinaryIO, int]]) -> tuple[torch.Tensor, list[int], int]:
+    """Read a session's KV from its manifest (read_manifest's fields) and chunks: fetch(name) returns a
+    chunk's bytes as (file object, size), or raises KVFileInvalid("missing"). Every chunk is verified
+    (read_chunk_from) and must hold the manifest's tokens after the chunk the manifest names before it.
+    Returns (allocate(len(token ids)) filled, token ids, bytes read). Raises KVFileInvalid; when a chunk
+    is at fault, its name is the exception's `chunk`."""
+    if manifest["model_fingerprint"] != layout.fingerprint:
+        raise KVFileInvalid("model_mismatch")
+    if manifest["dtype"] != layout.dtype_name:
+        raise KVFileInvalid("layout_mismatch", manifest["dtype"])
+    token_ids, C = manifest["token_ids"], manifest["chunk_tokens"]
+    names = chunk_names(layout.fingerprint, layout.dtype_name, token_ids, C)
+    data = allocate(len(token_ids))
+    total = 0
+    for i, name in enumerate(names):
+        expected = token_ids[i * C:(i + 1) * C]
+
+        def into(n: int, start: int = i * C, want: int = len(expected)) -> torch.Tensor:
+            if n != want:
+                raise KVFileInvalid("corrupt", "chunk length")
+            return data[:, :, :, start:start + n]
+
+        try:
+            f, size = fetch(name)
+            with f:
+                _, ids, meta, size = read_chunk_from(f, size, layout, into)
+            if ids != expected or meta.get("prev_chunk") != (names[i - 1] if i else ""):
+                raise KVFileInvalid("corrupt", "chunk of other tokens")
+        except KVFileInvalid as exc:
+            exc.chunk = name
+            raise
+        total += size
+    return data, token_ids, total
+
+
+def slice_pieces(pieces: list[torch.Tensor], start: int, n: int) -> list[torch.Tensor]:
+    """Views of positions [start, start + n) of consecutive pieces [layers, 2, kv_heads, n_i, head_dim]."""
+    out, offset = [], 0
+    for p in pieces:
+        a, b = max(start, offset), min(start + n, offset + p.shape[3])
+        if a < b:
+            out.append(p[:, :, :, a - offset:b - offset])
+        offset += p.shape[3]
+    return out
 
 
 def _raw(slab: torch.Tensor):

@@ -34,6 +34,9 @@ class KVStoreConfig:
     spill_on_disconnect: bool = field(default=False, metadata={
         "help": "write a session's KV to disk and free its RAM as soon as its last client leaves "
                 "(default: only under RAM pressure and at shutdown)"})
+    write_through: bool = field(default=False, metadata={
+        "help": "after every turn, write the session's new KV to the disk tiers (keeping it in RAM): a "
+                "process killed or a replica lost leaves its conversations warm; on with --redis-url"})
     shutdown_spill_seconds: float = field(default=20.0, metadata={
         "help": "a graceful shutdown spends at most this long writing the sessions in RAM to disk"})
 
@@ -46,9 +49,11 @@ class KVStoreConfig:
 class KVStoreStats:
     hits_ram: int = 0
     hits_disk: int = 0
+    hits_shared: int = 0  # read from the cluster's shared tier (another replica wrote it, or this one)
     misses: int = 0
     recomputes: int = 0  # a disk file that could not be used (missing/corrupt/mismatched)
     spills: int = 0
+    writes_behind: int = 0  # writes after a turn (write_through), the KV staying in RAM
     restores: int = 0
     evictions: dict[str, int] = field(default_factory=dict)  # by cause: pressure, disconnect, ttl, admin
     tokens_reused: int = 0

@@ -38,18 +38,18 @@ class DiskIO:
         self._pool.submit(run)
 
     def read(self, key: str, allocate: Callable[[int], torch.Tensor],
-             done: Callable[[list[int], Exception | None, float], None]) -> None:
-        """Read and verify the file of `key` into allocate(num_tokens); then done(token_ids, error or
-        None, seconds) on the engine thread. Any unusable file is an error (recompute)."""
+             done: Callable[[list[int], str, Exception | None, float], None]) -> None:
+        """Read and verify the KV of `key` into allocate(num_tokens); then done(token_ids, the tier it came
+        from, error or None, seconds) on the engine thread. Any unusable KV is an error (recompute)."""
         started = time.perf_counter()
 
         def run() -> None:
             try:
-                _, token_ids = self.disk.read_into(key, allocate)
+                _, token_ids, tier = self.disk.restore_into(key, allocate)
                 error = None
             except Exception as exc:  # noqa: BLE001 - any unusable file means recompute
-                token_ids, error = [], exc
-            self._notify(lambda: done(token_ids, error, time.perf_counter() - started))
+                token_ids, tier, error = [], "", exc
+            self._notify(lambda: done(token_ids, tier, error, time.perf_counter() - started))
 
         self._pool.submit(run)
 

@@ -17,7 +17,7 @@ class Entry:
     state: str = "ram"  # ram | spilling | restoring
     is_in_use: bool = False
     is_dirty: bool = True  # RAM holds KV that the disk copy lacks
-    from_disk: bool = False  # read back from disk since last used: the next turn reports "disk"
+    restored_from: str = ""  # "disk" | "shared": read back from that tier since last used (the next turn reports it)
     reserved: int = 0  # bytes counted for a restore in flight
     after_io: str = ""  # "drop" | "keep": overrides the default outcome of the I/O in flight
     spill_when_idle: str = ""  # cause, set when asked to spill while in use

@@ -1,6 +1,6 @@
-"""The KV store's moves between RAM and its disk tier: spilling a session's KV (an operator, a client
-that left, RAM pressure, shutdown), reading it back, and what their completions do. A mixin of KVStore
-(engine/kv/store.py), whose state it uses: entries, disk, io, budget, index, stats, config, new_kv, and
+"""The KV store's moves between RAM and its disk tiers: spilling a session's KV (an operator, a client
+that left, RAM pressure, shutdown), writing it behind a turn (write_through), reading it back, and what
+their completions do. A mixin of KVStore (engine/kv/store.py), whose state it uses: entries, disk, io, budget, index, stats, config, new_kv, and
 its touch / remove / _forget / _tell. Engine thread only; the I/O runs on DiskIO's thread and comes back
 through the store's notify.
 """
@@ -48,7 +48,8 @@ class Spilling:
             kv.data = kv.alloc(n)  # the I/O thread alone touches kv until the completion is notified
             return kv.data
 
-        self.io.read(session_id, allocate, lambda ids, error, s: self._restored(session_id, entry, ids, error, s))
+        self.io.read(session_id, allocate,
+                     lambda ids, tier, error, s: self._restored(session_id, entry, ids, tier, error, s))
 
     def spill_all(self) -> int:
         """Graceful shutdown (engine thread, no turn running): write every dirty session within
@@ -67,6 +68,17 @@ class Spilling:
                 self.stats.spills += 1
                 written += 1
         return written
+
+    def write_behind(self, session_id: str, entry: Entry) -> None:
+        """After a turn (config.write_through): write the idle session's KV to the disk tiers and keep it in
+        RAM. Only its new chunks are written. A turn that wants it meanwhile waits for the write (its
+        buffers must not change during it), the time of writing a chunk or two."""
+        if self.io is None or not entry.is_dirty or not entry.kv.length or entry.state != "ram":
+            return
+        entry.state, entry.after_io = "spilling", "keep"
+        self.stats.writes_behind += 1
+        self.io.write(session_id, entry.kv.pieces(), list(entry.kv.token_ids),
+                      lambda error, seconds: self._spilled(session_id, entry, error, seconds))
 
     def evict(self, session_id: str, entry: Entry, cause: str) -> int:
         """Free an idle session's RAM: at once if disk already has it (returns bytes freed), else
@@ -92,13 +104,13 @@ class Spilling:
             self.stats.spills += 1
         if entry.after_io == "drop":
             self._forget(session_id, entry.waiters)
-        elif entry.after_io == "keep" and error is None:
-            entry.state, entry.is_dirty, entry.after_io = "ram", False, ""
+        elif entry.after_io == "keep":  # wanted meanwhile, or written after a turn: stays in RAM
+            entry.state, entry.is_dirty, entry.after_io = "ram", error is not None, ""
             self._tell(session_id, entry.waiters)
         else:
             self.remove(session_id)
 
-    def _restored(self, session_id: str, entry: Entry, token_ids: list[int], error: Exception | None,
+    def _restored(self, session_id: str, entry: Entry, token_ids: list[int], tier: str, error: Exception | None,
                   seconds: float) -> None:
         if self.entries.get(session_id) is not entry:
             return
@@ -114,6 +126,6 @@ class Spilling:
             return
         entry.kv.token_ids = token_ids
         self.index.set(session_id, token_ids)
-        entry.state, entry.from_disk, entry.after_io = "ram", True, ""
+        entry.state, entry.restored_from, entry.after_io = "ram", tier, ""
         self.stats.restores += 1
         self.touch(session_id, entry)

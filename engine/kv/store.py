@@ -77,8 +77,8 @@ class KVStore(Spilling):
     def acquire(self, session_id: str, num_tokens: int) -> tuple[SessionKV, str] | None:
         """KV of the session with capacity for num_tokens, marked in use until release().
 
-        Returns (kv, source) with source "ram", "disk" (read back from disk since last used) or
-        "miss" (empty KV), or None when not ready yet: the KV is being read from disk, or RAM must
+        Returns (kv, source) with source "ram", "disk" (read back from disk since last used), "shared"
+        (read from the cluster's shared tier) or "miss" (empty KV), or None when not ready yet: the KV is being read from disk, or RAM must
         be freed first. Call again after the next notify.
         """
         entry = self.entries.get(session_id)
@@ -101,12 +101,14 @@ class KVStore(Spilling):
             if not self.budget.make_room(growth, exclude=(session_id,)):
                 return None
             entry.kv.ensure_capacity(num_tokens)
-            source = "disk" if entry.from_disk else "ram"
+            source = entry.restored_from or "ram"
             if source == "disk":
                 self.stats.hits_disk += 1
+            elif source == "shared":
+                self.stats.hits_shared += 1
             else:
                 self.stats.hits_ram += 1
-        entry.is_in_use, entry.is_dirty, entry.from_disk = True, True, False
+        entry.is_in_use, entry.is_dirty, entry.restored_from = True, True, ""
         self.touch(session_id, entry)
         return entry.kv, source
 
@@ -126,6 +128,8 @@ class KVStore(Spilling):
             self._forget(session_id)
         elif entry.spill_when_idle:
             self.spill(session_id, entry.spill_when_idle)
+        elif self.config.write_through:
+            self.write_behind(session_id, entry)
         self.budget.make_room(0)
 
     def new_entry(self, session_id: str, kv: SessionKV) -> Entry:

@@ -308,3 +308,29 @@ def test_a_prefix_on_disk_is_read_back_and_shared(tmp_path):
     b_kv, _ = store.acquire("b", 203)
     assert b_kv.prefix is store.entries["a"].kv.prefix and b_kv.token_ids == system
     assert torch.equal(b_kv.view(0, 200)[0][0, :, 0], torch.tensor(system, dtype=torch.float32))
+
+
+def test_write_through_writes_each_turn_behind_it_and_keeps_the_kv_in_ram(tmp_path):
+    h = Harness(tmp_path, write_through=True)
+    h.turn("s", list(range(300)))  # released: its KV is being written, and stays in RAM
+    assert h.store.acquire("s", 700) is None  # the next turn waits for the write in flight
+    h.settle()
+    assert h.disk.contains("s") and h.store.tier_of("s") == "ram" and h.store.stats.writes_behind == 1
+    assert h.turn("s", list(range(600))) == "ram"
+    h.settle()
+    assert h.store.stats.writes_behind == 2 and h.disk.stats.chunks_reused == 1  # positions 0-255 were on disk
+    kv, _ = h.disk.read_into("s", lambda n: torch.empty(2, 2, 1, n, 4))
+    assert kv.shape[3] == 600 and torch.equal(kv, h.store.entries["s"].kv.data[:, :, :, :600])
+
+
+def test_a_failed_write_behind_keeps_the_kv_in_ram(tmp_path, monkeypatch):
+    h = Harness(tmp_path, write_through=True)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(h.disk, "write", full)
+    h.turn("s", [1, 2, 3])
+    h.settle()
+    assert h.store.tier_of("s") == "ram" and h.store.entries["s"].is_dirty
+    assert h.turn("s", [1, 2, 3, 4]) == "ram"
