@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 import weakref
+from dataclasses import replace
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -18,14 +19,16 @@ from chatserver.config import ServerConfig
 from chatserver.engine_client import EngineClient
 from chatserver.ops import ConnectionGate, Metrics, TurnRate
 from engine import KVSpec, LoadedModel, start_engine
-from storage import (KVFileStore, KVLayout, StorageUnavailable, TranscriptStore, create_db_engine, db_sessionmaker,
-                     upgrade)
+from storage import (KVFileStore, KVLayout, KVTiers, RedisKVStore, StorageUnavailable, TranscriptStore,
+                     create_db_engine, db_sessionmaker, upgrade)
 
 log = logging.getLogger(__name__)
 
 
 def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Application:
     """`model`: an already loaded model (tests); otherwise config.engine.model is loaded at start-up."""
+    if config.storage.redis_url and not config.engine.kv.write_through:  # a cluster: KV written behind every turn
+        config = replace(config, engine=replace(config.engine, kv=replace(config.engine.kv, write_through=True)))
     app = web.Application()
     app[keys.config] = config
     app[keys.websockets] = weakref.WeakSet()
@@ -36,9 +39,14 @@ def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Ap
     app[keys.started_at] = int(time.time())
 
     async def engine(app: web.Application) -> AsyncIterator[None]:
-        def disk_for(spec: KVSpec) -> KVFileStore:
+        def disk_for(spec: KVSpec) -> KVFileStore | KVTiers:
             layout = KVLayout(spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.dtype, spec.fingerprint)
-            app[keys.kv_files] = KVFileStore(config.kv_dir, layout, config.storage.max_kv_disk_bytes)
+            local = KVFileStore(config.kv_dir, layout, config.storage.max_kv_disk_bytes)
+            if config.storage.redis_url:
+                shared = RedisKVStore(config.storage.redis_url, layout, config.engine.kv.ttl_seconds)
+                app[keys.kv_files] = KVTiers(local, shared)
+            else:
+                app[keys.kv_files] = local
             return app[keys.kv_files]
 
         # blocking (model load, weight packing, kernel build, warm-up passes): off the event loop

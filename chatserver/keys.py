@@ -15,13 +15,13 @@ if TYPE_CHECKING:
     from chatserver.engine_client import EngineClient
     from chatserver.ops import ConnectionGate, Metrics
     from engine import LoadedModel
-    from storage import KVFileStore, TranscriptStore
+    from storage import KVFileStore, KVTiers, TranscriptStore
 
 config: web.AppKey[ServerConfig] = web.AppKey("config")
 model: web.AppKey[LoadedModel] = web.AppKey("model")
 engine: web.AppKey[EngineClient] = web.AppKey("engine")
 transcripts: web.AppKey[TranscriptStore] = web.AppKey("transcripts")
-kv_files: web.AppKey[KVFileStore] = web.AppKey("kv_files")
+kv_files: web.AppKey[KVFileStore | KVTiers] = web.AppKey("kv_files")  # KVTiers with a shared tier (--redis-url)
 sessions: web.AppKey[LiveSessions] = web.AppKey("sessions")
 chat: web.AppKey[ChatService] = web.AppKey("chat")
 websockets: web.AppKey[weakref.WeakSet] = web.AppKey("websockets")  # open chat.websocket.Connection objects

@@ -8,9 +8,11 @@ from storage.db import create_db_engine, db_sessionmaker
 from storage.errors import KVFileInvalid, StorageError, StorageUnavailable
 from storage.kv_files import KVFileStats, KVFileStore
 from storage.kv_format import KVLayout, chunk_names
+from storage.kv_redis import RedisKVStore, RedisUnavailable, SharedTierStats
+from storage.kv_tiers import KVTiers
 from storage.migrations import upgrade
 from storage.transcripts import SessionRecord, TranscriptStore
 
-__all__ = ["Conversation", "KVFileInvalid", "KVFileStats", "KVFileStore", "KVLayout", "SessionRecord", "StorageConfig", "StorageError",
-           "StorageUnavailable", "StoredMessage", "TranscriptStore", "create_db_engine", "db_sessionmaker",
+__all__ = ["Conversation", "KVFileInvalid", "KVFileStats", "KVFileStore", "KVLayout", "KVTiers", "RedisKVStore", "RedisUnavailable", "SessionRecord", "StorageConfig", "StorageError",
+           "SharedTierStats", "StorageUnavailable", "StoredMessage", "TranscriptStore", "create_db_engine", "db_sessionmaker",
            "chunk_names", "sqlite_url", "upgrade"]

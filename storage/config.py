@@ -16,6 +16,9 @@ class StorageConfig:
     max_kv_disk_bytes: int = field(default=20 << 30, metadata={
         "flag": "max-kv-disk-mb", "scale": 1 << 20, "unit": "MB",
         "help": "disk for spilled KV files; least recently used files are deleted beyond it"})
+    redis_url: str | None = field(default=None, metadata={
+        "help": "a cluster's shared KV tier (redis://HOST:PORT/DB): every replica writes each session's KV "
+                "there after every turn and reads KV it does not hold from it (default: none, a single server)"})
 
     def db_url(self, data_dir: Path) -> str:
         return self.database_url or sqlite_url(data_dir / "chat.db")

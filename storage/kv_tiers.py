@@ -7,7 +7,8 @@ Redis (storage/kv_redis.py), which every replica reads. The engine sees one Disk
   local copy may be older: written before the session moved away); the local disk when Redis does not
   have the session (evicted, flushed) or does not answer, or its copy is unusable.
 - delete and rename go to both; expiry is local (Redis keys carry their TTL).
-- sizes and counts are the local tier's; the shared tier's counters are `shared_stats`.
+- sizes and counts are the local tier's; the shared tier's counters are `shared_stats`; readiness of
+  each: check_writable() (local) and shared.ping().
 """
 
 from __future__ import annotations
@@ -104,11 +105,9 @@ class KVTiers:
         return self.local.expire(max_age_seconds)
 
     def check_writable(self) -> bool:
-        """For /readyz: the local disk takes writes and Redis answers."""
-        return self.local.check_writable() and self.shared.ping()
+        """For /readyz: the local disk takes writes (the shared tier answers: self.shared.ping())."""
+        return self.local.check_writable()
 
     @property
     def write_error(self) -> str | None:
-        if self.local.write_error:
-            return self.local.write_error
-        return f"shared KV tier: {self.shared.stats.last_error}" if self.shared.stats.is_down else None
+        return self.local.write_error

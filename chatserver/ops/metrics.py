@@ -37,7 +37,8 @@ class SnapshotCollector:
         yield _labelled(GaugeMetricFamily, "chatserver_kv_sessions", "Sessions with KV per tier", "tier",
                         {"ram": kv["ram"]["sessions"], "disk": kv["disk"]["sessions"]})
         yield _labelled(CounterMetricFamily, "chatserver_kv_lookups", "KV cache lookups by result", "result",
-                        {"ram": kv["hits_ram"], "disk": kv["hits_disk"], "miss": kv["misses"]})
+                        {"ram": kv["hits_ram"], "disk": kv["hits_disk"], "shared": kv["hits_shared"],
+                         "miss": kv["misses"]})
         yield CounterMetricFamily("chatserver_kv_spills", "Sessions written to disk", value=kv["spills"])
         yield CounterMetricFamily("chatserver_kv_restores", "Sessions read back from disk", value=kv["restores"])
         yield CounterMetricFamily("chatserver_kv_recomputes", "Unusable KV files (recomputed instead)", value=kv["recomputes"])
@@ -45,6 +46,7 @@ class SnapshotCollector:
         files = kv.get("files") or {}
         yield _labelled(CounterMetricFamily, "chatserver_kv_disk_bytes", "Bytes of KV files by direction", "direction",
                         {"written": files.get("bytes_written", 0), "read": files.get("bytes_read", 0)})
+        yield from _shared_tier(kv.get("shared_tier"), s.get("redis", False))
         yield _histogram("chatserver_decode_batch_size", "Sequences decoding per forward pass", e["decode_batch"])
         yield _histogram("chatserver_prefill_batch_size", "Sequences prefilling per forward pass", e["prefill_batch"])
         yield _histogram("chatserver_step_tokens", "Tokens per forward pass", e["step_tokens"])
@@ -58,6 +60,30 @@ def _labelled(family, name: str, doc: str, label: str, values: dict):
     for key, value in sorted(values.items()):
         metric.add_metric([key], value)
     return metric
+
+
+def _shared_tier(shared: dict | None, redis: dict | None | bool):
+    """A cluster's shared KV tier: our counters, and Redis's own figures (None: Redis did not answer)."""
+    if shared is None:
+        return
+    yield GaugeMetricFamily("chatserver_kv_shared_up", "1 if the shared KV tier (Redis) answers",
+                            value=0 if shared["is_down"] or redis is None else 1)
+    yield _labelled(CounterMetricFamily, "chatserver_kv_shared_chunks", "Shared-tier chunks by event", "event",
+                    {"written": shared["chunks_written"], "reused": shared["chunks_reused"],
+                     "missing": shared["chunk_misses"]})
+    yield _labelled(CounterMetricFamily, "chatserver_kv_shared_lookups", "Shared-tier session lookups", "result",
+                    {"hit": shared["head_hits"], "miss": shared["head_misses"]})
+    yield _labelled(CounterMetricFamily, "chatserver_kv_shared_bytes", "Shared-tier bytes by direction", "direction",
+                    {"written": shared["bytes_written"], "read": shared["bytes_read"]})
+    yield CounterMetricFamily("chatserver_kv_shared_errors", "Shared-tier calls Redis did not answer",
+                              value=shared["num_errors"])
+    if redis:
+        yield _labelled(GaugeMetricFamily, "chatserver_redis_memory_bytes", "Redis memory", "kind",
+                        {"used": redis["used_bytes"], "max": redis["max_bytes"]})
+        yield _labelled(CounterMetricFamily, "chatserver_redis_keyspace", "Redis key lookups", "result",
+                        {"hit": redis["keyspace_hits"], "miss": redis["keyspace_misses"]})
+        yield CounterMetricFamily("chatserver_redis_evicted_keys", "Keys Redis evicted to stay in its bound",
+                                  value=redis["evicted_keys"])
 
 
 def _histogram(name: str, doc: str, dist: dict, scale: float = 1.0):
