@@ -1,4 +1,5 @@
-"""Alembic environment (async template): runs migrations over the configured async URL."""
+"""Alembic environment (async template): runs migrations over the configured async URL, SQLite or
+PostgreSQL."""
 
 import asyncio
 
@@ -11,6 +12,9 @@ from storage.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
+# PostgreSQL advisory lock key held by the migrating transaction: servers starting at once against one
+# database migrate it one after the other (the later ones find it at head)
+MIGRATION_LOCK_KEY = 0x63686174  # "chat"
 
 
 def run_migrations_offline() -> None:
@@ -29,6 +33,8 @@ def do_run_migrations(connection: Connection) -> None:
         connection.commit()  # end the transaction the statement began, so that alembic's commits
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":  # DDL is transactional there: one transaction, then unlocked
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
         context.run_migrations()
 
 

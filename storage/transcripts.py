@@ -1,6 +1,8 @@
-"""Chat sessions and their transcripts (trees of messages, storage/conversation.py) in SQL, with the draft of
-each running turn's answer. Each method is one short transaction; a database that
-refuses (locked, disk full, unreachable) raises StorageUnavailable, and nothing of that call is kept."""
+"""Chat sessions and their transcripts (trees of messages, storage/conversation.py) in SQL (SQLite or
+PostgreSQL), with the draft of each running turn's answer. Each method is one short transaction; a database
+that refuses (locked, disk full, unreachable, restarting) raises StorageUnavailable, and nothing of that call
+is kept. Writers need not take turns: messages added at once to one session (two connections, two servers)
+each get their own place."""
 
 from __future__ import annotations
 
@@ -9,15 +11,21 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.conversation import Conversation, StoredMessage
 from storage.errors import StorageUnavailable
 from storage.tables import MessageRow, SessionRow, TurnDraftRow, utcnow
 
 _ACTIVE_LEAF = object()  # add_message's default parent: the session's active leaf
+# SQLSTATE classes of a PostgreSQL that refuses for now: connection exception, transaction rollback
+# (serialization, deadlock), insufficient resources (disk full, too many connections), operator
+# intervention (shutdown, restart)
+_REFUSING_SQLSTATES = ("08", "40", "53", "57")
+_PLACE_ATTEMPTS = 32  # add_message: tries at a seq that writers at once to the same session may take first
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,11 @@ def _refusals_typed(method):
             return await method(*args, **kwargs)
         except (OperationalError, InterfaceError, DisconnectionError, PoolTimeout, OSError) as exc:
             raise StorageUnavailable(f"the database refused: {type(exc).__name__}: {exc}") from exc
+        except DBAPIError as exc:  # asyncpg's errors other than constraints arrive as the generic class
+            sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+            if exc.connection_invalidated or sqlstate[:2] in _REFUSING_SQLSTATES:
+                raise StorageUnavailable(f"the database refused: {type(exc).__name__}: {exc}") from exc
+            raise
 
     return wrapper
 
@@ -118,28 +131,37 @@ class TranscriptStore:
         active leaf and touch the session; `title` is set only if the session has none. The parent must be
         a message of this session (the caller checks). An assistant message is the answer of the session's
         turn: the turn's draft (save_draft) goes in the same transaction."""
-        now = utcnow()
-        async with self._sm.begin() as db:
-            if parent_id is _ACTIVE_LEAF:
-                parent_id = await db.scalar(select(SessionRow.active_leaf_id).where(SessionRow.id == session_id))
-            seq = await db.scalar(select(func.coalesce(func.max(MessageRow.seq) + 1, 0)).where(MessageRow.session_id == session_id))
-            row = MessageRow(
-                session_id=session_id, seq=seq, parent_id=parent_id, role=role, content=content, num_tokens=num_tokens,
-                prompt_tokens=prompt_tokens, cached_tokens=cached_tokens, finish_reason=finish_reason, created_at=now,
-            )
-            db.add(row)
-            await db.flush()  # assigns row.id
-            values: dict = {"updated_at": now, "active_leaf_id": row.id}
-            if session_tokens is not None:
-                values["num_tokens"] = session_tokens
-            await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(**values))
-            if title:
-                await db.execute(
-                    update(SessionRow).where(SessionRow.id == session_id, SessionRow.title.is_(None)).values(title=title)
-                )
-            if role == "assistant":
-                await db.execute(delete(TurnDraftRow).where(TurnDraftRow.session_id == session_id))
-            return _message(row)
+        for _ in range(_PLACE_ATTEMPTS):
+            seq = None
+            try:
+                async with self._sm.begin() as db:
+                    leaf, seq = await _next_place(db, session_id)
+                    row = MessageRow(
+                        session_id=session_id, seq=seq, parent_id=leaf if parent_id is _ACTIVE_LEAF else parent_id,
+                        role=role, content=content, num_tokens=num_tokens, prompt_tokens=prompt_tokens,
+                        cached_tokens=cached_tokens, finish_reason=finish_reason, created_at=utcnow(),
+                    )
+                    db.add(row)
+                    await db.flush()  # assigns row.id
+                    values: dict = {"updated_at": row.created_at, "active_leaf_id": row.id}
+                    if session_tokens is not None:
+                        values["num_tokens"] = session_tokens
+                    await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(**values))
+                    if title:
+                        await db.execute(update(SessionRow).where(SessionRow.id == session_id, SessionRow.title.is_(None))
+                                         .values(title=title))
+                    if role == "assistant":
+                        await db.execute(delete(TurnDraftRow).where(TurnDraftRow.session_id == session_id))
+                    return _message(row)
+            except IntegrityError:
+                if seq is None or not await self._seq_taken(session_id, seq):
+                    raise  # not a race for the place: no such session or parent
+        raise StorageUnavailable(f"session {session_id}: {_PLACE_ATTEMPTS} writers at once took every place tried")
+
+    async def _seq_taken(self, session_id: str, seq: int) -> bool:
+        async with self._sm() as db:
+            return await db.scalar(select(func.count()).select_from(MessageRow)
+                                   .where(MessageRow.session_id == session_id, MessageRow.seq == seq)) > 0
 
     @_refusals_typed
     async def save_draft(self, session_id: str, parent_id: int, content: str) -> None:
@@ -148,9 +170,11 @@ class TranscriptStore:
         killed mid-turn leaves of the answer (close_unanswered). The draft goes with the answer stored
         (add_message), the session, or the next start; a turn that ends without storing its answer leaves
         it to be replaced by the next turn's."""
+        values = {"parent_id": parent_id, "content": content, "updated_at": utcnow()}
         async with self._sm.begin() as db:
-            await db.merge(TurnDraftRow(session_id=session_id, parent_id=parent_id, content=content,
-                                        updated_at=utcnow()))
+            insert = postgresql.insert if db.get_bind().dialect.name == "postgresql" else sqlite.insert
+            await db.execute(insert(TurnDraftRow).values(session_id=session_id, **values)
+                             .on_conflict_do_update(index_elements=[TurnDraftRow.session_id], set_=values))
 
     @_refusals_typed
     async def draft(self, session_id: str) -> tuple[int, str] | None:
@@ -183,7 +207,7 @@ class TranscriptStore:
         async with self._sm.begin() as db:
             rows = (await db.execute(query)).all()
             for session_id, leaf_id, draft in rows:
-                seq = await db.scalar(select(func.max(MessageRow.seq) + 1).where(MessageRow.session_id == session_id))
+                _, seq = await _next_place(db, session_id)
                 row = MessageRow(session_id=session_id, seq=seq, parent_id=leaf_id, role="assistant",
                                  content=draft or "", finish_reason=finish_reason, created_at=now)
                 db.add(row)
@@ -204,6 +228,18 @@ class TranscriptStore:
         async with self._sm.begin() as db:
             result = await db.execute(delete(SessionRow).where(SessionRow.id == session_id))
             return result.rowcount > 0
+
+
+async def _next_place(db: AsyncSession, session_id: str) -> tuple[int | None, int]:
+    """(active leaf, next free seq) of the session, read at one moment. On PostgreSQL the session's row
+    is locked first (FOR NO KEY UPDATE, to the transaction's end): writers to one session take turns,
+    and the read, a statement after the lock, sees the last one's message. SQLite has no row locks: two
+    writers may read the same place, and the second's insert breaks the (session_id, seq) constraint."""
+    await db.execute(select(SessionRow.id).where(SessionRow.id == session_id).with_for_update(key_share=True))
+    next_seq = (select(func.coalesce(func.max(MessageRow.seq) + 1, 0)).where(MessageRow.session_id == session_id)
+                .scalar_subquery())
+    place = (await db.execute(select(SessionRow.active_leaf_id, next_seq).where(SessionRow.id == session_id))).first()
+    return (None, 0) if place is None else (place[0], place[1])
 
 
 def _message(m: MessageRow) -> StoredMessage:

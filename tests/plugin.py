@@ -1,5 +1,6 @@
 """Shared fixtures, loaded as a pytest plugin (pyproject: -p tests.plugin): the real model (loaded once
-per run), a tiny random Llama for speed, and in-process servers on the tiny model."""
+per run), a tiny random Llama for speed, each test's database (SQLite, or PostgreSQL with
+TEST_DATABASE_URL: tests/helpers/database.py), and in-process servers on the tiny model and that database."""
 
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ from chatserver.app import create_app
 from chatserver.config import ChatConfig, HttpConfig, ServerConfig
 from engine import EngineConfig
 from engine.model.loader import LoadedModel, load_model
+from storage import StorageConfig
 from tests.helpers.admin import ADMIN_TOKEN
 from tests.helpers.chat import Chat
+from tests.helpers.database import drop_test_databases, fresh_database
 from tests.helpers.paths import MODEL_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    drop_test_databases()
 
 
 
@@ -37,14 +44,26 @@ def tiny_model(real_model: LoadedModel) -> LoadedModel:
 
 
 @pytest.fixture
-def server_config(tmp_path) -> ServerConfig:
-    return ServerConfig(data_dir=tmp_path, engine=EngineConfig(max_context=1024, max_new_tokens=64, max_queue=8))
+def database_url(tmp_path) -> str:
+    """The SQLAlchemy URL of an empty database for this test (SQLite file tmp_path/chat.db by default)."""
+    return fresh_database(tmp_path)
 
 
 @pytest.fixture
-async def admin(aiohttp_client, tiny_model, tmp_path):
+def storage_config(database_url) -> StorageConfig:
+    return StorageConfig(database_url=database_url)
+
+
+@pytest.fixture
+def server_config(tmp_path, storage_config) -> ServerConfig:
+    return ServerConfig(data_dir=tmp_path, storage=storage_config,
+                        engine=EngineConfig(max_context=1024, max_new_tokens=64, max_queue=8))
+
+
+@pytest.fixture
+async def admin(aiohttp_client, tiny_model, tmp_path, storage_config):
     """The app with the admin API enabled (bearer ADMIN_TOKEN)."""
-    config = ServerConfig(data_dir=tmp_path, http=HttpConfig(admin_token=ADMIN_TOKEN),
+    config = ServerConfig(data_dir=tmp_path, http=HttpConfig(admin_token=ADMIN_TOKEN), storage=storage_config,
                           engine=EngineConfig(max_context=1024, max_new_tokens=64))
     return await aiohttp_client(create_app(config, model=tiny_model))
 
@@ -55,10 +74,11 @@ async def client(aiohttp_client, tiny_model, server_config):
 
 
 @pytest.fixture
-def make_client(aiohttp_client, tiny_model, tmp_path):
+def make_client(aiohttp_client, tiny_model, tmp_path, storage_config):
     """make(http={...}, chat={...}, engine=EngineConfig(...)): an app whose config differs in these fields."""
     async def make(http: dict | None = None, chat: dict | None = None, engine: EngineConfig | None = None):
         config = ServerConfig(data_dir=tmp_path, http=HttpConfig(**(http or {})), chat=ChatConfig(**(chat or {})),
+                              storage=storage_config,
                               engine=engine or EngineConfig(max_context=1024, max_new_tokens=64))
         return await aiohttp_client(create_app(config, model=tiny_model))
 

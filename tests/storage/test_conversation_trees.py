@@ -2,21 +2,19 @@
 transcripts stored before trees into single branches, and a downgrade keeps each active path."""
 
 import asyncio
-import sqlite3
-from datetime import datetime, timezone
 
 import pytest
 
 from alembic import command
-from storage import TranscriptStore, create_db_engine, db_sessionmaker, sqlite_url, upgrade
+from storage import TranscriptStore, create_db_engine, db_sessionmaker, upgrade
 from storage.migrations import alembic_config
+from tests.helpers.database import sql
 
 
 @pytest.fixture
-async def repo(tmp_path):
-    url = sqlite_url(tmp_path / "chat.db")
-    await asyncio.to_thread(upgrade, url)
-    db_engine = create_db_engine(url)
+async def repo(database_url):
+    await asyncio.to_thread(upgrade, database_url)
+    db_engine = create_db_engine(database_url)
     yield TranscriptStore(db_sessionmaker(db_engine))
     await db_engine.dispose()
 
@@ -51,22 +49,22 @@ async def test_an_unanswered_question_on_a_branch_is_answered_there(repo):
     assert [m.content for m in conversation.path(conversation.newest_leaf(u1.id))] == ["q1", "a1"]  # kept
 
 
-def _legacy_rows(db: sqlite3.Connection) -> None:
-    now = datetime.now(timezone.utc).isoformat()
+def _legacy_rows(url: str) -> None:
+    """Transcripts as the 0001 schema holds them."""
+    now = "2026-01-01 00:00:00"
     for sid, contents in (("a", ["q1", "a1", "q2", "a2"]), ("b", ["only"]), ("c", [])):
-        db.execute("insert into sessions (id, token_hash, title, model, num_tokens, created_at, updated_at) "
-                   "values (?, ?, ?, 'm', 0, ?, ?)", (sid, "h" * 64, sid, now, now))
+        sql(url, "insert into sessions (id, token_hash, title, model, num_tokens, created_at, updated_at) "
+                 f"values (:sid, :hash, :sid, 'm', 0, '{now}', '{now}')", sid=sid, hash="h" * 64)
         for seq, content in enumerate(contents):
-            db.execute("insert into messages (session_id, seq, role, content, created_at) values (?, ?, ?, ?, ?)",
-                       (sid, seq, "user" if seq % 2 == 0 else "assistant", content, now))
-    db.commit()
+            sql(url, f"insert into messages (session_id, seq, role, content, created_at) "
+                     f"values (:sid, :seq, :role, :content, '{now}')",
+                sid=sid, seq=seq, role="user" if seq % 2 == 0 else "assistant", content=content)
 
 
-async def test_the_migration_turns_stored_transcripts_into_single_branches_and_loses_nothing(tmp_path):
-    url = sqlite_url(tmp_path / "chat.db")
+async def test_the_migration_turns_stored_transcripts_into_single_branches_and_loses_nothing(database_url):
+    url = database_url
     await asyncio.to_thread(upgrade, url, "0001")
-    with sqlite3.connect(tmp_path / "chat.db") as db:
-        _legacy_rows(db)
+    _legacy_rows(url)
     await asyncio.to_thread(upgrade, url)
     db_engine = create_db_engine(url)
     try:
@@ -83,8 +81,8 @@ async def test_the_migration_turns_stored_transcripts_into_single_branches_and_l
         await db_engine.dispose()
 
 
-async def test_a_downgrade_keeps_each_active_path(tmp_path):
-    url = sqlite_url(tmp_path / "chat.db")
+async def test_a_downgrade_keeps_each_active_path(database_url):
+    url = database_url
     await asyncio.to_thread(upgrade, url)
     db_engine = create_db_engine(url)
     try:
@@ -96,6 +94,5 @@ async def test_a_downgrade_keeps_each_active_path(tmp_path):
     finally:
         await db_engine.dispose()
     await asyncio.to_thread(command.downgrade, alembic_config(url), "0001")
-    with sqlite3.connect(tmp_path / "chat.db") as db:
-        rows = db.execute("select seq, content from messages where session_id='s' order by seq").fetchall()
-    assert rows == [(0, "q1"), (2, "a1 again")]
+    assert sql(url, "select seq, content from messages where session_id = 's' order by seq") == [
+        (0, "q1"), (2, "a1 again")]

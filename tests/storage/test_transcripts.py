@@ -2,30 +2,36 @@
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
-from storage import StorageUnavailable, TranscriptStore, create_db_engine, db_sessionmaker, sqlite_url, upgrade
+from alembic import command
+from storage.migrations import alembic_config
+from storage import StorageUnavailable, TranscriptStore, create_db_engine, db_sessionmaker, upgrade
+from tests.helpers.database import backend, sql, table_names
 
 
 @pytest.fixture
-async def repo(tmp_path):
-    url = sqlite_url(tmp_path / "chat.db")
-    await asyncio.to_thread(upgrade, url)  # alembic runs its own event loop
-    db_engine = create_db_engine(url)
+async def repo(database_url):
+    await asyncio.to_thread(upgrade, database_url)  # alembic runs its own event loop
+    db_engine = create_db_engine(database_url)
     yield TranscriptStore(db_sessionmaker(db_engine))
     await db_engine.dispose()
 
 
-def test_migration_creates_the_schema_and_is_idempotent(tmp_path):
-    url = sqlite_url(tmp_path / "chat.db")
-    upgrade(url)
-    upgrade(url)  # already at head: nothing to do
-    db = sqlite3.connect(tmp_path / "chat.db")
-    tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
-    assert {"sessions", "messages", "turn_drafts", "alembic_version"} <= tables
-    assert db.execute("select version_num from alembic_version").fetchone() == ("0003",)
-    assert db.execute("pragma journal_mode").fetchone() == ("wal",)
+def test_migration_creates_the_schema_and_is_idempotent(database_url):
+    upgrade(database_url)
+    upgrade(database_url)  # already at head: nothing to do
+    assert {"sessions", "messages", "turn_drafts", "alembic_version"} <= table_names(database_url)
+    assert sql(database_url, "select version_num from alembic_version") == [("0003",)]
+
+
+@pytest.mark.skipif(backend() != "sqlite", reason="SQLite's journal")
+def test_sqlite_runs_in_wal_mode(database_url, tmp_path):
+    upgrade(database_url)
+    assert sqlite3.connect(tmp_path / "chat.db").execute("pragma journal_mode").fetchone() == ("wal",)
 
 
 async def test_messages_keep_their_order_and_usage(repo):
@@ -41,7 +47,7 @@ async def test_messages_keep_their_order_and_usage(repo):
     assert record.updated_at >= record.created_at
 
 
-async def test_foreign_keys_are_enforced_and_delete_cascades(repo, tmp_path):
+async def test_foreign_keys_are_enforced_and_delete_cascades(repo, database_url):
     from sqlalchemy.exc import IntegrityError
 
     with pytest.raises(IntegrityError):
@@ -50,8 +56,7 @@ async def test_foreign_keys_are_enforced_and_delete_cascades(repo, tmp_path):
     await repo.add_message("s2", "user", "x")
     assert await repo.delete("s2") is True
     assert await repo.get("s2") is None
-    db = sqlite3.connect(tmp_path / "chat.db")
-    assert db.execute("select count(*) from messages where session_id='s2'").fetchone() == (0,)
+    assert sql(database_url, "select count(*) from messages where session_id = 's2'") == [(0,)]
     assert await repo.delete("s2") is False
 
 
@@ -71,6 +76,37 @@ async def test_a_database_that_refuses_raises_storage_unavailable(tmp_path):
             await call
 
 
+async def test_a_postgresql_that_refuses_raises_storage_unavailable_and_a_bug_stays_a_bug():
+    """asyncpg reports a server shutting down (SQLSTATE 57P01) or a full disk (53100) as a generic DBAPIError;
+    an error in the statement (42601) is no refusal."""
+    from sqlalchemy.exc import DBAPIError
+
+    class PgError(Exception):
+        def __init__(self, sqlstate: str):
+            super().__init__(f"sqlstate {sqlstate}")
+            self.sqlstate = sqlstate
+
+    def failing(sqlstate: str):
+        def sessionmaker():
+            raise DBAPIError("SELECT", {}, PgError(sqlstate))
+        return sessionmaker
+
+    for sqlstate in ("57P01", "53100", "08006", "40001"):
+        with pytest.raises(StorageUnavailable, match=sqlstate):
+            await TranscriptStore(failing(sqlstate)).ping()
+    with pytest.raises(DBAPIError, match="42601"):
+        await TranscriptStore(failing("42601")).ping()
+
+
+async def test_an_unreachable_postgresql_raises_storage_unavailable(unused_tcp_port):
+    db_engine = create_db_engine(f"postgresql+asyncpg://nobody@127.0.0.1:{unused_tcp_port}/nothing")
+    try:
+        with pytest.raises(StorageUnavailable):
+            await TranscriptStore(db_sessionmaker(db_engine)).ping()
+    finally:
+        await db_engine.dispose()
+
+
 async def test_user_messages_left_unanswered_are_answered_once_with_the_given_reason(repo):
     for sid in ("answered", "unanswered", "empty"):
         await repo.create(sid, "h" * 64, "m")
@@ -85,3 +121,40 @@ async def test_user_messages_left_unanswered_are_answered_once_with_the_given_re
     assert [m.content for m in await repo.messages("answered")] == ["q", "a"]
     assert await repo.messages("empty") == []
     assert await repo.close_unanswered("interrupted") == []  # nothing left to answer
+
+
+def test_every_migration_goes_down_and_up_again(database_url):
+    upgrade(database_url)
+    command.downgrade(alembic_config(database_url), "base")
+    assert table_names(database_url) == {"alembic_version"}
+    upgrade(database_url)
+    assert {"sessions", "messages", "turn_drafts"} <= table_names(database_url)
+    assert sql(database_url, "select version_num from alembic_version") == [("0003",)]
+
+
+async def test_messages_added_at_once_to_one_session_each_get_their_own_place(repo, database_url):
+    """Writers that do not wait for each other (two connections, two servers): every message is stored,
+    in a seq of its own, after the one that was the active leaf when it was stored."""
+    await repo.create("s", "h" * 64, "m")
+    other_engine = create_db_engine(database_url)
+    other = TranscriptStore(db_sessionmaker(other_engine))
+    try:
+        stored = await asyncio.gather(*(store.add_message("s", "user", f"m{i}")
+                                        for i in range(12) for store in (repo, other)))
+    finally:
+        await other_engine.dispose()
+    conversation = await repo.conversation("s")
+    assert sorted(m.seq for m in conversation.messages) == list(range(24))
+    assert len(conversation.path()) == 24  # one chain: each message followed the leaf before it
+    assert {m.id for m in stored} == {m.id for m in conversation.messages}
+
+
+@pytest.mark.skipif(backend() != "postgresql", reason="servers share one database on PostgreSQL only")
+def test_servers_starting_at_once_migrate_the_database_once(database_url):
+    """Separate processes, as servers are (alembic's context is one per process)."""
+    code = "import sys; from storage import upgrade; upgrade(sys.argv[1])"
+    processes = [subprocess.Popen([sys.executable, "-c", code, database_url], stderr=subprocess.PIPE, text=True)
+                 for _ in range(3)]
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0], errors
+    assert sql(database_url, "select version_num from alembic_version") == [("0003",)]

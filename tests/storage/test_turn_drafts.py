@@ -3,20 +3,19 @@ or the session; a process killed mid-turn leaves its draft as the interrupted an
 and removes the table without touching the transcripts."""
 
 import asyncio
-import sqlite3
 
 import pytest
 
 from alembic import command
-from storage import TranscriptStore, create_db_engine, db_sessionmaker, sqlite_url, upgrade
+from storage import TranscriptStore, create_db_engine, db_sessionmaker, upgrade
 from storage.migrations import alembic_config
+from tests.helpers.database import sql, table_names
 
 
 @pytest.fixture
-async def repo(tmp_path):
-    url = sqlite_url(tmp_path / "chat.db")
-    await asyncio.to_thread(upgrade, url)
-    db_engine = create_db_engine(url)
+async def repo(database_url):
+    await asyncio.to_thread(upgrade, database_url)
+    db_engine = create_db_engine(database_url)
     yield TranscriptStore(db_sessionmaker(db_engine))
     await db_engine.dispose()
 
@@ -30,6 +29,20 @@ async def test_a_draft_is_replaced_by_the_next_checkpoint(repo):
     assert await repo.draft("s") == (q.id, "Once upon")
 
 
+async def test_checkpoints_written_at_once_leave_one_draft(repo, database_url):
+    """Two writers without turns (two connections): each checkpoint replaces the draft, none fails."""
+    await repo.create("s", "h" * 64, "m")
+    q = await repo.add_message("s", "user", "q")
+    other_engine = create_db_engine(database_url)
+    other = TranscriptStore(db_sessionmaker(other_engine))
+    try:
+        await asyncio.gather(*(store.save_draft("s", q.id, f"draft {i}") for i in range(8) for store in (repo, other)))
+    finally:
+        await other_engine.dispose()
+    assert sql(database_url, "select count(*) from turn_drafts") == [(1,)]
+    assert (await repo.draft("s"))[1].startswith("draft ")
+
+
 async def test_the_stored_answer_takes_its_draft_away_and_a_question_does_not(repo):
     await repo.create("s", "h" * 64, "m")
     q = await repo.add_message("s", "user", "q")
@@ -40,13 +53,12 @@ async def test_the_stored_answer_takes_its_draft_away_and_a_question_does_not(re
     assert await repo.draft("s") is None
 
 
-async def test_deleting_a_session_deletes_its_draft(repo, tmp_path):
+async def test_deleting_a_session_deletes_its_draft(repo, database_url):
     for sid in ("gone", "kept"):
         await repo.create(sid, "h" * 64, "m")
         await repo.save_draft(sid, (await repo.add_message(sid, "user", "q")).id, "draft of " + sid)
     assert await repo.delete("gone") is True
-    with sqlite3.connect(tmp_path / "chat.db") as db:
-        assert db.execute("select session_id, content from turn_drafts").fetchall() == [("kept", "draft of kept")]
+    assert sql(database_url, "select session_id, content from turn_drafts") == [("kept", "draft of kept")]
 
 
 async def test_a_turn_killed_mid_answer_keeps_its_draft_as_the_interrupted_answer(repo):
@@ -74,21 +86,24 @@ async def test_a_turn_killed_mid_answer_keeps_its_draft_as_the_interrupted_answe
     assert await repo.close_unanswered("interrupted") == []
 
 
-async def test_migration_0003_adds_and_removes_drafts_and_keeps_the_transcripts(tmp_path):
-    url = sqlite_url(tmp_path / "chat.db")
+async def test_migration_0003_adds_and_removes_drafts_and_keeps_the_transcripts(database_url):
+    url = database_url
     await asyncio.to_thread(upgrade, url, "0002")
-    with sqlite3.connect(tmp_path / "chat.db") as db:  # a transcript as the 0002 schema holds it
-        db.execute("insert into sessions (id, token_hash, model, num_tokens, created_at, updated_at, active_leaf_id) "
-                   "values ('s', ?, 'm', 0, '2026-01-01 00:00:00', '2026-01-01 00:00:00', 3)", ("h" * 64,))
-        for i, (role, content, reason) in enumerate([("user", "q1", None), ("assistant", "a1", "stop"),
-                                                     ("user", "q2", None)], start=1):
-            db.execute("insert into messages (id, session_id, seq, parent_id, role, content, finish_reason, created_at) "
-                       "values (?, 's', ?, ?, ?, ?, ?, '2026-01-01 00:00:00')", (i, i - 1, i - 1 or None, role, content, reason))
-    q2_id = 3
+    # a transcript as the 0002 schema holds it (ids from the database: PostgreSQL's sequence stays in step)
+    sql(url, "insert into sessions (id, token_hash, model, num_tokens, created_at, updated_at) "
+             "values ('s', :hash, 'm', 0, '2026-01-01 00:00:00', '2026-01-01 00:00:00')", hash="h" * 64)
+    parent = None
+    for seq, (role, content, reason) in enumerate([("user", "q1", None), ("assistant", "a1", "stop"),
+                                                   ("user", "q2", None)]):
+        [(parent,)] = sql(url, "insert into messages (session_id, seq, parent_id, role, content, finish_reason, "
+                               "created_at) values ('s', :seq, :parent, :role, :content, :reason, "
+                               "'2026-01-01 00:00:00') returning id",
+                          seq=seq, parent=parent, role=role, content=content, reason=reason)
+    q2_id = parent
+    sql(url, "update sessions set active_leaf_id = :leaf where id = 's'", leaf=q2_id)
 
     def rows() -> list[tuple]:
-        with sqlite3.connect(tmp_path / "chat.db") as db:
-            return db.execute("select id, parent_id, role, content, finish_reason from messages order by seq").fetchall()
+        return sql(url, "select id, parent_id, role, content, finish_reason from messages order by seq")
 
     before = rows()
     await asyncio.to_thread(upgrade, url, "0003")
@@ -102,10 +117,8 @@ async def test_migration_0003_adds_and_removes_drafts_and_keeps_the_transcripts(
         await db_engine.dispose()
 
     await asyncio.to_thread(command.downgrade, alembic_config(url), "0002")
-    with sqlite3.connect(tmp_path / "chat.db") as db:
-        tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
-        assert "turn_drafts" not in tables
-        assert db.execute("select version_num from alembic_version").fetchone() == ("0002",)
+    assert "turn_drafts" not in table_names(url)
+    assert sql(url, "select version_num from alembic_version") == [("0002",)]
     assert rows() == before
     await asyncio.to_thread(upgrade, url)  # and up again
     db_engine = create_db_engine(url)
