@@ -148,8 +148,8 @@ class TranscriptStore:
                         values["num_tokens"] = session_tokens
                     await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(**values))
                     if title:
-                        await db.execute(update(SessionRow).where(SessionRow.id == session_id, SessionRow.title.is_(None))
-                                         .values(title=title))
+                        await db.execute(update(SessionRow).values(title=title)
+                                         .where(SessionRow.id == session_id, SessionRow.title.is_(None)))
                     if role == "assistant":
                         await db.execute(delete(TurnDraftRow).where(TurnDraftRow.session_id == session_id))
                     return _message(row)

@@ -1,7 +1,7 @@
 """The database a test runs on, from one place: SQLite in the test's tmp_path, or, when TEST_DATABASE_URL
 names a PostgreSQL database (scripts/test.sh sets it to a throwaway server's, scripts/postgres.sh), a
-new empty database on that server, created for the test (about 50 ms) and dropped once it is over (when the next test's is made, or
-at the end of the run)."""
+new empty database on that server, created for the test (about 50 ms) and dropped once it is over (when
+the next test's is made, or at the end of the run)."""
 
 from __future__ import annotations
 

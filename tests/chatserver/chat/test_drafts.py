@@ -120,8 +120,8 @@ async def test_no_checkpoint_when_disabled_or_with_no_question_to_answer():
 
 
 async def test_a_served_turn_checkpoints_its_answer_and_storing_the_answer_removes_the_draft(
-        aiohttp_client, tiny_model, tmp_path, monkeypatch):
-    config = ServerConfig(data_dir=tmp_path, chat=ChatConfig(draft_seconds=0.05),
+        aiohttp_client, tiny_model, tmp_path, monkeypatch, storage_config):
+    config = ServerConfig(data_dir=tmp_path, chat=ChatConfig(draft_seconds=0.05), storage=storage_config,
                           engine=EngineConfig(max_context=1024, max_new_tokens=64))
     client = await aiohttp_client(create_app(config, model=tiny_model))
     repo = client.app[keys.transcripts]

@@ -6,7 +6,6 @@ held between two steps (a query that blocks its thread)."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 
 import pytest
@@ -16,6 +15,7 @@ from chatserver.app import create_app
 from chatserver.config import ServerConfig
 from engine import EngineConfig
 from tests.helpers.chat import Chat, bare
+from tests.helpers.database import sql
 from tests.helpers.polling import wait_until
 from tests.helpers.turn_frames import assert_one_turn_in_order, read_turn, text_of
 
@@ -257,9 +257,11 @@ async def test_last_seq_without_a_session_is_refused(connect):
     assert refused["type"] == "error" and refused["code"] == "bad_request"
 
 
-async def test_shutdown_cancels_a_running_detached_turn_and_stores_it(aiohttp_client, tiny_model, tmp_path):
+async def test_shutdown_cancels_a_running_detached_turn_and_stores_it(aiohttp_client, tiny_model, tmp_path,
+                                                                       storage_config):
     client = await aiohttp_client(create_app(
-        ServerConfig(data_dir=tmp_path, engine=EngineConfig(max_context=1024, max_new_tokens=64)), model=tiny_model))
+        ServerConfig(data_dir=tmp_path, storage=storage_config,
+                     engine=EngineConfig(max_context=1024, max_new_tokens=64)), model=tiny_model))
     chat = Chat(await client.ws_connect("/ws"))
     session = await chat.hello()
     await _start(chat, 1)
@@ -269,17 +271,17 @@ async def test_shutdown_cancels_a_running_detached_turn_and_stores_it(aiohttp_cl
     await asyncio.sleep(0.3)  # the shutdown has asked the engine to cancel the turn
     hold.release()
     await closing
-    with sqlite3.connect(tmp_path / "chat.db") as db:
-        rows = db.execute("SELECT role, finish_reason FROM messages WHERE session_id = ? ORDER BY seq",
-                          (session["session_id"],)).fetchall()
+    rows = sql(storage_config.database_url,
+               "SELECT role, finish_reason FROM messages WHERE session_id = :sid ORDER BY seq", sid=session["session_id"])
     assert rows == [("user", None), ("assistant", "cancelled")]
 
 
 async def test_a_user_message_left_unanswered_by_a_dead_server_reads_as_interrupted(aiohttp_client, tiny_model,
-                                                                                    tmp_path):
+                                                                                    tmp_path, storage_config):
     """What a server killed mid-turn leaves (the user message stored, no answer) is answered at the next
     start: an empty assistant message, finish_reason "interrupted"; the conversation goes on."""
-    config = ServerConfig(data_dir=tmp_path, engine=EngineConfig(max_context=1024, max_new_tokens=64))
+    config = ServerConfig(data_dir=tmp_path, storage=storage_config,
+                          engine=EngineConfig(max_context=1024, max_new_tokens=64))
     first = await aiohttp_client(create_app(config, model=tiny_model))
     chat = Chat(await first.ws_connect("/ws"))
     session = await chat.hello()

@@ -5,12 +5,14 @@ from chatserver import keys
 from chatserver.app import create_app
 from chatserver.config import ServerConfig
 from engine import EngineConfig, KVStoreConfig
+from storage import StorageConfig
 from tests.helpers.chat import Chat
 from tests.helpers.polling import wait_until
 
 
-def _config(tmp_path, **kv) -> ServerConfig:
-    return ServerConfig(data_dir=tmp_path, engine=EngineConfig(max_context=1024, max_new_tokens=64, kv=KVStoreConfig(**kv)))
+def _config(tmp_path, storage: StorageConfig, **kv) -> ServerConfig:
+    return ServerConfig(data_dir=tmp_path, storage=storage,
+                        engine=EngineConfig(max_context=1024, max_new_tokens=64, kv=KVStoreConfig(**kv)))
 
 
 async def _tier(client, session_id: str) -> str:
@@ -26,8 +28,9 @@ async def _open(client, **hello):
     return chat, await chat.hello(**hello)
 
 
-async def test_restart_resumes_warm_from_disk_and_a_corrupt_file_recomputes(aiohttp_client, tiny_model, tmp_path):
-    client = await aiohttp_client(create_app(_config(tmp_path), model=tiny_model))
+async def test_restart_resumes_warm_from_disk_and_a_corrupt_file_recomputes(aiohttp_client, tiny_model, tmp_path,
+        storage_config):
+    client = await aiohttp_client(create_app(_config(tmp_path, storage_config), model=tiny_model))
     sessions = []
     for _ in range(2):
         chat, session = await _open(client)
@@ -40,7 +43,7 @@ async def test_restart_resumes_warm_from_disk_and_a_corrupt_file_recomputes(aioh
     assert len(list((tmp_path / "kv" / "chunks").iterdir())) == 1
 
     # damage the second session's manifest
-    client = await aiohttp_client(create_app(_config(tmp_path), model=tiny_model))
+    client = await aiohttp_client(create_app(_config(tmp_path, storage_config), model=tiny_model))
     disk = client.app[keys.kv_files]
     damaged = disk.sessions_dir / (disk.file_name(sessions[1][0]["session_id"]) + ".json")
     damaged.write_bytes(damaged.read_bytes()[:-64])
@@ -61,8 +64,9 @@ async def test_restart_resumes_warm_from_disk_and_a_corrupt_file_recomputes(aioh
     assert stats["recomputes"] == 1 and stats["restore_failures"] == {"corrupt": 1}
 
 
-async def test_spill_on_disconnect_and_prefetch_on_resume(aiohttp_client, tiny_model, tmp_path):
-    client = await aiohttp_client(create_app(_config(tmp_path, spill_on_disconnect=True), model=tiny_model))
+async def test_spill_on_disconnect_and_prefetch_on_resume(aiohttp_client, tiny_model, tmp_path,
+        storage_config):
+    client = await aiohttp_client(create_app(_config(tmp_path, storage_config, spill_on_disconnect=True), model=tiny_model))
     chat, session = await _open(client)
     await chat.turn("hello", max_tokens=4, temperature=0)
     await chat.ws.close()
@@ -82,11 +86,12 @@ async def test_spill_on_disconnect_and_prefetch_on_resume(aiohttp_client, tiny_m
     assert done["cache"] == "disk" and done["usage"]["cached_tokens"] > 0
 
 
-async def test_ram_limit_spills_other_sessions_and_all_answers_complete(aiohttp_client, tiny_model, tmp_path):
+async def test_ram_limit_spills_other_sessions_and_all_answers_complete(aiohttp_client, tiny_model, tmp_path,
+        storage_config):
     # the tiny model's KV is 256 bytes per token in float16, reserved in 256-token steps (64 KB):
     # 150 KB of RAM holds two of these sessions
     limit = 150_000
-    config = _config(tmp_path, max_ram_bytes=limit)
+    config = _config(tmp_path, storage_config, max_ram_bytes=limit)
     client = await aiohttp_client(create_app(config, model=tiny_model))
     chats = [await _open(client) for _ in range(4)]
     for chat, _ in chats:
