@@ -22,15 +22,28 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-# The browser tests (tests/web) drive Debian's Chromium through Playwright, which cannot download
-# browsers of its own here. Install it when missing (as root in CI, else with sudo when available).
-if [ -n "$extras" ] && [ ! -x /usr/bin/chromium ]; then
-  if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else sudo="none"; fi
-  if [ "$sudo" = none ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "setup.sh: /usr/bin/chromium is missing and cannot be installed here (need root or sudo, and apt-get);" \
-         "the browser tests in tests/web will fail" >&2
-  else
-    $sudo apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+# Debian packages the tests need, installed when missing (as root in CI, else with sudo when available):
+# Chromium for the browser tests (tests/web, through Playwright, which cannot download browsers of its
+# own here) and PostgreSQL for the database tests' second run (scripts/test_postgres.sh starts a server of
+# its own from the package's binaries; the package's default cluster is not created, so no service of it
+# runs or matters).
+if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else sudo="none"; fi
+command -v apt-get >/dev/null 2>&1 || sudo="none"
+apt_install() {  # apt_install PACKAGE WHAT-IT-IS-FOR
+  if [ "$sudo" = none ]; then
+    echo "setup.sh: $1 is missing and cannot be installed here (need root or sudo, and apt-get); $2 will fail" >&2
+    return 0
   fi
+  [ -n "${apt_updated:-}" ] || { $sudo apt-get update -qq; apt_updated=1; }
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+}
+if [ -n "$extras" ] && [ ! -x /usr/bin/chromium ]; then
+  apt_install chromium "the browser tests in tests/web"
+fi
+if [ -n "$extras" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  apt_install postgresql-common "the database tests on PostgreSQL"
+  if [ "$sudo" != none ] && [ -f /etc/postgresql-common/createcluster.conf ]; then
+    $sudo sed -i 's/^#* *create_main_cluster *=.*/create_main_cluster = false/' /etc/postgresql-common/createcluster.conf
+  fi
+  apt_install postgresql "the database tests on PostgreSQL"
 fi
