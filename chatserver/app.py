@@ -14,13 +14,13 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from chatserver import keys, routes
-from chatserver.chat import ChatService, LiveSessions, close_all
+from chatserver.chat import ChatService, LiveSessions, Ownership, close_all
 from chatserver.config import ServerConfig
 from chatserver.engine_client import EngineClient
 from chatserver.ops import ConnectionGate, Metrics, TurnRate
 from engine import KVSpec, LoadedModel, start_engine
-from storage import (KVFileStore, KVLayout, KVTiers, RedisKVStore, StorageUnavailable, TranscriptStore,
-                     create_db_engine, db_sessionmaker, upgrade)
+from storage import (AdvisoryLocks, KVFileStore, KVLayout, KVTiers, Leases, RedisKVStore, StorageUnavailable,
+                     TranscriptStore, create_db_engine, db_sessionmaker, upgrade)
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,18 @@ def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Ap
             log.warning("could not mark interrupted turns: %s", exc)
         client, loaded = app[keys.engine], app[keys.model]
         on_idle = (lambda sid: client.spill_soon(sid, "disconnect")) if config.engine.kv.spill_on_disconnect else None
+        ownership = None
+        if config.chat.replica_name:  # a cluster: one replica serves a session at a time (docs/SCALING.md)
+            locks = AdvisoryLocks(db_engine) if db_engine.dialect.name == "postgresql" else None
+            ownership = Ownership(Leases(db_sessionmaker(db_engine), config.chat.replica_name,
+                                         config.chat.lease_seconds, locks))
         sessions = app[keys.sessions] = LiveSessions(app[keys.transcripts], loaded.name, on_idle,
-                                                     config.chat.detached_turn_seconds)
+                                                     config.chat.detached_turn_seconds, ownership)
         app[keys.chat] = ChatService(config.chat, client, client.engine.chat_format, app[keys.transcripts], sessions,
                                      TurnRate(config.chat.turns_per_minute), config.engine.max_new_tokens)
         yield
+        if ownership is not None:  # after the turns ended (close_all): other replicas may take them at once
+            await ownership.stop()
         await db_engine.dispose()
 
     app.cleanup_ctx.append(engine)

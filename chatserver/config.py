@@ -62,6 +62,13 @@ class ChatConfig:
         "unit": "s",
         "help": "while an answer streams, the text so far is written to the database this often (0: never); a "
                 "server killed mid-answer (kill -9, power loss) keeps it as the answer, marked interrupted"})
+    replica_name: str | None = field(default=None, metadata={
+        "help": "this server's name in a cluster of replicas sharing one database (docs/SCALING.md): a session "
+                "is served by one replica at a time, under a lease; the session and done frames name the replica "
+                "(default: none, a single server that owns every session)"})
+    lease_seconds: float = field(default=15.0, metadata={
+        "unit": "s", "help": "a replica's lease of a session lasts this long, renewed every third of it while the "
+                             "session is live; a silent replica's sessions become free when it runs out"})
     sampling: SamplingParams = field(default_factory=SamplingParams, metadata={
         "internal": True, "help": "defaults for the sampling fields a turn omits"})
 

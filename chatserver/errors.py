@@ -57,6 +57,17 @@ class Busy(ChatError):
     code, status = "busy", 409
 
 
+class SessionElsewhere(ChatError):
+    """Another live replica of the cluster serves this session (docs/SCALING.md): connect through the
+    balancer, which routes by session id, or retry once that replica has let the session go."""
+
+    code, status = "session_elsewhere", 409
+
+    def __init__(self, message: str, replica: str, retry_after: float | None = None):
+        super().__init__(message, retry_after=retry_after)
+        self.replica = replica
+
+
 class RequestTooLarge(ChatError):
     code, status = "request_too_large", 413
 
@@ -73,6 +84,7 @@ _STATUS = {
     "overloaded": 429,
     "unavailable": 503,
     "storage_unavailable": 503,
+    "session_moved": 409,  # storage.LeaseLost: another replica took the session
 }
 
 
@@ -104,6 +116,8 @@ def error_frame(exc: BaseException) -> dict:
     frame = {"type": "error", "code": code_of(exc), "message": message_of(exc)}
     if (seconds := retry_after_of(exc)) is not None:
         frame["retry_after"] = seconds
+    if isinstance(exc, SessionElsewhere):
+        frame["replica"] = exc.replica
     return frame
 
 

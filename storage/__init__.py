@@ -10,9 +10,10 @@ from storage.kv_files import KVFileStats, KVFileStore
 from storage.kv_format import KVLayout, chunk_names
 from storage.kv_redis import RedisKVStore, RedisUnavailable, SharedTierStats
 from storage.kv_tiers import KVTiers
+from storage.leases import AdvisoryLocks, Held, Lease, LeaseLost, Leases
 from storage.migrations import upgrade
 from storage.transcripts import SessionRecord, TranscriptStore
 
-__all__ = ["Conversation", "KVFileInvalid", "KVFileStats", "KVFileStore", "KVLayout", "KVTiers", "RedisKVStore", "RedisUnavailable", "SessionRecord", "StorageConfig", "StorageError",
+__all__ = ["AdvisoryLocks", "Conversation", "Held", "Lease", "LeaseLost", "Leases", "KVFileInvalid", "KVFileStats", "KVFileStore", "KVLayout", "KVTiers", "RedisKVStore", "RedisUnavailable", "SessionRecord", "StorageConfig", "StorageError",
            "SharedTierStats", "StorageUnavailable", "StoredMessage", "TranscriptStore", "create_db_engine", "db_sessionmaker",
            "chunk_names", "sqlite_url", "upgrade"]

@@ -67,3 +67,16 @@ class TurnDraftRow(Base):
     parent_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))  # the user message answered
     content: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SessionLeaseRow(Base):
+    """Which replica of a cluster serves a session (storage/leases.py): at most one at a time. `epoch` grows
+    by one whenever another replica takes the session; every commit of a turn names the epoch it holds,
+    so a replica that lost the session (paused, partitioned) can write nothing more to it."""
+
+    __tablename__ = "session_leases"
+
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64))  # the replica's name; None: released
+    epoch: Mapped[int] = mapped_column(Integer, default=1)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # renewed while the session is active

@@ -124,12 +124,13 @@ def parse_frame(text: str) -> AnyFrame:
 
 
 def session_frame(session_id: str, resume_token: str, resumed: bool, messages: list[dict], busy: bool,
-                  model: str, turn: TurnLog | None = None) -> dict:
+                  model: str, turn: TurnLog | None = None, replica: str | None = None) -> dict:
     """turn: the turn whose frames follow this one (running, or finished and partly missed), or None.
-    model: the served model's name."""
+    model: the served model's name; replica: this server's name in a cluster (omitted for a single server)."""
     shown = None if turn is None else {"turn_id": turn.turn_id, "running": not turn.is_finished}
-    return {"type": "session", "session_id": session_id, "resume_token": resume_token, "resumed": resumed,
-            "messages": messages, "busy": busy, "turn": shown, "model": model}
+    frame = {"type": "session", "session_id": session_id, "resume_token": resume_token, "resumed": resumed,
+             "messages": messages, "busy": busy, "turn": shown, "model": model}
+    return frame if replica is None else {**frame, "replica": replica}
 
 
 def message_items(conversation: Conversation, path: list[StoredMessage] | None = None) -> list[dict]:
@@ -164,6 +165,8 @@ def turn_frame(turn: TurnLog, seq: int, event: TurnEvent) -> dict:
         else:
             frame = {"type": "error", "code": event.code, "message": event.message}
         frame.update(message_id=turn.answer_id, user_message_id=turn.user_message_id, siblings=turn.answer_siblings)
+        if turn.replica is not None:
+            frame["replica"] = turn.replica
     else:
         frame = {"type": "token", "text": event.text}
     return {**frame, "turn_id": turn.turn_id, "seq": seq}

@@ -105,7 +105,7 @@ class ChatService:
             async with live.lock:
                 previous_leaf = live.conversation.active_leaf_id
                 asked = place.content if not place.is_new_answer else live.conversation.get(place.parent_id).content
-                turn_log = TurnLog(new_turn_id(), asked)
+                turn_log = TurnLog(new_turn_id(), asked, replica=self.sessions.replica)
                 stream = await self._start_stored(live, place, sampling, turn_log)
                 live.log, live.stream = turn_log, stream
                 restore_leaf = previous_leaf if place.is_new_answer else None

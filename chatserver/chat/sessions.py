@@ -16,6 +16,7 @@ from engine import TurnEvent
 from storage import Conversation, TranscriptStore
 
 if TYPE_CHECKING:
+    from chatserver.chat.ownership import Ownership
     from chatserver.engine_client import TurnStream
 
 log = logging.getLogger(__name__)
@@ -87,14 +88,27 @@ class LiveSessions:
     its session, and for `detached_turn_seconds` after the session has no connection and no turn left."""
 
     def __init__(self, transcripts: TranscriptStore, model_name: str, on_idle=None,
-                 detached_turn_seconds: float = 120.0):
-        """on_idle(session_id): called when a session's last connection leaves and no turn runs."""
+                 detached_turn_seconds: float = 120.0, ownership: Ownership | None = None):
+        """on_idle(session_id): called when a session's last connection leaves and no turn runs.
+        ownership: in a cluster, the leases of the sessions this replica serves (chat/ownership.py)."""
         self._repo = transcripts
         self._model_name = model_name
         self._on_idle = on_idle
         self.detached_turn_seconds = detached_turn_seconds
         self._live: dict[str, LiveSession] = {}
         self._parked: dict[str, tuple[float, TurnLog]] = {}  # logs of idle sessions: (monotonic expiry, log)
+        self.ownership = ownership
+        if ownership is not None:
+            ownership.on_lost, ownership.is_live = self._lost, lambda session_id: session_id in self._live
+
+    @property
+    def replica(self) -> str | None:
+        """This server's name in a cluster; None for a single server."""
+        return self.ownership.replica if self.ownership is not None else None
+
+    def lease_of(self, session_id: str):
+        """The lease under which this replica writes the session (None: a single server)."""
+        return self.ownership.lease_of(session_id) if self.ownership is not None else None
 
     def create(self) -> tuple[LiveSession, str]:
         """A new session, kept in memory until its first turn stores it (see store_if_new)."""
@@ -107,6 +121,8 @@ class LiveSessions:
         if not live.is_stored:
             await self._repo.create(live.id, live.token_hash, self._model_name)
             live.is_stored = True
+            if self.ownership is not None:
+                await self.ownership.claim(live.id)
 
     async def resume(self, session_id: str, token: str | None) -> LiveSession:
         live = self._live.get(session_id)
@@ -121,6 +137,8 @@ class LiveSessions:
             raise SessionNotFound(f"no session {session_id!r}")
         if token is None or not token_matches(token, token_hash):
             raise Unauthorized("wrong or missing resume_token for this session")
+        if self.ownership is not None:  # another live replica serving it: SessionElsewhere
+            await self.ownership.claim(session_id)
         if live is None:
             conversation = await self._repo.conversation(session_id)
             live = self._live.get(session_id)  # another connection may have loaded it while we awaited
@@ -174,6 +192,8 @@ class LiveSessions:
                 self._park(live.id, live.log)
             if self._on_idle is not None:
                 self._on_idle(live.id)
+            if self.ownership is not None:
+                asyncio.get_running_loop().create_task(self.ownership.let_go(live.id))
 
     def _park(self, session_id: str, turn_log: TurnLog) -> None:
         now = time.monotonic()
@@ -223,6 +243,19 @@ class LiveSessions:
             _cancel(live)
             await asyncio.gather(asyncio.shield(live.turn_task), return_exceptions=True)
         return live
+
+    async def _lost(self, session_id: str) -> None:
+        """Another replica took the session: its running turn here stops (its answer's commit is refused by
+        the fence) and every connection here is told (`session_moved`) and closed; a client reconnecting
+        through the balancer reaches the replica that serves it now."""
+        self._parked.pop(session_id, None)
+        live = self._live.pop(session_id, None)
+        if live is None:
+            return
+        if live.is_turn_running:
+            _cancel(live)
+        await asyncio.gather(*(conn.terminate("session_moved", "another replica serves this session now")
+                               for conn in list(live.connections)))
 
     async def disconnect(self, live: LiveSession, by: str) -> None:
         """Tell every connection of a deleted session (by: who deleted it) and close them."""

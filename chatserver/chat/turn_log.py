@@ -27,6 +27,7 @@ class TurnLog:
     is_answer_stored: bool = False  # the answer is in the stored transcript (set when the log finishes)
     answer_id: int | None = None  # the stored answer's id (set with is_answer_stored)
     answer_siblings: list[int] = field(default_factory=list)  # every answer to the question, oldest first
+    replica: str | None = None  # the cluster replica running the turn (None: a single server)
 
     @property
     def last_seq(self) -> int:

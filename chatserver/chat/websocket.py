@@ -25,6 +25,7 @@ from storage import Conversation
 log = logging.getLogger(__name__)
 
 SESSION_GONE = 4004  # WebSocket close code (application range): the session no longer exists
+SESSION_MOVED = 4009  # another replica of the cluster serves the session now: reconnect
 
 
 class Connection:
@@ -73,10 +74,11 @@ class Connection:
         self.post(path_frame(conversation, turn))
 
     async def terminate(self, code: str, message: str) -> None:
-        """Server-side end of this connection (its session was deleted): say why, close."""
+        """Server-side end of this connection (its session was deleted, or another replica serves it now):
+        say why, close (4004: gone; 4009: moved, reconnect through the balancer)."""
         self.post({"type": "error", "code": code, "message": message})
         await self.flush()
-        await self.ws.close(code=SESSION_GONE, message=code.encode())
+        await self.ws.close(code=SESSION_MOVED if code == "session_moved" else SESSION_GONE, message=code.encode())
 
     # ---- frames from the client
 
@@ -117,7 +119,8 @@ class Connection:
                 raise BadRequest("last_seq: only with the session_id of a session to resume", param="last_seq")
             live, token = self.sessions.create()
             self._attach(live)
-            self.post(session_frame(live.id, token, False, [], False, self.sessions.model_name))
+            self.post(session_frame(live.id, token, False, [], False, self.sessions.model_name,
+                                    replica=self.sessions.replica))
             return
         live = await self.sessions.resume(frame.session_id, frame.resume_token)
         self.engine.prefetch(live.id)  # KV back from disk while the person types
@@ -138,7 +141,7 @@ class Connection:
             # no await from here: every later event of the turn reaches this connection once, after these
             self._attach(live)
             self.post(session_frame(live.id, frame.resume_token, True, messages, live.is_busy,
-                                    self.sessions.model_name, turn))
+                                    self.sessions.model_name, turn, self.sessions.replica))
             if turn is not None:
                 for seq, event in turn.after(start - 1):
                     self.on_turn_event(turn, seq, event)
