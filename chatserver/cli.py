@@ -76,12 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         print(render_doc(), end="")
         return 0
     if args.command == "db":
+        from sqlalchemy.engine import make_url
+
         from storage import StorageConfig, upgrade
 
         args.data_dir.mkdir(parents=True, exist_ok=True)
         url = StorageConfig(database_url=args.database_url).db_url(args.data_dir)
         upgrade(url)
-        print(f"database at head: {url}")
+        print(f"database at head: {make_url(url).render_as_string(hide_password=True)}")
         return 0
     if args.command == "models":
         return _models(args)

@@ -10,7 +10,9 @@ from pathlib import Path
 @dataclass(frozen=True)
 class StorageConfig:
     database_url: str | None = field(default=None, metadata={
-        "help": "SQLAlchemy async URL of the transcript database (default: SQLite file DATA_DIR/chat.db)"})
+        "help": "SQLAlchemy async URL of the transcript database: sqlite+aiosqlite:///PATH, or "
+                "postgresql+asyncpg://USER[:PASSWORD]@HOST:PORT/DB for a cluster's shared one (docs/OPERATIONS.md) "
+                "(default: SQLite file DATA_DIR/chat.db)"})
     migrate: bool = field(default=True, metadata={
         "flag": "no-migrate", "negate": True, "help": "do not apply database migrations at start-up"})
     max_kv_disk_bytes: int = field(default=20 << 30, metadata={

@@ -10,11 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
 
 from chatserver.cli import build_parser, main
 from chatserver.config import ServerConfig
 from chatserver.options import config_from_args, options, render_doc
 from engine.model import CATALOG, default_gguf_path
+from storage.migrations import alembic_config
+from tests.helpers.database import sql
 from tests.helpers.paths import REPO
 from tests.helpers.wheels import publish_model
 
@@ -75,7 +79,25 @@ def test_db_upgrade_creates_the_schema(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=REPO)
     assert run.returncode == 0, run.stderr
     db = sqlite3.connect(tmp_path / "chat.db")
-    assert db.execute("select version_num from alembic_version").fetchone() == ("0003",)
+    assert db.execute("select version_num from alembic_version").fetchone() == (_head(),)
+
+
+def test_db_upgrade_migrates_the_database_url_and_prints_it_without_its_password(tmp_path, database_url):
+    """SQLite or, in the PostgreSQL run (scripts/test_postgres.sh), a PostgreSQL URL with a password (the
+    test server trusts loopback connections and does not ask for it)."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "postgresql":
+        url = url.set(password="pw-not-to-print")
+    run = subprocess.run([sys.executable, "-m", "chatserver", "db", "upgrade", "--data-dir", str(tmp_path),
+                          "--database-url", url.render_as_string(hide_password=False)],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert sql(database_url, "select version_num from alembic_version") == [(_head(),)]
+    assert "database at head:" in run.stdout and "pw-not-to-print" not in run.stdout + run.stderr
+
+
+def _head() -> str:
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
 def test_the_terminal_client_accepts_a_resume_token_that_begins_with_a_dash():

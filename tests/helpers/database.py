@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import subprocess
 import threading
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
 from storage import create_db_engine, sqlite_url
+from tests.helpers.paths import REPO
 
 ENV = "TEST_DATABASE_URL"
+SERVER_DIR_ENV = "TEST_POSTGRES_DIR"  # the directory of TEST_DATABASE_URL's server (scripts/postgres.sh)
 _created: list[str] = []  # names of the PostgreSQL databases made and not yet dropped
 
 
@@ -48,6 +51,22 @@ def drop_test_databases() -> None:
     while _created:
         _in_thread(_admin(os.environ[ENV], f'DROP DATABASE IF EXISTS "{_created[-1]}" WITH (FORCE)'))
         _created.pop()
+
+
+def stop_postgres() -> None:
+    """Stops the PostgreSQL server of TEST_DATABASE_URL (start_postgres starts it again)."""
+    _postgres_sh("stop")
+
+
+def start_postgres() -> None:
+    _postgres_sh("start")
+
+
+def _postgres_sh(action: str) -> None:
+    if not os.environ.get(SERVER_DIR_ENV):
+        raise RuntimeError(f"{SERVER_DIR_ENV} must name the server's directory (scripts/test_postgres.sh sets it)")
+    subprocess.run([str(REPO / "scripts" / "postgres.sh"), action, os.environ[SERVER_DIR_ENV]], check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def sql(url: str, statement: str, **params) -> list[tuple]:

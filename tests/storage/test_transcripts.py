@@ -11,7 +11,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from storage import StorageUnavailable, TranscriptStore, create_db_engine, db_sessionmaker, upgrade
 from storage.migrations import alembic_config
-from tests.helpers.database import backend, sql, table_names
+from tests.helpers.database import backend, sql, start_postgres, stop_postgres, table_names
 
 HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()  # the newest revision
 
@@ -161,3 +161,18 @@ def test_servers_starting_at_once_migrate_the_database_once(database_url):
     errors = [p.communicate(timeout=120)[1] for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0], errors
     assert sql(database_url, "select version_num from alembic_version") == [(HEAD,)]
+
+
+@pytest.mark.skipif(backend() != "postgresql", reason="restarts the PostgreSQL server")
+async def test_a_postgresql_restart_refuses_while_down_and_the_store_goes_on_after(repo):
+    await repo.create("s", "h" * 64, "m")
+    await repo.add_message("s", "user", "before")
+    stop_postgres()
+    try:
+        for call in (repo.ping(), repo.add_message("s", "user", "while down"), repo.get("s")):
+            with pytest.raises(StorageUnavailable):
+                await call
+    finally:
+        start_postgres()
+    await repo.add_message("s", "user", "after")  # the pool's dead connections are replaced
+    assert [m.content for m in await repo.messages("s")] == ["before", "after"]
