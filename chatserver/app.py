@@ -63,8 +63,10 @@ def create_app(config: ServerConfig, model: LoadedModel | None = None) -> web.Ap
             await asyncio.to_thread(upgrade, config.db_url)
         db_engine = create_db_engine(config.db_url)
         app[keys.transcripts] = TranscriptStore(db_sessionmaker(db_engine))
-        try:  # a turn the server was killed during left its user message unanswered
-            await app[keys.transcripts].close_unanswered("interrupted")
+        try:  # a turn the server was killed during left its user message unanswered (a cluster's replica
+            # closes those of each session it takes instead: others' turns run on: chat/sessions.py)
+            if not config.chat.replica_name:
+                await app[keys.transcripts].close_unanswered("interrupted")
         except StorageUnavailable as exc:
             log.warning("could not mark interrupted turns: %s", exc)
         client, loaded = app[keys.engine], app[keys.model]

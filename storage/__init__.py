@@ -10,7 +10,8 @@ from storage.kv_files import KVFileStats, KVFileStore
 from storage.kv_format import KVLayout, chunk_names
 from storage.kv_redis import RedisKVStore, RedisUnavailable, SharedTierStats
 from storage.kv_tiers import KVTiers
-from storage.leases import AdvisoryLocks, Held, Lease, LeaseLost, Leases
+from storage.fencing import Lease, LeaseLost
+from storage.leases import AdvisoryLocks, Held, Leases
 from storage.migrations import upgrade
 from storage.transcripts import SessionRecord, TranscriptStore
 

@@ -24,22 +24,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from storage.errors import StorageError
+from storage.fencing import Lease
 from storage.tables import SessionLeaseRow, utcnow
 from storage.transcripts import _refusals_typed
-
-
-class LeaseLost(StorageError):
-    """This replica no longer owns the session (another took it): nothing was written."""
-
-    code = "session_moved"
-
-
-@dataclass(frozen=True)
-class Lease:
-    session_id: str
-    owner: str
-    epoch: int
 
 
 @dataclass(frozen=True)
@@ -187,15 +174,3 @@ class Leases:
         async with self._sm() as db:
             row = (await db.execute(select(SessionLeaseRow).where(SessionLeaseRow.session_id == session_id))).scalar()
         return (row.owner, row.epoch) if row is not None else (None, 0)
-
-
-async def fence(db: AsyncSession, lease: Lease) -> None:
-    """In a write transaction: raise LeaseLost unless `lease` still holds the session. Locks the lease row
-    until the transaction ends, so a takeover waits for this commit, or this commit sees the takeover."""
-    result = await db.execute(
-        update(SessionLeaseRow)
-        .where(SessionLeaseRow.session_id == lease.session_id, SessionLeaseRow.owner == lease.owner,
-               SessionLeaseRow.epoch == lease.epoch)
-        .values(epoch=SessionLeaseRow.epoch))
-    if result.rowcount != 1:
-        raise LeaseLost(f"session {lease.session_id} is served by another replica now")

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.conversation import Conversation, StoredMessage
 from storage.errors import StorageUnavailable
+from storage.fencing import Lease, fence
 from storage.tables import MessageRow, SessionRow, TurnDraftRow, utcnow
 
 _ACTIVE_LEAF = object()  # add_message's default parent: the session's active leaf
@@ -126,15 +127,19 @@ class TranscriptStore:
         session_tokens: int | None = None,
         title: str | None = None,
         parent_id=_ACTIVE_LEAF,
+        lease: Lease | None = None,
     ) -> StoredMessage:
         """Add a message after parent_id (default: the active leaf; None: as the first message), make it the
         active leaf and touch the session; `title` is set only if the session has none. The parent must be
         a message of this session (the caller checks). An assistant message is the answer of the session's
-        turn: the turn's draft (save_draft) goes in the same transaction."""
+        turn: the turn's draft (save_draft) goes in the same transaction. lease: in a cluster, the lease this
+        replica writes the session under; LeaseLost (nothing written) once another replica has taken it."""
         for _ in range(_PLACE_ATTEMPTS):
             seq = None
             try:
                 async with self._sm.begin() as db:
+                    if lease is not None:
+                        await fence(db, lease)
                     leaf, seq = await _next_place(db, session_id)
                     row = MessageRow(
                         session_id=session_id, seq=seq, parent_id=leaf if parent_id is _ACTIVE_LEAF else parent_id,
@@ -164,7 +169,7 @@ class TranscriptStore:
                                    .where(MessageRow.session_id == session_id, MessageRow.seq == seq)) > 0
 
     @_refusals_typed
-    async def save_draft(self, session_id: str, parent_id: int, content: str) -> None:
+    async def save_draft(self, session_id: str, parent_id: int, content: str, lease: Lease | None = None) -> None:
         """Checkpoint the answer of the session's running turn: `content` is the whole answer so far, to user
         message `parent_id` of this stored session; it replaces the session's earlier draft. What a process
         killed mid-turn leaves of the answer (close_unanswered). The draft goes with the answer stored
@@ -172,6 +177,8 @@ class TranscriptStore:
         it to be replaced by the next turn's."""
         values = {"parent_id": parent_id, "content": content, "updated_at": utcnow()}
         async with self._sm.begin() as db:
+            if lease is not None:
+                await fence(db, lease)
             insert = postgresql.insert if db.get_bind().dialect.name == "postgresql" else sqlite.insert
             await db.execute(insert(TurnDraftRow).values(session_id=session_id, **values)
                              .on_conflict_do_update(index_elements=[TurnDraftRow.session_id], set_=values))
@@ -184,37 +191,47 @@ class TranscriptStore:
             return None if row is None else (row.parent_id, row.content)
 
     @_refusals_typed
-    async def set_active_leaf(self, session_id: str, leaf_id: int) -> bool:
+    async def set_active_leaf(self, session_id: str, leaf_id: int, lease: Lease | None = None) -> bool:
         """Make the path to leaf_id (a message of this session) the active one; False if there is no such
-        session."""
+        session. lease: as add_message's."""
         async with self._sm.begin() as db:
+            if lease is not None:
+                await fence(db, lease)
             result = await db.execute(update(SessionRow).where(SessionRow.id == session_id)
                                       .values(active_leaf_id=leaf_id))
             return result.rowcount > 0
 
     @_refusals_typed
-    async def close_unanswered(self, finish_reason: str) -> list[str]:
-        """Answer every session whose active leaf is a user message (its turn was never stored: the process
-        died) with an assistant message ending with `finish_reason`: the draft of that turn's answer
-        (save_draft), or empty without one. Then every draft goes. Call only while no turn runs (at
-        start-up). Returns the answered sessions' ids."""
+    async def close_unanswered(self, finish_reason: str, session_id: str | None = None,
+                               lease: Lease | None = None) -> list[str]:
+        """Answer every session (or just `session_id`) whose active leaf is a user message (its turn was never
+        stored: the process died) with an assistant message ending with `finish_reason`: the draft of that
+        turn's answer (save_draft), or empty without one. Then every draft (of that session) goes. Call only
+        while no turn of those sessions runs: at start-up, or (a cluster) when a replica takes a session
+        whose owner died (`lease`: the taker's, as add_message's). Returns the answered sessions' ids."""
         query = (select(MessageRow.session_id, MessageRow.id, TurnDraftRow.content)
                  .join(SessionRow, SessionRow.active_leaf_id == MessageRow.id)
                  .outerjoin(TurnDraftRow, (TurnDraftRow.session_id == MessageRow.session_id)
                             & (TurnDraftRow.parent_id == MessageRow.id))
                  .where(MessageRow.role == "user"))
+        drafts = delete(TurnDraftRow)
+        if session_id is not None:
+            query = query.where(MessageRow.session_id == session_id)
+            drafts = drafts.where(TurnDraftRow.session_id == session_id)
         now = utcnow()
         async with self._sm.begin() as db:
+            if lease is not None:
+                await fence(db, lease)
             rows = (await db.execute(query)).all()
-            for session_id, leaf_id, draft in rows:
-                _, seq = await _next_place(db, session_id)
-                row = MessageRow(session_id=session_id, seq=seq, parent_id=leaf_id, role="assistant",
+            for sid, leaf_id, draft in rows:
+                _, seq = await _next_place(db, sid)
+                row = MessageRow(session_id=sid, seq=seq, parent_id=leaf_id, role="assistant",
                                  content=draft or "", finish_reason=finish_reason, created_at=now)
                 db.add(row)
                 await db.flush()
-                await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(active_leaf_id=row.id))
-            await db.execute(delete(TurnDraftRow))
-        return [session_id for session_id, _, _ in rows]
+                await db.execute(update(SessionRow).where(SessionRow.id == sid).values(active_leaf_id=row.id))
+            await db.execute(drafts)
+        return [answered for answered, _, _ in rows]
 
     @_refusals_typed
     async def rename(self, session_id: str, title: str) -> bool:

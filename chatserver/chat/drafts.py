@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from storage import StorageUnavailable, TranscriptStore
+from storage import Lease, LeaseLost, StorageUnavailable, TranscriptStore
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,10 @@ class DraftCheckpoints:
     has ended); a failed write is logged and changes nothing else."""
 
     def __init__(self, transcripts: TranscriptStore, session_id: str, parent_id: int | None, interval_s: float,
-                 clock: Callable[[], float] = time.monotonic):
-        """parent_id: the user message the turn answers (None: nothing to checkpoint)."""
+                 clock: Callable[[], float] = time.monotonic, lease: Lease | None = None):
+        """parent_id: the user message the turn answers (None: nothing to checkpoint). lease: in a cluster,
+        the lease the session is written under (a replica that lost it writes no draft)."""
+        self._lease = lease
         self._transcripts = transcripts
         self._session_id = session_id
         self._parent_id = parent_id
@@ -52,8 +54,8 @@ class DraftCheckpoints:
 
     async def _save(self, content: str) -> None:
         try:
-            await self._transcripts.save_draft(self._session_id, self._parent_id, content)
-        except StorageUnavailable as exc:
+            await self._transcripts.save_draft(self._session_id, self._parent_id, content, lease=self._lease)
+        except (StorageUnavailable, LeaseLost) as exc:
             log.warning("could not checkpoint the answer of session %s: %s", self._session_id, exc)
         except Exception:
             log.exception("could not checkpoint the answer of session %s", self._session_id)

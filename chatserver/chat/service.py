@@ -29,7 +29,7 @@ from chatserver.engine_client import EngineClient, TurnStream
 from chatserver.errors import BadRequest, Busy
 from chatserver.ops import TurnRate
 from engine import ChatFormat, ChatMessage, ContextTooLong, DoneEvent, ErrorEvent, SamplingParams, TurnEvent, TurnRequest
-from storage import Conversation, StorageUnavailable, TranscriptStore
+from storage import Conversation, LeaseLost, StorageUnavailable, TranscriptStore
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class ChatService:
         leaf = branching.switch(live.conversation, message_id)  # raises MessageNotFound: nothing changed
         async with live.lock:  # a turn starting meanwhile reads kv_branch after the engine has switched
             if leaf != live.conversation.active_leaf_id:
-                await self.transcripts.set_active_leaf(live.id, leaf)
+                await self.transcripts.set_active_leaf(live.id, leaf, lease=self.sessions.lease_of(live.id))
                 live.conversation.active_leaf_id = leaf
             for conn in list(live.connections):
                 conn.on_path_changed(live.conversation, None)
@@ -150,9 +150,10 @@ class ChatService:
                 first = m.role == "user" and not live.has_turns
                 title = m.content.strip().splitlines()[0][:_TITLE_CHARS] if first else None
                 stored.append(await self.transcripts.add_message(
-                    live.id, m.role, m.content, num_tokens=num_tokens, title=title, parent_id=parent))
+                    live.id, m.role, m.content, num_tokens=num_tokens, title=title, parent_id=parent,
+                    lease=self.sessions.lease_of(live.id)))
                 parent = stored[-1].id
-        except StorageUnavailable as exc:
+        except StorageUnavailable as exc:  # (LeaseLost, another replica serving the session, goes as it is)
             stream.cancel()
             log.warning("could not store the user message of session %s: %s", live.id, exc)
             raise StorageUnavailable("the message could not be stored; nothing was kept, try again") from exc
@@ -175,7 +176,8 @@ class ChatService:
         a new answer, which a killed process loses (the earlier answer stays the stored active leaf)."""
         pieces: list[str] = []
         drafted = turn_log.user_message_id if restore_leaf is None else None
-        drafts = DraftCheckpoints(self.transcripts, live.id, drafted, self.config.draft_seconds)
+        drafts = DraftCheckpoints(self.transcripts, live.id, drafted, self.config.draft_seconds,
+                                  lease=self.sessions.lease_of(live.id))
         try:
             async for event in stream:
                 if isinstance(event, (DoneEvent, ErrorEvent)):
@@ -206,7 +208,7 @@ class ChatService:
                 await self._store_answer(live, turn_log, event.text, event.finish_reason, event)
             else:
                 await self._store_answer(live, turn_log, partial, "error", None)
-        except StorageUnavailable as exc:
+        except (StorageUnavailable, LeaseLost) as exc:  # LeaseLost: another replica serves the session now
             log.warning("could not store the answer of session %s: %s", live.id, exc)
             return False
         return not live.is_deleted
@@ -241,6 +243,7 @@ class ChatService:
             num_tokens=u.completion_tokens if u else None, prompt_tokens=u.prompt_tokens if u else None,
             cached_tokens=u.cached_tokens if u else None,
             session_tokens=u.prompt_tokens + u.completion_tokens if u else None,
+            lease=self.sessions.lease_of(live.id),
         )
         live.conversation.add(answer)
         live.kv_branch = str(answer.id)  # the session's KV holds this path now

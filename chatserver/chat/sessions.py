@@ -137,10 +137,16 @@ class LiveSessions:
             raise SessionNotFound(f"no session {session_id!r}")
         if token is None or not token_matches(token, token_hash):
             raise Unauthorized("wrong or missing resume_token for this session")
+        lease = None
         if self.ownership is not None:  # another live replica serving it: SessionElsewhere
-            await self.ownership.claim(session_id)
+            lease = await self.ownership.claim(session_id)
         if live is None:
             conversation = await self._repo.conversation(session_id)
+            last = conversation.get(conversation.active_leaf_id) if conversation.active_leaf_id else None
+            if lease is not None and last is not None and last.role == "user" and session_id not in self._live:
+                # taken from a replica that died mid-answer: its answer, as checkpointed, ends "interrupted"
+                await self._repo.close_unanswered("interrupted", session_id, lease)
+                conversation = await self._repo.conversation(session_id)
             live = self._live.get(session_id)  # another connection may have loaded it while we awaited
             if live is None:
                 live = self._live[session_id] = LiveSession(session_id, token_hash, conversation,

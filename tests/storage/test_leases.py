@@ -6,7 +6,8 @@ import asyncio
 import pytest
 
 from storage import TranscriptStore, create_db_engine, db_sessionmaker, upgrade
-from storage.leases import AdvisoryLocks, Held, Lease, LeaseLost, Leases, fence
+from storage.fencing import Lease, LeaseLost, fence
+from storage.leases import AdvisoryLocks, Held, Leases
 from tests.helpers.database import backend
 
 

@@ -33,7 +33,7 @@ class SlowStore:
         self.in_flight = self.most_in_flight = 0
         self.fail = fail
 
-    async def save_draft(self, session_id: str, parent_id: int, content: str) -> None:
+    async def save_draft(self, session_id: str, parent_id: int, content: str, lease=None) -> None:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
@@ -127,9 +127,9 @@ async def test_a_served_turn_checkpoints_its_answer_and_storing_the_answer_remov
     repo = client.app[keys.transcripts]
     saved, save_draft = [], repo.save_draft
 
-    async def recording(session_id: str, parent_id: int, content: str) -> None:
+    async def recording(session_id: str, parent_id: int, content: str, lease=None) -> None:
         saved.append(content)
-        await save_draft(session_id, parent_id, content)
+        await save_draft(session_id, parent_id, content, lease)
 
     monkeypatch.setattr(repo, "save_draft", recording)
     chat = Chat(await client.ws_connect("/ws"))

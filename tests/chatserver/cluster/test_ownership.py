@@ -65,3 +65,63 @@ async def test_a_single_server_takes_no_lease(client, database_url):
     session = await chat.hello()
     await chat.turn("Hello", max_tokens=4, temperature=0)
     assert "replica" not in session and sql(database_url, "select count(*) from session_leases") == [(0,)]
+
+
+async def test_a_paused_replica_cannot_commit_after_another_took_the_session(aiohttp_client, tiny_model, tmp_path,
+                                                                             database_url):
+    """Split brain, in one process: r1 is paused mid-answer (its engine held) while another replica takes the
+    session; when r1 goes on, its answer's commit is refused by the fence: the transcript has no answer from it."""
+    import asyncio
+    import threading
+
+    from chatserver import keys
+
+    r1 = await _replica(aiohttp_client, tiny_model, tmp_path, "r1", database_url, lease_seconds=30)
+    chat, session = await _open(r1)
+    await chat.turn("Hello", max_tokens=4, temperature=0)
+    hold = threading.Event()
+    r1.app[keys.engine].engine.query(lambda engine: hold.wait(30))  # r1 pauses between two steps
+    await chat.send(type="user", content="Tell me a long story", max_tokens=32, temperature=0)
+    await asyncio.sleep(0.2)
+    sql(database_url, "update session_leases set owner = 'r2', epoch = epoch + 1")  # r2 took it meanwhile
+    hold.set()
+    while (frame := await chat.recv())["type"] not in ("done", "error"):
+        pass
+    assert frame["message_id"] is None  # not stored
+    rows = sql(database_url, "select role, content from messages order by seq")
+    assert [r for r, _ in rows] == ["user", "assistant", "user"]  # the first turn, and the question alone
+
+
+async def test_a_session_taken_from_a_dead_replica_ends_its_answer_as_interrupted(aiohttp_client, tiny_model,
+                                                                                  tmp_path, database_url):
+    """r1 dies mid-answer (its engine held, its lease run out): r2 takes the session, stores the answer as
+    checkpointed, finish_reason interrupted, and serves on; r1 coming back commits nothing."""
+    import asyncio
+    import threading
+
+    from chatserver import keys
+
+    r1 = await _replica(aiohttp_client, tiny_model, tmp_path, "r1", database_url, lease_seconds=30)
+    r2 = await _replica(aiohttp_client, tiny_model, tmp_path, "r2", database_url)
+    chat, session = await _open(r1)
+    await chat.turn("Hello", max_tokens=4, temperature=0)
+    hold = threading.Event()
+    r1.app[keys.engine].engine.query(lambda engine: hold.wait(30))
+    await chat.send(type="user", content="Tell me a long story", max_tokens=32, temperature=0)
+    await asyncio.sleep(0.2)
+    [(question,)] = sql(database_url, "select id from messages where content = 'Tell me a long story'")
+    await r1.app[keys.transcripts].save_draft(session["session_id"], question, "Once upon")  # r1's checkpoint
+    sql(database_url, "update session_leases set expires_at = '2000-01-01 00:00:00'")  # r1 fell silent
+
+    moved, resumed = await _open(r2, session_id=session["session_id"], resume_token=session["resume_token"])
+    assert resumed["replica"] == "r2"
+    last = resumed["messages"][-1]
+    assert (last["role"], last["content"], last["finish_reason"]) == ("assistant", "Once upon", "interrupted")
+    hold.set()  # r1 goes on: its answer's commit is refused
+    while (frame := await chat.recv())["type"] not in ("done", "error"):
+        pass
+    assert frame["message_id"] is None
+    _, done = await moved.turn("Go on", max_tokens=4, temperature=0)
+    assert done["type"] == "done" and done["replica"] == "r2"
+    roles = [r for r, in sql(database_url, "select role from messages order by seq")]
+    assert roles == ["user", "assistant", "user", "assistant", "user", "assistant"]
