@@ -4,6 +4,10 @@ Type a message and press Enter; /regen asks for another answer to the last quest
 answer streams cancels it; Ctrl+C or Ctrl+D at the prompt (or /quit) leaves, printing the command that
 resumes the session. A connection that drops while an answer streams is opened again (up to
 _RECONNECTS times) with the last frame it read (`last_seq`): the answer goes on where it was.
+
+In a cluster (docs/SCALING.md) the socket of a known session is opened at /ws?session=ID, where the
+balancer reads the id; a session another replica serves (`session_elsewhere`) is asked for again after
+its `retry_after`, and a session that moved (`session_moved`, close 4009) is reopened through the balancer.
 """
 
 from __future__ import annotations
@@ -13,17 +17,30 @@ import json
 import signal
 import sys
 import threading
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import websockets
 
 _RECONNECTS = 5  # attempts, 0.5 s, 1 s, 2 s... apart
+_ELSEWHERE_WAITS = 10  # session_elsewhere answers waited out (each its retry_after, at most _MAX_WAIT_S)
+_MAX_WAIT_S = 30.0
+
+
+def session_url(url: str, session_id: str | None) -> str:
+    """`url` with its `session` query parameter set to `session_id` (unchanged when None)."""
+    if session_id is None:
+        return url
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "session"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("session", session_id)])))
 
 
 class _Link:
     """The socket of one session, opened again when it drops: remembers the last turn frame read."""
 
-    def __init__(self, url: str, ws):
-        self.url, self.ws = url, ws
+    def __init__(self, url: str):
+        self.url = url
+        self.ws = None
         self.session_id = self.token = None
         self.last_seq: dict | None = None  # {"turn_id", "seq"} of the last token/done frame read
 
@@ -33,18 +50,45 @@ class _Link:
             self.last_seq = {"turn_id": frame["turn_id"], "seq": frame["seq"]}
         return frame
 
+    async def send(self, frame: dict) -> None:
+        """Send on the socket; one the server closed meanwhile (the session moved) is reopened first."""
+        try:
+            await self.ws.send(json.dumps(frame))
+        except websockets.ConnectionClosed:
+            session = await self.reopen()
+            if session["type"] == "error":
+                raise
+            await self.ws.send(json.dumps(frame))
+
+    async def open(self) -> dict:
+        """A socket saying hello to the session (a new one while session_id is None); returns the answer
+        to the hello. A session another replica serves is asked for again after the retry_after it is
+        given (up to _ELSEWHERE_WAITS times), the last refusal returned."""
+        for _ in range(_ELSEWHERE_WAITS):
+            self.ws = await websockets.connect(session_url(self.url, self.session_id), max_size=None)
+            hello = {"type": "hello"}
+            if self.session_id is not None:
+                hello.update(session_id=self.session_id, resume_token=self.token)
+                if self.last_seq:
+                    hello["last_seq"] = self.last_seq
+            await self.ws.send(json.dumps(hello))
+            frame = json.loads(await self.ws.recv())
+            if frame["type"] != "error" or frame["code"] != "session_elsewhere":
+                return frame
+            wait = min(_MAX_WAIT_S, float(frame.get("retry_after") or 1.0))
+            print(f"  [replica {frame.get('replica')} serves this session; asking again in {wait:.0f} s]",
+                  file=sys.stderr, flush=True)
+            await self.ws.close()
+            await asyncio.sleep(wait)
+        return frame
+
     async def reopen(self) -> dict:
         """A new socket, resumed where the last one stopped; returns the session frame. Raises the last
         connection error when every attempt fails."""
         for attempt in range(_RECONNECTS):
             await asyncio.sleep(0.5 * 2 ** attempt)
             try:
-                self.ws = await websockets.connect(self.url, max_size=None)
-                hello = {"type": "hello", "session_id": self.session_id, "resume_token": self.token}
-                if self.last_seq:
-                    hello["last_seq"] = self.last_seq
-                await self.ws.send(json.dumps(hello))
-                return json.loads(await self.ws.recv())
+                return await self.open()
             except (OSError, websockets.ConnectionClosed, websockets.InvalidHandshake):
                 if attempt == _RECONNECTS - 1:
                     raise
@@ -66,19 +110,16 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue:
 
 async def run_chat(args) -> int:
     loop = asyncio.get_running_loop()
+    session_id = token = None
+    link = _Link(args.url)
+    if args.session:
+        link.session_id, link.token = args.session, args.token
     try:
-        ws = await websockets.connect(args.url, max_size=None)
-    except (OSError, websockets.InvalidURI, websockets.InvalidHandshake) as exc:
+        frame = await link.open()
+    except (OSError, websockets.InvalidURI, websockets.InvalidHandshake, websockets.ConnectionClosed) as exc:
         print(f"cannot connect to {args.url}: {exc}", file=sys.stderr)
         return 1
-    session_id = token = None
-    link = _Link(args.url, ws)
     try:
-        hello = {"type": "hello"}
-        if args.session:
-            hello.update(session_id=args.session, resume_token=args.token)
-        await ws.send(json.dumps(hello))
-        frame = json.loads(await ws.recv())
         if frame["type"] == "error":
             print(f"error: {frame['code']}: {frame['message']}", file=sys.stderr)
             return 1
@@ -90,7 +131,7 @@ async def run_chat(args) -> int:
             print("[assistant] ", end="")
             await _print_answer(link)
         if args.system and not frame["resumed"]:
-            await ws.send(json.dumps({"type": "system", "content": args.system}))
+            await link.send({"type": "system", "content": args.system})
         print(f"session {session_id} ({'resumed' if frame['resumed'] else 'new'}); /quit or Ctrl+D to leave")
         lines = _stdin_lines(loop)
         streaming = asyncio.Event()
@@ -116,7 +157,7 @@ async def run_chat(args) -> int:
                 turn["max_tokens"] = args.max_tokens
             if args.temperature is not None:
                 turn["temperature"] = args.temperature
-            await link.ws.send(json.dumps(turn))
+            await link.send(turn)
             streaming.set()
             try:
                 await _print_answer(link)
@@ -162,6 +203,8 @@ async def _print_answer(link: _Link) -> None:
                   f"{u['prompt_tokens']} prompt tokens from cache ({frame.get('cache')}), "
                   f"first token {t['ttft_ms']:.0f} ms]", flush=True)
             return
+        elif kind == "error" and frame["code"] == "session_moved":
+            continue  # the server closes the socket next (4009): reopened above, through the balancer
         elif kind == "error":
             print(f"\n  [error {frame['code']}: {frame['message']}]", flush=True)
             if frame["code"] != "internal_error":

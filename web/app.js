@@ -2,7 +2,7 @@
 // that handle them and wires the page's controls. Model output is rendered by markdown.js with DOM APIs
 // only; every other text goes in with textContent. No module of web/ parses a string as HTML.
 import { ui } from "./dom.js";
-import { connect, goneOffline, hello, reconnectNow, setHandlers } from "./connection.js";
+import { connect, goneOffline, hello, reconnectElsewhere, reconnectNow, setHandlers } from "./connection.js";
 import { closeNav, onResumeRefused, onSessionDeleted, openChat } from "./chats.js";
 import "./dialogs.js";
 import { setEditorBusy } from "./editor.js";
@@ -28,6 +28,9 @@ function onFrame(f) {
 function onError(f) {
   const code = f.code || "error";
   if (code === "session_deleted") { onSessionDeleted(); return; }
+  // a cluster: another replica serves the chat (a hello refused), or took it over (the socket closes, 4009)
+  if (code === "session_elsewhere") { state.helloSent = null; reconnectElsewhere(f.retry_after); return; }
+  if (code === "session_moved") { reconnectElsewhere(0); return; }
   if (state.helloSent && !f.turn_id) {  // the answer to our hello
     const { target, withSeq } = state.helloSent;
     state.helloSent = null;

@@ -2,12 +2,15 @@
 // backoff: 0.5 s doubling to 10 s, each delay ±25 % jitter; after 6 failed attempts in a row (or when the
 // browser reports it is offline) the indicator reads Offline and retries go on every ~10 s.
 // What the frames mean is not decided here: they go to the handlers given to setHandlers().
+// The socket of a known chat is opened at /ws?session=ID: in a cluster (docs/SCALING.md) the balancer reads
+// the id there (a browser cannot set headers on a WebSocket) and sends the socket to the replica serving it.
 import { ui } from "./dom.js";
 import { state } from "./state.js";
 
-const wsUrl = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+const wsBase = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
 let handlers = { frame() {}, opened() {}, dropped() {}, changed() {} };
 let retryTimer = 0, retryAt = 0, countdown = 0;
+let nextDelay = null;  // ms: the next reconnect waits this long, not the backoff (the server said when)
 
 /** frame(f): every frame; opened(): the socket is open (say hello); dropped(): it closed;
  *  changed(): the connection state changed (redraw what depends on it). */
@@ -20,7 +23,9 @@ export function connect() {
   clearInterval(countdown);
   if (state.ws) return;
   setConn(state.attempt ? "reconnecting" : "connecting");
-  const sock = new WebSocket(wsUrl);
+  const routedFor = state.wanted ? state.wanted.session_id : null;
+  const sock = new WebSocket(routedFor ? `${wsBase}?session=${encodeURIComponent(routedFor)}` : wsBase);
+  sock.routedFor = routedFor;
   state.ws = sock;
   sock.onopen = () => {
     if (state.ws !== sock) return;
@@ -56,7 +61,8 @@ export function dropped() {
 
 function scheduleReconnect() {
   const base = Math.min(10000, 500 * 2 ** state.attempt);  // 0.5 s doubling to 10 s ...
-  const delay = Math.min(10000, base * (0.75 + Math.random() * 0.5));  // ... with jitter
+  let delay = Math.min(10000, base * (0.75 + Math.random() * 0.5));  // ... with jitter
+  if (nextDelay !== null) { delay = nextDelay; nextDelay = null; }
   state.attempt++;
   retryAt = Date.now() + delay;
   retryTimer = setTimeout(connect, delay);
@@ -104,6 +110,17 @@ export function hello(target, resume = true) {
   state.helloSent = { target, withSeq: !!cut };
   send(frame);
   handlers.changed();
+}
+
+/** The chat `wanted` is served elsewhere (session_elsewhere: another replica of a cluster has it; or
+ *  session_moved: it moved there): drop this socket and open one at /ws?session=<wanted>, which the
+ *  balancer routes to the replica serving it, after `seconds` (at once when this socket was not opened for
+ *  that chat: the balancer may well route the new one right). */
+export function reconnectElsewhere(seconds) {
+  const sock = state.ws;
+  const routedRight = sock && state.wanted && sock.routedFor === state.wanted.session_id;
+  nextDelay = routedRight ? Math.min(30000, Math.max(0, (Number(seconds) || 1) * 1000)) : 0;
+  if (sock) { dropped(); sock.close(); } else scheduleReconnect();
 }
 
 /** The browser went offline: drop the socket now rather than wait for it to time out. */

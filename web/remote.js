@@ -1,6 +1,7 @@
 // One request about a chat over a WebSocket of its own: hello (resume with the chat's token), one frame,
 // its reply, close. Used for what the sidebar and the export do to a chat, shown or not, without
-// disturbing the page's own connection (a running answer's frames on this socket are ignored).
+// disturbing the page's own connection (a running answer's frames on this socket are ignored). The socket
+// is opened at /ws?session=ID, so that a cluster's balancer sends it to the replica serving the chat.
 
 const wsUrl = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
 
@@ -10,7 +11,7 @@ const wsUrl = (location.protocol === "https:" ? "wss://" : "ws://") + location.h
  *  nothing came within `timeoutMs`. */
 export function request(target, frame, isReply, timeoutMs = 15000) {
   return new Promise((resolve, reject) => {
-    const sock = new WebSocket(wsUrl);
+    const sock = new WebSocket(`${wsUrl}?session=${encodeURIComponent(target.session_id)}`);
     let settled = false;
     const finish = (ok, value) => {
       if (settled) return;

@@ -154,14 +154,20 @@ async def get_session(request: web.Request) -> web.Response:
     conversation = await request.app[keys.transcripts].conversation(record.id)
     tree = _flag(request, "tree")
     messages = conversation.messages if tree else conversation.path()
-    live = request.app[keys.sessions].get_live(record.id)
+    sessions = request.app[keys.sessions]
+    live = sessions.get_live(record.id)
     kv = (await _placements(request.app, [record.id]))[record.id]
+    lease_owner = None
+    if sessions.ownership is not None:  # a cluster: the lease as stored (storage/leases.py)
+        lease_owner, _ = await sessions.ownership.leases.owner_of(record.id)
     detail = SessionDetail(
         **_summary(record, kv).model_dump(),
         messages=[AdminMessage(id=m.id, parent_id=m.parent_id, role=m.role, content=m.content,
                                finish_reason=m.finish_reason, created_at=m.created_at) for m in messages],
         active_leaf_id=conversation.active_leaf_id,
         connections=len(live.connections) if live else 0,
+        replica=sessions.replica,
+        lease_owner=lease_owner,
     )
     return _json(detail)
 

@@ -38,6 +38,12 @@ class SessionDetail(SessionSummary):
                                                      "message of every branch, oldest first")
     active_leaf_id: int | None = Field(description="the last message of the active path")
     connections: int = Field(ge=0, description="WebSocket connections open on this session")
+    replica: str | None = Field(description="the replica of a cluster that answered (--replica-name); null "
+                                            "for a single server")
+    lease_owner: str | None = Field(description="in a cluster, the replica named by the session's lease in "
+                                                "the database: the one serving it, or the last one to serve "
+                                                "it while its lease has not run out or been taken; null when "
+                                                "no replica holds it, and for a single server")
 
 
 class SessionPage(BaseModel):

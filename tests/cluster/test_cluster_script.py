@@ -10,56 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
-import shutil
-import subprocess
-import tempfile
 import urllib.request
 from pathlib import Path
 
 import pytest
 import websockets
 
-from tests.helpers.admin import ADMIN_AUTH, ADMIN_TOKEN
-from tests.helpers.paths import MODEL_CACHE, REPO
+from tests.helpers.cluster import cluster_sh, routed_to
+from tests.helpers.admin import ADMIN_AUTH
 from tests.helpers.polling import wait_until
 
 pytestmark = [pytest.mark.real_server, pytest.mark.slow]
 
-SCRIPT = REPO / "scripts" / "cluster.sh"
 HISTORY = "Notes from the harbour meeting: the ship carried grain, and the crates went to the old mill. " * 8
-
-
-def _cluster(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """(HAProxy's URL, the cluster's directory, the environment of cluster.sh) of a cluster of r1 and r2."""
-    tmp = Path(tempfile.mkdtemp(prefix="test-cluster-"))
-    tmp.chmod(0o755)  # run as root, PostgreSQL runs as the user postgres, which must reach its directory
-    env = {**os.environ, "CLUSTER_DIR": str(tmp / "cluster"), "CLUSTER_PORT": "0"}
-    try:
-        up = _cluster(env, "up", "2", "--model-cache", str(MODEL_CACHE), "--admin-token", ADMIN_TOKEN,
-                      "--log-level", "WARNING")
-        if up.returncode != 0:
-            pytest.fail(f"cluster.sh up failed ({up.returncode}):\n{up.stderr[-3000:]}")
-        url = up.stdout.strip().splitlines()[-1].removeprefix("cluster ready on ")
-        assert url.startswith("http://127.0.0.1:"), up.stdout
-        yield url, tmp / "cluster", env
-    finally:
-        _cluster(env, "down", timeout=120)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _routed_to(url: str, session_id: str) -> str:
-    """The replica HAProxy sends an HTTP request with X-Session-Id to (its X-Replica header)."""
-    req = urllib.request.Request(f"{url}/v1/models", headers={"X-Session-Id": session_id})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return resp.headers["X-Replica"]
 
 
 def _replica_stats(cluster_dir: Path, name: str) -> dict:
@@ -86,11 +50,11 @@ async def _turn(ws, content: str) -> tuple[str, dict]:
 
 
 async def test_a_session_id_reaches_one_replica_by_query_or_header(cluster):
-    url, _, _ = cluster
-    routes = {sid: _routed_to(url, sid) for sid in (secrets.token_hex(16) for _ in range(24))}
+    url = cluster.url
+    routes = {sid: routed_to(url, sid) for sid in (secrets.token_hex(16) for _ in range(24))}
     assert set(routes.values()) == {"r1", "r2"}  # hashed over both
     for sid, replica in list(routes.items())[:6]:
-        assert {_routed_to(url, sid) for _ in range(3)} == {replica}
+        assert {routed_to(url, sid) for _ in range(3)} == {replica}
 
     ws, session = await _open(url, None)  # no session id: the least loaded replica
     assert session["type"] == "session"
@@ -102,7 +66,7 @@ async def test_a_session_id_reaches_one_replica_by_query_or_header(cluster):
     b, second = await _open(url, sid, **creds)
     try:
         assert first["type"] == second["type"] == "session"
-        assert first["replica"] == second["replica"] == _routed_to(url, sid)
+        assert first["replica"] == second["replica"] == routed_to(url, sid)
     finally:
         await a.close()
         await b.close()
@@ -110,18 +74,18 @@ async def test_a_session_id_reaches_one_replica_by_query_or_header(cluster):
 
 async def _session_on(url: str, replica: str) -> tuple[websockets.ClientConnection, dict]:
     """A new session created on `replica` whose id HAProxy also hashes to it (its connection open)."""
-    probe = next(sid for sid in (secrets.token_hex(16) for _ in range(200)) if _routed_to(url, sid) == replica)
+    probe = next(sid for sid in (secrets.token_hex(16) for _ in range(200)) if routed_to(url, sid) == replica)
     for _ in range(30):
         ws, session = await _open(url, probe)  # the query routes; the server ignores it
         assert session["replica"] == replica
-        if _routed_to(url, session["session_id"]) == replica:
+        if routed_to(url, session["session_id"]) == replica:
             return ws, session
         await ws.close()  # never stored: nothing is left of it
     raise AssertionError(f"no session id hashed to {replica} in 30 tries")
 
 
 async def test_a_killed_replicas_session_goes_on_warm_on_the_other_and_down_stops_all(cluster):
-    url, cluster_dir, env = cluster
+    url, cluster_dir, env = cluster.url, cluster.dir, cluster.env
     ws, session = await _session_on(url, "r1")
     creds = {"session_id": session["session_id"], "resume_token": session["resume_token"]}
     first, _ = await _turn(ws, HISTORY + "Where did the crates go?")
@@ -132,7 +96,7 @@ async def test_a_killed_replicas_session_goes_on_warm_on_the_other_and_down_stop
     await wait_until(lambda: _replica_stats(cluster_dir, "r1")["kv"]["shared_tier"]["num_written"] >= 2,
                      timeout=30, what="r1 wrote the session's KV to the shared tier")
 
-    killed = _cluster(env, "kill", "r1", timeout=30)
+    killed = cluster_sh(env, "kill", "r1", timeout=30)
     assert killed.returncode == 0, killed.stderr
     with pytest.raises(websockets.ConnectionClosed):
         await asyncio.wait_for(ws.recv(), 10)
@@ -149,11 +113,11 @@ async def test_a_killed_replicas_session_goes_on_warm_on_the_other_and_down_stop
     finally:
         await moved.close()
 
-    status = _cluster(env, "status", timeout=30).stdout
+    status = cluster_sh(env, "status", timeout=30).stdout
     assert "r1        stopped" in status and "r2        running" in status
     pids = [int((cluster_dir / name).read_text()) for name in ("r2/pid", "haproxy.pid", "redis/redis.pid")]
     pids.append(int((cluster_dir / "postgres/data/postmaster.pid").read_text().split()[0]))
-    down = _cluster(env, "down", timeout=120)
+    down = cluster_sh(env, "down", timeout=120)
     assert down.returncode == 0, down.stderr
     assert [pid for pid in pids if _is_running(pid)] == []
 
