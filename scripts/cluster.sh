@@ -96,7 +96,7 @@ defaults
     log global
     option httplog
     option forwardfor
-    # a refused connection is retried, the last retries on another replica: a dead replica's sessions move
+    # a refused connection is retried, each time on another replica: a dead replica's sessions move
     retries 3
     option redispatch 1
     timeout connect 2s

@@ -41,9 +41,9 @@ class SessionDetail(SessionSummary):
     replica: str | None = Field(description="the replica of a cluster that answered (--replica-name); null "
                                             "for a single server")
     lease_owner: str | None = Field(description="in a cluster, the replica named by the session's lease in "
-                                                "the database: the one serving it, or the last one to serve "
-                                                "it while its lease has not run out or been taken; null when "
-                                                "no replica holds it, and for a single server")
+                                                "the database: the one serving it, or one that stopped without "
+                                                "releasing it, until another takes the session; null when it "
+                                                "was let go, and for a single server")
 
 
 class SessionPage(BaseModel):
