@@ -17,6 +17,13 @@ recomputation does. Medians over --rounds.
 
 Target (issue 20): failover TTFT <= 2x the warm TTFT, and the tokens computed <= the new message's.
 
+Then --kills rounds of kill -9 at a random moment of an answer, on a cluster of named replicas (leases;
+PostgreSQL from scripts/postgres.sh, whose advisory locks free a dead replica's sessions at once; Redis):
+A streams Q3's answer and dies after a random number of its tokens; the client resumes on B (retrying
+while B says session_elsewhere), which must show every question the client saw acknowledged, in order,
+with Q3's answer `interrupted` and a prefix of what the client read; then Q4 on B; then replica C
+(no Redis) regenerates Q4's answer from scratch, which must equal B's (greedy).
+
 Run from the repository root (a few minutes on 2 cores; Redis from Debian's redis-server):
 
     .venv/bin/python bench/failover.py [--model PATH|CATALOG_NAME] [--rounds 5] [--max-tokens 16]
@@ -116,6 +123,96 @@ async def round_on(a: RealServer, b: RealServer, c: RealServer, seed: int, max_t
     return {"warm": warm, "failover": failover, "recompute": recompute, "messages": messages}
 
 
+async def resume(url: str, session: dict, max_tokens: int, deadline_s: float = 60.0) -> tuple[Chat, dict]:
+    """Open the session on a replica, waiting while another one still holds it (session_elsewhere)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        chat = Chat(url, max_tokens)
+        chat.ws = await websockets.connect(url.replace("http://", "ws://") + "/ws", max_size=None)
+        await chat.ws.send(json.dumps({"type": "hello", "session_id": session["session_id"],
+                                       "resume_token": session["resume_token"]}))
+        frame = json.loads(await chat.ws.recv())
+        if frame["type"] == "session":
+            return chat, frame
+        await chat.close()
+        if frame.get("code") != "session_elsewhere" or time.monotonic() > deadline:
+            raise RuntimeError(frame)
+        await asyncio.sleep(min(frame.get("retry_after", 1), 1.0))
+
+
+async def kill_round(a: RealServer, b: RealServer, c: RealServer, seed: int, max_tokens: int, rng) -> dict:
+    chat = Chat(a.url, max_tokens)
+    session = await chat.open()
+    await chat.turn(q1(seed))
+    await chat.turn(Q2)
+    kill_after = rng.randint(1, max_tokens - 1)
+    await chat.ws.send(json.dumps({"type": "user", "content": Q3, "max_tokens": max_tokens, "temperature": 0}))
+    acknowledged, read = False, []
+    while len(read) < kill_after:
+        f = json.loads(await chat.ws.recv())
+        acknowledged = acknowledged or f["type"] == "turn"
+        if f["type"] == "token":
+            read.append(f["text"])
+        elif f["type"] in ("done", "error"):
+            break
+    a.stop(signal.SIGKILL)
+    started = time.perf_counter()
+    moved, frame = await resume(b.url, session, max_tokens)
+    took_s = time.perf_counter() - started
+    shown = [(m["role"], m["content"]) for m in frame["messages"]]
+    questions = [content for role, content in shown if role == "user"]
+    last = frame["messages"][-1]
+    problems = []
+    if questions[:2] != [q1(seed), Q2] or (acknowledged and (len(questions) < 3 or questions[2] != Q3)):
+        problems.append(f"questions lost or out of order: {[q[:20] for q in questions]}")
+    if len(questions) == 3 and not (last["role"] == "assistant" and last.get("finish_reason") == "interrupted"
+                                    and "".join(read).startswith(last["content"])):
+        problems.append(f"Q3's answer not a stored prefix of what was read: {last}")
+    answer = await moved.turn("And what happened next?")
+    await moved.close()
+    regen, _ = await resume(c.url, session, max_tokens)  # B let the session go when the client left
+    await regen.ws.send(json.dumps({"type": "regenerate", "max_tokens": max_tokens, "temperature": 0}))
+    text = []
+    while (f := json.loads(await regen.ws.recv()))["type"] not in ("done", "error"):
+        if f["type"] == "token":
+            text.append(f["text"])
+    await regen.close()
+    if "".join(text) != answer["text"]:
+        problems.append("B's answer after the failover differs from C's recomputed one")
+    return {"kill_after_tokens": kill_after, "acknowledged": acknowledged, "resume_s": took_s,
+            "answer": {k: v for k, v in answer.items() if k != "text"}, "problems": problems}
+
+
+def kills_part(args, root: Path) -> list[dict]:
+    import random
+
+    rng = random.Random(7)
+    root.chmod(0o755)  # PostgreSQL runs as the postgres user, which must get through
+    pg = ROOT / "scripts" / "postgres.sh"
+    db = subprocess.run(["bash", str(pg), "start", str(root / "pg"), "--no-fsync"], check=True, capture_output=True,
+                        text=True).stdout.strip().splitlines()[-1]
+    url = subprocess.run(["bash", str(REDIS), "start", str(root / "redis2"), "2048"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+
+    def replica(name: str, *flags: str) -> RealServer:
+        return RealServer(root / f"k{name}", args.model_cache, "--model", str(args.gguf), "--database-url", db,
+                          "--replica-name", name, *flags).start(600)
+
+    b, c = replica("rb", "--redis-url", url), replica("rc")
+    rounds = []
+    try:
+        for r in range(args.kills):
+            a = replica("ra", "--redis-url", url)
+            print(f"kill round {r} ...", file=sys.stderr, flush=True)
+            rounds.append(asyncio.run(kill_round(a, b, c, 1000 + r, args.max_tokens, rng)))
+    finally:
+        for server in (b, c):
+            server.stop()
+        subprocess.run(["bash", str(REDIS), "stop", str(root / "redis2")], check=False)
+        subprocess.run(["bash", str(pg), "stop", str(root / "pg")], check=False)
+    return rounds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a GGUF file or a catalog name (default: the server's default model)")
@@ -124,6 +221,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--think", type=float, default=1.0, help="seconds between Q2's answer and the kill")
+    parser.add_argument("--kills", type=int, default=20, help="rounds killing A at a random moment of an answer")
     parser.add_argument("--llama-server", type=Path, help="an existing llama-server binary (default: found or built)")
     parser.add_argument("--llama-cache", type=Path, default=ROOT / ".cache" / "llama.cpp", help="sdist and builds")
     parser.add_argument("--out", type=Path, help="JSON file (default: bench/results/failover-<model>-<cpu>.json)")
@@ -150,6 +248,7 @@ def main() -> None:
             for server in (b, c):
                 server.stop()
             subprocess.run(["bash", str(REDIS), "stop", str(root / "redis")], check=False)
+        kills = kills_part(args, root) if args.kills else []
 
     port = free_port()
     peer_cmd = [str(llama_server), "-m", str(args.gguf), "-t", "2", "-np", "1", "-c", "4096", "--host", "127.0.0.1",
@@ -188,11 +287,24 @@ def main() -> None:
     print(f"\nfailover / llama.cpp: {failover / llama:.2f}; Q3's answers equal on B (shared tier) and C "
           f"(recomputed): {equal} / {len(rounds)}")
 
+    if kills:
+        problems = [p for k in kills for p in k["problems"]]
+        print(f"\nkill -9 at a random moment of an answer, {len(kills)} rounds (PostgreSQL, leases, Redis): "
+              f"resumed on B after a median {statistics.median(k['resume_s'] for k in kills) * 1000:.0f} ms; "
+              f"acknowledged questions lost or out of order: "
+              f"{sum('questions' in p for p in problems)}; interrupted answers not a prefix of what was read: "
+              f"{sum('prefix' in p for p in problems)}; B's next answer unlike C's recomputed one: "
+              f"{sum('differs' in p for p in problems)}; next turn on B: TTFT "
+              f"{statistics.median(k['answer']['ttft_s'] for k in kills) * 1000:.0f} ms, cache "
+              f"{sorted({k['answer']['cache'] for k in kills})}, computed "
+              f"{statistics.median(k['answer']['computed'] for k in kills):.0f} / "
+              f"{statistics.median(k['answer']['prompt'] for k in kills):.0f} prompt tokens")
+
     result = {"model": name, "gguf": str(args.gguf), "cpu": cpu_summary(), "cpu_tag": cpu_tag(),
               "rounds": len(rounds), "max_tokens": args.max_tokens,
               "commands": {"llama_cpp": " ".join(peer_cmd)},
               "ours": [{k: v for k, v in r.items() if k != "messages"} for r in rounds],
-              "llama_cpp": [{k: v for k, v in p.items() if k != "text"} for p in peer]}
+              "llama_cpp": [{k: v for k, v in p.items() if k != "text"} for p in peer], "kills": kills}
     out = args.out or ROOT / "bench" / "results" / f"failover-{name}-{cpu_tag()}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {out}")
