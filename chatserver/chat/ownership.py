@@ -26,6 +26,7 @@ class Ownership:
         self.leases = leases
         self.replica = leases.replica
         self._held: dict[str, Lease] = {}
+        self._lost: dict[str, Lease] = {}  # leases taken by another replica: what is still written under them is refused
         self._lock = asyncio.Lock()  # one lease change at a time: a release never undoes a claim made meanwhile
         self._renewer: asyncio.Task | None = None
         # set by LiveSessions: on_lost(session_id) closes the session here; is_live(session_id)
@@ -33,7 +34,9 @@ class Ownership:
         self.is_live: Callable[[str], bool] = lambda session_id: False
 
     def lease_of(self, session_id: str) -> Lease | None:
-        return self._held.get(session_id)
+        """The lease the session is written under here: held, or lost (a write under it is refused). None
+        only for a session this replica never claimed."""
+        return self._held.get(session_id) or self._lost.get(session_id)
 
     async def claim(self, session_id: str) -> Lease:
         """This replica's lease of the session: renewed, or taken (free, released, expired, or its owner
@@ -44,6 +47,7 @@ class Ownership:
             wait = max(1.0, (got.expires_at - datetime.now(timezone.utc)).total_seconds())
             raise SessionElsewhere(f"replica {got.owner!r} serves this session", got.owner, retry_after=wait)
         self._held[session_id] = got
+        self._lost.pop(session_id, None)
         self._start_renewing()
         return got
 
@@ -52,6 +56,7 @@ class Ownership:
         async with self._lock:
             if self.is_live(session_id):  # opened again meanwhile: kept
                 return
+            self._lost.pop(session_id, None)
             lease = self._held.pop(session_id, None)
             if lease is not None:
                 try:
@@ -85,7 +90,12 @@ class Ownership:
             for lease in lost:
                 if self._held.get(lease.session_id) == lease:
                     del self._held[lease.session_id]
+                    self._lost[lease.session_id] = lease
                     log.warning("session %s: lease lost; another replica serves it now", lease.session_id)
+                    try:  # changes no row (another owner's now); lets its advisory lock go (PostgreSQL)
+                        await self.leases.release(lease)
+                    except StorageError:
+                        pass
                     if self.on_lost is not None:
                         await self.on_lost(lease.session_id)
 

@@ -125,3 +125,29 @@ async def test_a_session_taken_from_a_dead_replica_ends_its_answer_as_interrupte
     assert done["type"] == "done" and done["replica"] == "r2"
     roles = [r for r, in sql(database_url, "select role from messages order by seq")]
     assert roles == ["user", "assistant", "user", "assistant", "user", "assistant"]
+
+
+async def test_a_turn_cancelled_because_its_lease_was_lost_stores_nothing(aiohttp_client, tiny_model, tmp_path,
+                                                                          database_url):
+    """r1's renewal finds its lease taken while an answer is running: the turn is cancelled, and its
+    cancelled answer is not stored either (it would make a branch beside the new owner's turns)."""
+    import asyncio
+    import threading
+
+    from chatserver import keys
+
+    r1 = await _replica(aiohttp_client, tiny_model, tmp_path, "r1", database_url, lease_seconds=0.6)
+    chat, session = await _open(r1)
+    await chat.turn("Hello", max_tokens=4, temperature=0)
+    hold = threading.Event()
+    r1.app[keys.engine].engine.query(lambda engine: hold.wait(30))
+    await chat.send(type="user", content="Tell me a long story", max_tokens=32, temperature=0)
+    await asyncio.sleep(0.1)
+    sql(database_url, "update session_leases set owner = 'r2', epoch = epoch + 1")
+    frame = await chat.recv()  # the renewal finds the lease gone: session_moved, the turn cancelled
+    assert frame["type"] == "error" and frame["code"] == "session_moved"
+    hold.set()
+    await wait_until(lambda: not r1.app[keys.sessions].num_live, what="r1 let the session go")
+    await asyncio.sleep(0.3)
+    roles = [r for r, in sql(database_url, "select role from messages order by seq")]
+    assert roles == ["user", "assistant", "user"]
