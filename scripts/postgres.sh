@@ -18,6 +18,7 @@ usage() { echo "usage: $0 start|url|stop DIR [--no-fsync]" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 action=$1
 dir=$(realpath -m "$2")
+cd /  # the postgres user may not enter the caller's directory (a root-only temporary one): its tools would say so
 no_fsync=0
 [ "${3:-}" = "--no-fsync" ] && no_fsync=1
 user=chatserver
