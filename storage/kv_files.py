@@ -22,8 +22,9 @@ from typing import BinaryIO
 
 import torch
 
+from storage.atomic_files import TMP_SUFFIX, fsync_dir, write_atomically
 from storage.errors import KVFileInvalid
-from storage.kv_format import (LEGACY_VERSION, TMP_SUFFIX, KVLayout, chunk_names, manifest_bytes, read_chunk,
+from storage.kv_format import (LEGACY_VERSION, KVLayout, chunk_names, manifest_bytes, read_chunk,
                                read_manifest, read_metadata, read_session, slice_pieces, write_chunk)
 from storage.kv_index import KVIndex, StoredSession
 
@@ -140,13 +141,13 @@ class KVFileStore:
             for i, name in enumerate(names):
                 if name not in found:
                     part = token_ids[i * C:(i + 1) * C]
-                    size = self._atomic(self._index.chunk(name), lambda f: write_chunk(
+                    size = write_atomically(self._index.chunk(name), lambda f: write_chunk(
                         f, self.layout, slice_pieces(pieces, i * C, len(part)), part, names[i - 1] if i else ""))
                     written.append((name, size))
             manifest = manifest_bytes(self.layout, session_id, token_ids, C)
-            self._atomic(self._index.manifest(stem), lambda f: f.write(manifest))
-            _fsync_dir(self.chunks_dir)
-            _fsync_dir(self.sessions_dir)
+            write_atomically(self._index.manifest(stem), lambda f: f.write(manifest))
+            fsync_dir(self.chunks_dir)
+            fsync_dir(self.sessions_dir)
         except BaseException as exc:
             with self._lock:
                 for name in names:
@@ -168,22 +169,6 @@ class KVFileStore:
             self.stats.write_seconds += time.perf_counter() - start
             self._enforce_limit()
         return new_bytes
-
-    def _atomic(self, path: Path, write, sync: bool = True) -> int:
-        """Write a file by write(f) into a temporary beside it, fsync (if sync), rename over path. Returns
-        its size."""
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}")
-        try:
-            with open(tmp, "wb") as f:
-                size = write(f)
-                f.flush()
-                if sync:
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return size
 
     def check_writable(self) -> bool:
         """False while writes fail. After a failure, tries a small probe file (written, synced, removed)
@@ -292,7 +277,7 @@ class KVFileStore:
                     m = read_manifest(self._index.manifest(stem))
                     data = manifest_bytes(self.layout, new_id, m["token_ids"], m["chunk_tokens"])
                     self._index.drop(new_stem)
-                    self._atomic(self._index.manifest(new_stem), lambda f: f.write(data), sync=False)  # engine thread
+                    write_atomically(self._index.manifest(new_stem), lambda f: f.write(data), sync=False)  # engine thread
                     self._index.manifest(stem).unlink(missing_ok=True)
             except (OSError, ValueError, KeyError, TypeError):
                 return False
@@ -318,11 +303,3 @@ class KVFileStore:
         while self._index.nbytes > self.max_bytes and self._index.sessions:
             self._index.drop(next(iter(self._index.sessions)))
             self.stats.num_evicted += 1
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -35,7 +35,6 @@ FORMAT_VERSION = "2"
 LEGACY_VERSION = "1"  # one file per session, its metadata naming the session
 SUFFIX = ".safetensors"
 MANIFEST_SUFFIX = ".json"
-TMP_SUFFIX = ".tmp"
 _MAX_HEADER = 16 << 20  # bytes; token ids of a 100k-token legacy file fit easily
 _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 

@@ -15,7 +15,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.kv_format import MANIFEST_SUFFIX, SUFFIX, TMP_SUFFIX, chunk_names, read_manifest
+from storage.atomic_files import TMP_SUFFIX
+from storage.kv_format import MANIFEST_SUFFIX, SUFFIX, chunk_names, read_manifest
 
 
 _WRITING = -1  # a chunk's size while its first write is in progress
